@@ -1,0 +1,37 @@
+"""qmia-fast: quantile-regression membership inference on diffusion models, with a fused C++/CUDA scoring core."""
+from __future__ import annotations
+
+from .errors import QmiaError
+
+__version__ = "0.1.0"
+
+# Public names load lazily: importing the package must not pull in the model zoo,
+# the compiled core or optional extras until they are used.
+_LAZY = {
+    "load_model": ("qmia_fast.models", "load_model"),
+    "load_data": ("qmia_fast.data", "load_data"),
+    "score": ("qmia_fast.scoring", "score"),
+    "Scorer": ("qmia_fast.scoring", "Scorer"),
+    "QuantileAttack": ("qmia_fast.attack", "QuantileAttack"),
+    "metrics": ("qmia_fast.metrics", None),
+    "kernels": ("qmia_fast.kernels", None),
+    "schedule": ("qmia_fast.schedule", None),
+}
+
+__all__ = ["QmiaError", "__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module_name, attr = _LAZY[name]
+        module = importlib.import_module(module_name)
+        value = module if attr is None else getattr(module, attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'qmia_fast' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

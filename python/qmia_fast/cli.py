@@ -1,0 +1,90 @@
+"""The `qmia-fast` command-line entry point: a click group whose commands load lazily and whose errors are one line."""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from .errors import QmiaError
+
+# name -> "module:attribute" under qmia_fast.commands; imported only when invoked so
+# that `qmia-fast --help` stays quick and one command's optional imports never
+# break another.
+COMMANDS = {
+    "attack": "attack:attack",
+    "score": "score:score",
+    "train-target": "train_target:train_target",
+    "evaluate": "evaluate:evaluate",
+    "bench": "bench:bench",
+    "info": "info:info",
+}
+
+
+class QmiaGroup(click.Group):
+    """A group that imports commands on demand and turns every error into one line on stderr."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        module = importlib.import_module(f"qmia_fast.commands.{module_name}")
+        return getattr(module, attr)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "qmia-fast",
+                              complete_var=complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            _one_line("aborted")
+            sys.exit(130)
+        except click.ClickException as exc:
+            # Usage errors, bad option values: click would print a usage block; we keep one line.
+            _one_line(exc.format_message())
+            sys.exit(2)
+        except QmiaError as exc:
+            _one_line(str(exc))
+            sys.exit(2)
+        except KeyboardInterrupt:
+            _one_line("interrupted")
+            sys.exit(130)
+        except SystemExit:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+            if os.environ.get("QMIA_DEBUG"):
+                raise
+            _one_line(f"internal error: {type(exc).__name__}: {exc} "
+                      "(set QMIA_DEBUG=1 for the traceback and please report it)")
+            sys.exit(1)
+        if not standalone_mode:
+            return rv
+        sys.exit(0 if not isinstance(rv, int) else rv)
+
+
+def _one_line(message: str) -> None:
+    text = " ".join(str(message).split())
+    click.echo(f"qmia-fast: error: {text}", err=True)
+
+
+@click.group(cls=QmiaGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="qmia-fast", prog_name="qmia-fast")
+def cli():
+    """Membership-inference audit of diffusion models by quantile regression (Tang et al., ICML 2024).
+
+    Run `qmia-fast attack` with no options for the shipped demo.
+    """
+
+
+def main(argv=None):
+    cli.main(args=argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
