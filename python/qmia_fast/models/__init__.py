@@ -1,0 +1,21 @@
+"""Target diffusion models: the built-in DDPM UNet and loaders for pytorch-ddpm, diffusers, TorchScript and our format."""
+from __future__ import annotations
+
+from .loader import BUILTIN_TARGET_DIR, FORMATS, detect_format, load_model
+from .qmia_format import save_model
+from .unet import CIFAR10_UNET_CONFIG, UNet, count_parameters, normalize_unet_config
+from .wrapper import EpsModel, check_image_shape
+
+__all__ = [
+    "load_model",
+    "save_model",
+    "detect_format",
+    "check_image_shape",
+    "EpsModel",
+    "UNet",
+    "CIFAR10_UNET_CONFIG",
+    "normalize_unet_config",
+    "count_parameters",
+    "FORMATS",
+    "BUILTIN_TARGET_DIR",
+]

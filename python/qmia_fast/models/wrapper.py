@@ -1,0 +1,140 @@
+"""EpsModel: one calling convention, eps = model(x, t), over every supported network, with its schedule and image shape."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..schedule import Schedule
+
+__all__ = ["EpsModel", "check_image_shape", "PREDICTION_TYPES"]
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def _call_plain(net: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return net(x, t)
+
+
+class EpsModel(nn.Module):
+    """A noise predictor eps_theta(x, t) for x in [-1, 1] (N x C x H x W) and integer timesteps t (int64 [N] or int).
+
+    Attributes: ``net`` (the wrapped module), ``schedule`` (a Schedule), ``image_shape``
+    (C, H, W), ``config`` (JSON-serialisable description recorded in reports), ``format``.
+    Networks that predict v or x0 are converted to eps with the schedule; networks with
+    learned variance (2C output channels) keep the first C channels.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: Schedule,
+        image_shape: tuple[int, int, int],
+        config: dict[str, Any],
+        format: str,
+        prediction_type: str = "epsilon",
+        call: Callable[[nn.Module, torch.Tensor, torch.Tensor], Any] = _call_plain,
+    ):
+        super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise InputError(
+                f"prediction_type = {prediction_type!r} is not supported; use one of {', '.join(PREDICTION_TYPES)}"
+            )
+        self.net = net
+        self.schedule = schedule
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.config = config
+        self.format = format
+        self.prediction_type = prediction_type
+        self._call = call
+        # float32 tables for converting v / x0 predictions; buffers so that .to(device) moves them.
+        self.register_buffer("_sqrt_abar", torch.from_numpy(np.sqrt(schedule.abar)).float(), persistent=False)
+        self.register_buffer(
+            "_sqrt_one_minus_abar", torch.from_numpy(np.sqrt(1.0 - schedule.abar)).float(), persistent=False
+        )
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.net.parameters():
+            return tensor.device
+        return self._sqrt_abar.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for tensor in self.net.parameters():
+            return tensor.dtype
+        return torch.float32
+
+    def timesteps(self, t, batch: int, device: torch.device) -> torch.Tensor:
+        """t as an int64 tensor [batch] on device, checked against [0, T) when the check needs no device sync."""
+        if isinstance(t, torch.Tensor):
+            if t.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+                raise InputError(f"t must be an integer tensor (int64), got dtype {t.dtype}")
+            if t.device.type == "cpu" and t.numel():
+                self.schedule.check_timestep(t)
+            t = t.to(device=device, dtype=torch.long)
+            if t.dim() == 0:
+                t = t.expand(batch)
+            elif t.shape != (batch,):
+                raise InputError(f"t has shape {tuple(t.shape)}; expected ({batch},) or a scalar")
+            return t
+        self.schedule.check_timestep(t)
+        return torch.full((batch,), int(t), dtype=torch.long, device=device)
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        if x.dim() != 4:
+            raise InputError(f"x must be N x C x H x W, got shape {tuple(x.shape)}")
+        t = self.timesteps(t, x.shape[0], x.device)
+        out = self._call(self.net, x, t)
+        out = _first_tensor(out)
+        channels = x.shape[1]
+        if out.shape[1] == 2 * channels:  # learned variance: [eps, variance] stacked on channels
+            out = out[:, :channels]
+        if self.prediction_type == "epsilon":
+            return out
+        sqrt_abar = self._sqrt_abar[t].view(-1, 1, 1, 1).to(out.dtype)
+        sqrt_one_minus = self._sqrt_one_minus_abar[t].view(-1, 1, 1, 1).to(out.dtype)
+        if self.prediction_type == "v_prediction":
+            # v = sqrt(abar) eps - sqrt(1 - abar) x0 and x = sqrt(abar) x0 + sqrt(1 - abar) eps
+            return sqrt_abar * out + sqrt_one_minus * x.to(out.dtype)
+        # "sample": the network predicts x0
+        return (x.to(out.dtype) - sqrt_abar * out) / sqrt_one_minus
+
+    def extra_repr(self) -> str:
+        return f"format={self.format!r}, image_shape={self.image_shape}, T={self.schedule.T}, prediction={self.prediction_type!r}"
+
+
+def _first_tensor(out) -> torch.Tensor:
+    # diffusers returns an output object with .sample; TorchScript exports sometimes return tuples.
+    if isinstance(out, torch.Tensor):
+        return out
+    sample = getattr(out, "sample", None)
+    if isinstance(sample, torch.Tensor):
+        return sample
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    if isinstance(out, dict) and isinstance(out.get("sample"), torch.Tensor):
+        return out["sample"]
+    raise InputError(f"the model returned {type(out).__name__}; expected a tensor of noise predictions")
+
+
+def check_image_shape(model, image_shape) -> None:
+    """Raise InputError unless images of image_shape ((N,) C, H, W) fit the model's expected C x H x W."""
+    shape = tuple(int(v) for v in tuple(image_shape)[-3:])
+    expected = tuple(getattr(model, "image_shape", shape))
+    if len(shape) != 3:
+        raise InputError(f"images must be N x C x H x W, got shape {tuple(image_shape)}")
+    if shape[0] != expected[0]:
+        raise InputError(
+            f"images have {shape[0]} channel(s) but the model expects {expected[0]} "
+            f"(model input C x H x W = {expected[0]} x {expected[1]} x {expected[2]}); "
+            "convert the data or pick the matching model"
+        )
+    if shape[1:] != expected[1:]:
+        raise InputError(
+            f"images are {shape[1]} x {shape[2]} pixels but the model was trained on "
+            f"{expected[1]} x {expected[2]}; resize the data or pick the matching model"
+        )
