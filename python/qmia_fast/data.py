@@ -1,0 +1,288 @@
+"""load_data: the user's images (arrays, image folders, MNIST idx, CIFAR batches, shipped demo) as uint8 N x C x H x W plus their member split."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import atomic_io
+from .data_formats import (
+    NpzReader, cifar_rows_to_nchw, find_cifar_batches, find_idx_images, idx_labels_path, read_cifar_batch,
+    read_idx, read_image_folder, read_npy, sniff_format,
+)
+from .data_layout import resolve_layout, to_uint8_nchw
+from .errors import ConfigError, DataError, InputError
+from .split import (
+    Split, load_split, partition_nonmembers, read_index_file, save_split, split_from_arrays, split_from_members,
+    split_from_secmi,
+)
+
+__all__ = [
+    "load_data", "LoadedData", "save_data", "BUILTIN_DATA", "FORMATS", "PARTS", "to_uint8_nchw",
+    "resolve_layout", "Split", "load_split", "save_split", "split_from_secmi", "split_from_members",
+    "partition_nonmembers", "read_index_file",
+]
+
+# The shipped demo: images uint8 N x C x H x W, members/public/holdout int64, optional labels.
+BUILTIN_DATA = Path(__file__).resolve().parent / "assets" / "demo_data.npz"
+FORMATS = ("auto", "npy", "npz", "idx", "cifar", "images")
+PARTS = ("train", "test", "all")
+_IMAGE_KEYS = ("images", "x")
+_SPLIT_KEYS = ("members", "public", "holdout", "mia_train_idxs", "mia_eval_idxs")
+_METADATA_KEYS = ("labels", "source", "format", "ratio")
+
+
+class LoadedData(tuple):
+    """The result of load_data: unpacks as (images, split) and also carries
+
+    description  one line for the CLI: what was read, the image shape, the layout assumed
+                 and any conversion (e.g. "assumed N x H x W x C (last axis has size 3)");
+    labels       int64 class labels when the source has them, else None;
+    format       the reader used (npy, npz, idx, cifar, images, array, builtin);
+    files        the files the images came from, in index order.
+    """
+
+    def __new__(cls, images: np.ndarray, split: Split | None, *, description: str, labels=None,
+                format: str = "", files: tuple = ()):
+        self = super().__new__(cls, (images, split))
+        self.description, self.labels, self.format, self.files = description, labels, format, tuple(files)
+        return self
+
+    @property
+    def images(self) -> np.ndarray:
+        return self[0]
+
+    @property
+    def split(self) -> Split | None:
+        return self[1]
+
+
+def load_data(source: Any, *, split: Any = None, members: Any = None, public_fraction: float = 0.5,
+              seed: int = 0, layout: str = "auto", fmt: str = "auto", part: str | None = None) -> LoadedData:
+    """Read images and their member split.
+
+    source: "builtin" (the shipped demo), a numpy array, or a path to a .npy/.npz array, an
+      image folder (PNG/JPEG, recursive, sorted by relative path), an MNIST/Fashion-MNIST idx
+      file or folder, or a CIFAR-10/100 python batch or folder (read without unpickling code).
+    split: a split file (.npz/.json, ours or SecMI/PIA's), a Split, or a mapping of arrays.
+    members: instead of split, the member indices (index file path or array); all other
+      images are non-members.
+    public_fraction, seed: how non-members are divided into public and holdout.
+    layout: 'auto', 'nchw', 'nhwc' or 'nhw' for arrays; fmt: one of FORMATS;
+    part: 'train' (default), 'test' or 'all' (train then test) for idx and CIFAR folders.
+
+    Returns LoadedData, which unpacks as (uint8 C-contiguous N x C x H x W images, Split or None).
+    """
+    if split is not None and members is not None:
+        raise ConfigError("--split and --members were both given; pass only one of them")
+    fmt = str(fmt).lower()
+    if fmt == "folder":
+        fmt = "images"
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if part is not None and part not in PARTS:
+        raise ConfigError(f"--part must be one of {', '.join(PARTS)}, not {part!r}")
+
+    embedded: Mapping[str, np.ndarray] = {}
+    if isinstance(source, np.ndarray):
+        images, note = to_uint8_nchw(source, layout, where="images", error=InputError)
+        loaded = _Loaded(images, note, "array", "images argument")
+    elif isinstance(source, str) and source == "builtin":
+        if not BUILTIN_DATA.is_file():
+            raise DataError(f"--data builtin: the demo data is not installed (expected {BUILTIN_DATA}); "
+                            "reinstall qmia-fast or pass --data PATH to your own images")
+        loaded, embedded = _load_npz(BUILTIN_DATA, layout)
+        loaded.format, loaded.label = "builtin", "built-in demo data"
+    elif isinstance(source, (str, os.PathLike)):
+        loaded, embedded = _load_path(Path(source), fmt, layout, part)
+    else:
+        raise InputError(f"--data must be 'builtin', a path or a numpy array, not {type(source).__name__}")
+
+    n_images = len(loaded.images)
+    if loaded.labels is not None and (loaded.labels.ndim != 1 or len(loaded.labels) != n_images
+                                      or loaded.labels.dtype.kind not in "iu"):
+        raise DataError(f"--data {loaded.label}: labels must be {n_images} integers, one per image, "
+                        f"got {loaded.labels.dtype} of shape {loaded.labels.shape}")
+    resolved = _resolve_split(split, members, embedded, n_images, loaded.label, public_fraction, seed)
+    n, c, h, w = loaded.images.shape
+    description = f"{loaded.label}: {n} images, {c} x {h} x {w} uint8"
+    if loaded.note:
+        description += f"; {loaded.note}"
+    if resolved is not None:
+        description += f"; split: {resolved.summary()}"
+    labels = None if loaded.labels is None else loaded.labels.astype(np.int64)
+    return LoadedData(loaded.images, resolved, description=description, labels=labels,
+                      format=loaded.format, files=loaded.files)
+
+
+class _Loaded:
+    def __init__(self, images, note, format, label, labels=None, files=()):
+        self.images, self.note, self.format, self.label = images, note, format, label
+        self.labels, self.files = labels, tuple(files)
+
+
+def _resolve_split(split, members, embedded, n_images, label, public_fraction, seed) -> Split | None:
+    if isinstance(split, Split):
+        return split.validate(n_images, origin="split argument")
+    if isinstance(split, Mapping):
+        made = split_from_arrays(split, n_images, origin="split argument", public_fraction=public_fraction,
+                                 seed=seed, source="split argument")
+        if made is None:
+            raise InputError("split argument: a mapping needs members/public/holdout or "
+                             "mia_train_idxs/mia_eval_idxs")
+        return made
+    if isinstance(split, (str, os.PathLike)):
+        return load_split(split, n_images, public_fraction=public_fraction, seed=seed)
+    if split is not None:
+        raise InputError(f"--split must be a path, a Split or a mapping, not {type(split).__name__}")
+    if members is not None:
+        return split_from_members(members, n_images, public_fraction=public_fraction, seed=seed)
+    if embedded:
+        return split_from_arrays(embedded, n_images, origin=f"--data {label}", public_fraction=public_fraction,
+                                 seed=seed, source=f"stored in {label}")
+    return None
+
+
+def _detect_folder(folder: Path, part: str) -> tuple[str, Any]:
+    cifar = find_cifar_batches(folder, part)
+    if cifar is not None:
+        return "cifar", cifar
+    idx = find_idx_images(folder, part)
+    if idx:
+        return "idx", idx
+    return "images", None
+
+
+def _load_path(path: Path, fmt: str, layout: str, part: str | None) -> tuple[_Loaded, Mapping]:
+    if not path.exists():
+        raise DataError(f"--data {path}: no such file or folder")
+    folder_part = part or "train"
+    found = None
+    if path.is_dir():
+        kind, found = _detect_folder(path, folder_part) if fmt == "auto" else (fmt, None)
+        if kind in ("npy", "npz"):
+            raise DataError(f"--data {path}: is a folder, not an .{kind} file")
+    else:
+        kind = sniff_format(path) if fmt == "auto" else fmt
+        if kind == "images":
+            raise DataError(f"--data {path}: --format images needs a folder of image files")
+    if part is not None and not (path.is_dir() and kind in ("idx", "cifar")):
+        raise ConfigError(f"--part applies only to idx and CIFAR folders, not to {path}")
+    if layout != "auto" and kind not in ("npy", "npz", "cifar"):
+        raise ConfigError(f"--layout applies only to .npy/.npz arrays; {kind} files have a fixed layout")
+
+    if kind == "npy":
+        images, note = to_uint8_nchw(read_npy(path), layout, where=f"--data {path}")
+        return _Loaded(images, note, "npy", str(path), files=(path,)), {}
+    if kind == "npz":
+        return _load_npz(path, layout)
+    if kind == "idx":
+        return _load_idx(path, found, folder_part), {}
+    if kind == "cifar":
+        return _load_cifar(path, found, folder_part, layout), {}
+    if kind == "images":
+        if not path.is_dir():
+            raise DataError(f"--data {path}: --format images needs a folder of image files")
+        images, files = read_image_folder(path)
+        return _Loaded(images, "images sorted by relative path", "images", f"{path}/", files=files), {}
+    if kind in ("json", "txt"):
+        raise DataError(f"--data {path}: looks like an index list, not images; pass it as --split or --members")
+    raise DataError(f"--data {path}: unrecognised data file; use .npy/.npz arrays, an image folder, "
+                    "MNIST idx files or CIFAR python batches (or set --format)")
+
+
+def _load_npz(path: Path, layout: str) -> tuple[_Loaded, Mapping]:
+    with NpzReader(path) as npz:
+        keys = npz.keys()
+        image_key = next((k for k in _IMAGE_KEYS if k in keys), None)
+        if image_key is None:
+            others = [k for k in keys if k not in _SPLIT_KEYS + _METADATA_KEYS]
+            if len(others) != 1:
+                raise DataError(f"--data {path}: cannot tell which array holds the images (keys: "
+                                f"{', '.join(keys)}); name it 'images'")
+            image_key = others[0]
+        raw = npz.read(image_key)
+        labels = npz.read("labels") if "labels" in keys else None
+        embedded = {k: npz.read(k) for k in _SPLIT_KEYS if k in keys}
+    images, note = to_uint8_nchw(raw, layout, where=f"--data {path} (array {image_key!r})")
+    return _Loaded(images, note, "npz", str(path), labels=labels, files=(path,)), embedded
+
+
+def _load_idx(path: Path, found: list[Path] | None, part: str) -> _Loaded:
+    if path.is_dir():
+        files = found or find_idx_images(path, part)
+        if not files:
+            raise DataError(f"--data {path}: no train-images-idx3-ubyte[.gz] or t10k-images-idx3-ubyte[.gz] here")
+    else:
+        files = [path]
+    image_blocks, label_blocks = [], []
+    for file in files:
+        array = read_idx(file)
+        if array.ndim != 3 or array.dtype != np.uint8:
+            raise DataError(f"--data {file}: idx images must be uint8 N x H x W, this file holds "
+                            f"{array.dtype} of shape {array.shape}")
+        if image_blocks and array.shape[1:] != image_blocks[0].shape[1:]:
+            raise DataError(f"--data {file}: images are {array.shape[1]} x {array.shape[2]} but "
+                            f"{files[0].name} has {image_blocks[0].shape[1]} x {image_blocks[0].shape[2]}")
+        image_blocks.append(array)
+        labels_file = idx_labels_path(file)
+        if labels_file is not None:
+            labels = read_idx(labels_file)
+            if labels.ndim != 1 or len(labels) != len(array):
+                raise DataError(f"--data {labels_file}: expected {len(array)} labels, found shape {labels.shape}")
+            label_blocks.append(labels)
+    images = np.concatenate(image_blocks)[:, None] if len(image_blocks) > 1 else image_blocks[0][:, None]
+    if len(images) == 0:
+        raise DataError(f"--data {path}: the idx file holds zero images")
+    labels = np.concatenate(label_blocks) if len(label_blocks) == len(image_blocks) else None
+    label = str(path) if not path.is_dir() else f"{path} (idx, {part}: {' + '.join(f.name for f in files)})"
+    return _Loaded(np.ascontiguousarray(images), "", "idx", label, labels=labels, files=files)
+
+
+def _load_cifar(path: Path, found, part: str, layout: str) -> _Loaded:
+    if path.is_dir():
+        found = found or find_cifar_batches(path, part)
+        if found is None:
+            raise DataError(f"--data {path}: no CIFAR batches (data_batch_1..5 / train) here")
+        name, files = found
+        label = f"{path} ({name} {part}: {', '.join(f.name for f in files)})"
+    else:
+        files, label = [path], str(path)
+    image_blocks, label_blocks, note = [], [], ""
+    for file in files:
+        data, labels = read_cifar_batch(file)
+        data, row_note = cifar_rows_to_nchw(data, where="--data", path=file)
+        images, layout_note = to_uint8_nchw(data, "nchw" if row_note else layout, where=f"--data {file}")
+        note = row_note or layout_note
+        if image_blocks and images.shape[1:] != image_blocks[0].shape[1:]:
+            raise DataError(f"--data {file}: images are {images.shape[1:]} but {files[0].name} has "
+                            f"{image_blocks[0].shape[1:]}")
+        if labels is not None and len(labels) != len(images):
+            raise DataError(f"--data {file}: {len(labels)} labels for {len(images)} images")
+        image_blocks.append(images)
+        label_blocks.append(labels)
+    images = np.concatenate(image_blocks) if len(image_blocks) > 1 else image_blocks[0]
+    labels = None if any(lb is None for lb in label_blocks) else np.concatenate(label_blocks)
+    return _Loaded(images, "" if note.startswith("CIFAR") else note, "cifar", label, labels=labels, files=files)
+
+
+def save_data(path, images: np.ndarray, *, split: Split | None = None, labels=None) -> None:
+    """Write images (+ split, labels) as the .npz that load_data and the built-in demo use.
+
+    Keys: images (uint8 N x C x H x W), members/public/holdout (int64) when a split is given,
+    labels (int64) when given. Written atomically.
+    """
+    checked, _ = to_uint8_nchw(np.asarray(images), "nchw", where="images", error=InputError)
+    arrays = {"images": checked}
+    if split is not None:
+        split.validate(len(checked), origin="split argument")
+        arrays.update(members=split.members, public=split.public, holdout=split.holdout,
+                      source=np.array(split.source))
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or len(labels) != len(checked) or labels.dtype.kind not in "iu":
+            raise InputError(f"labels must be {len(checked)} integers, one per image")
+        arrays["labels"] = labels.astype(np.int64)
+    atomic_io.save_npz(path, **arrays)
