@@ -97,7 +97,7 @@ def _check_indices(values: Any, name: str, n_images: int, origin: str) -> np.nda
         bad = ~(np.isfinite(array) & (np.floor(array) == array))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise SplitError(f"{origin}: {name}[{i}] = {array[i]!r} is not an integer index")
+            raise SplitError(f"{origin}: {name}[{i}] = {array[i].item()!r} is not an integer index")
     elif array.dtype.kind not in "iu":
         raise SplitError(f"{origin}: {name} holds {array.dtype} values, not integer indices")
     # Range check in the stored dtype (or float) before casting, so 2**63 cannot wrap to negative.
