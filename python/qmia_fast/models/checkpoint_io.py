@@ -44,7 +44,7 @@ def safe_torch_load(path: str | Path, trust_checkpoint: bool = False, what: str 
             ) from None
         raise ModelLoadError(
             f"{what} {path} is corrupt or not a PyTorch checkpoint ({_unpickler_detail(message)}); "
-            f"re-download or re-save it (if it holds pickled objects you trust, {TRUST_HINT})"
+            "re-download or re-save it"
         ) from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile, AttributeError,
             ImportError, TypeError, IndexError, MemoryError) as exc:
@@ -56,6 +56,9 @@ def safe_torch_load(path: str | Path, trust_checkpoint: bool = False, what: str 
 
 
 def _unpickler_detail(message: str) -> str:
+    referenced = re.search(r"GLOBAL ([\w.]+)", message)
+    if referenced:
+        return f"it references {referenced.group(1).rstrip('.')}"
     for line in message.splitlines():
         line = line.strip()
         if "GLOBAL" in line or "Unsupported" in line or "unsupported" in line:

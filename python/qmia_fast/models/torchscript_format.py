@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -60,7 +61,10 @@ def load_torchscript(path: str | Path, config=None, trust_checkpoint: bool = Fal
     if not path.is_file():
         raise ModelLoadError(f"TorchScript model {path} does not exist; check the path")
     try:
-        net = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            # torch 2.10+ marks TorchScript deprecated; users who hand us an archive still need it to load quietly.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            net = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - jit raises RuntimeError or ValueError depending on the damage
         detail = " ".join(str(exc).split())[:200]
         raise ModelLoadError(f"TorchScript model {path} is truncated, corrupt or not TorchScript ({detail})") from None
