@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError, QmiaError, require_extra
-from .safe_pickle import materialize_array, safe_unpickle
+from .safe_pickle import checked_element_count, materialize_array, safe_unpickle
 
 __all__ = [
     "sniff_format", "read_npy", "NpzReader", "read_idx", "find_idx_images", "read_cifar_batch",
@@ -29,7 +29,7 @@ _MAX_UNICODE_BYTES = 1 << 20
 _DEFLATE_MAX_RATIO = 1032
 _READ_CHUNK = 1 << 24
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-_MAX_IMAGE_PIXELS = 1 << 26  # 8192 x 8192: far beyond any diffusion-model training image
+_MAX_IMAGE_PIXELS = 1 << 24  # 4096 x 4096: far beyond any diffusion-model training image
 
 
 def _fail(where: str, path, message: str) -> DataError:
@@ -65,6 +65,9 @@ def _guard(where: str, path, action):
         raise type(exc)(f"{where} {path}: {exc}") from None
     except RecursionError:
         raise _fail(where, path, "file is nested too deeply to be valid") from None
+    except MemoryError:
+        # Declared sizes are checked against the file before allocating, so this is a real shortage.
+        raise _fail(where, path, "not enough memory to load it; free memory or load a smaller subset") from None
     except Exception as exc:  # noqa: BLE001
         raise _fail(where, path, f"file is corrupt or truncated ({type(exc).__name__}: {exc})") from None
 
@@ -129,9 +132,7 @@ def _parse_npy_header(stream, total_size: int, what: str) -> tuple[np.dtype, tup
     if not isinstance(fortran, bool) or not isinstance(shape, tuple) or len(shape) > 8 \
             or not all(type(d) is int and d >= 0 for d in shape):
         raise DataError(f"{what} has a malformed .npy header")
-    count = 1
-    for d in shape:
-        count *= d
+    count = checked_element_count(shape, dtype.itemsize, what)
     nbytes = count * dtype.itemsize
     if dtype.kind == "U" and nbytes > _MAX_UNICODE_BYTES:
         raise DataError(f"{what} holds a {nbytes}-byte string array; only short metadata strings are read")
@@ -167,6 +168,7 @@ class NpzReader:
 
     def __init__(self, path: Path, *, where: str = "--data"):
         self.path, self.where = Path(path), where
+        self._archive_size = _guard(where, path, lambda: self.path.stat().st_size)
         self._zip = _guard(where, path, lambda: zipfile.ZipFile(self.path))
         members = _guard(where, path, self._zip.infolist)
         self._members = {info.filename[:-4]: info for info in members if info.filename.endswith(".npy")}
@@ -198,6 +200,8 @@ class NpzReader:
             raise _fail(self.where, self.path, f"has no array {key!r} (it holds {', '.join(self._members)})")
 
         def action():
+            if info.compress_size > self._archive_size:
+                raise DataError(f"member {info.filename} claims to be larger than the whole archive")
             if info.compress_type == zipfile.ZIP_STORED:
                 if info.file_size != info.compress_size:
                     raise DataError(f"member {info.filename} has inconsistent sizes")
@@ -251,9 +255,7 @@ def _read_idx_stream(stream, size_or_isize: int, gzip_file_size: int | None) -> 
         raise DataError(f"not an idx file (magic bytes {magic.hex()})")
     dtype, ndim = _IDX_DTYPES[magic[2]], magic[3]
     dims = struct.unpack(f">{ndim}I", _read_exact(stream, 4 * ndim, "idx header"))
-    count = 1
-    for d in dims:
-        count *= d
+    count = checked_element_count(dims, dtype.itemsize, "idx header")
     total = 4 + 4 * ndim + count * dtype.itemsize
     if gzip_file_size is None:
         if total != size_or_isize:

@@ -4,13 +4,14 @@ from __future__ import annotations
 import io
 import pickle
 import re
+import struct
 from typing import Any, Callable
 
 import numpy as np
 
 from .errors import DataError
 
-__all__ = ["safe_unpickle", "materialize_array"]
+__all__ = ["safe_unpickle", "materialize_array", "checked_element_count"]
 
 # Plain numeric dtypes only: object arrays would let a pickle smuggle arbitrary objects in,
 # and structured or string dtypes never occur in CIFAR batches.
@@ -95,6 +96,21 @@ class _PendingArray(_ReadOnly):
         object.__setattr__(self, "array", _array_from_bytes(raw, dtype, shape, "F" if is_fortran else "C"))
 
 
+def checked_element_count(shape: tuple, itemsize: int, what: str) -> int:
+    """Element count of `shape`, refusing shapes numpy itself could not represent.
+
+    Python ints cannot overflow, and zero-length axes are counted as 1 for the bound so that
+    a shape such as (0, 2**31, 2**31, 2**31) is refused instead of reaching numpy.
+    """
+    count, bound = 1, max(itemsize, 1)
+    for d in shape:
+        count *= d
+        bound *= max(d, 1)
+    if bound >= 1 << 62:
+        raise DataError(f"{what} declares an impossible shape {tuple(shape)}")
+    return count
+
+
 def _as_raw_bytes(raw) -> bytes:
     # Python 2 pickles store the buffer as a str; read with encoding='latin1' it maps back byte for byte.
     if isinstance(raw, str):
@@ -111,9 +127,7 @@ def _array_from_bytes(raw, dtype, shape, order) -> np.ndarray:
     if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape) or len(shape) > 8:
         raise DataError(f"pickled array has a malformed shape {shape!r}")
     data = _as_raw_bytes(raw)
-    count = 1
-    for d in shape:
-        count *= d  # Python ints: a corrupt shape cannot overflow into a plausible size
+    count = checked_element_count(shape, resolved.itemsize, "pickled array")
     if count * resolved.itemsize != len(data):
         raise DataError(f"pickled array of shape {shape} needs {count * resolved.itemsize} bytes but holds {len(data)}")
     flat = np.frombuffer(data, dtype=resolved, count=count)
@@ -170,6 +184,22 @@ class _RestrictedUnpickler(pickle._Unpickler):
     # The pure-Python unpickler on purpose: its memo is a dict, whereas the C one grows a table to
     # the largest memo index it sees, so one corrupt LONG_BINPUT could claim tens of gigabytes.
 
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data), encoding="latin1")
+        self._data_size = len(data)
+
+    def _load_bytearray8(self):
+        # The stock handler allocates the declared length before reading; check it first.
+        (size,) = struct.unpack("<Q", self.read(8))
+        if size > self._data_size:
+            raise DataError(f"pickle declares a {size}-byte bytearray in a {self._data_size}-byte file")
+        buffer = bytearray(size)
+        self.readinto(buffer)
+        self.append(buffer)
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
+
     def find_class(self, module, name):
         allowed = _ALLOWED.get((module, name))
         if allowed is None:
@@ -192,11 +222,13 @@ def safe_unpickle(data: bytes) -> Any:
     including every kind of corruption.
     """
     try:
-        return _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+        return _RestrictedUnpickler(data).load()
     except DataError:
         raise
     except RecursionError:
         raise DataError("pickle is nested too deeply") from None
+    except MemoryError:
+        raise DataError("not enough memory to unpickle it") from None
     except Exception as exc:  # noqa: BLE001 - corrupt pickles raise anything from struct.error to KeyError
         raise DataError(f"pickle is corrupt or truncated ({type(exc).__name__}: {exc})") from None
 
