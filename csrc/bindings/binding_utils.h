@@ -1,0 +1,47 @@
+// Helpers shared by the two pybind11 modules: integer pointers, row layouts and build descriptions.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "common/qmia_common.h"
+#include "common/row_reduce.h"
+
+namespace qmia {
+namespace bindings {
+
+namespace py = pybind11;
+
+// Tensors arrive as integers from tensor.data_ptr(); 0 is a null pointer that the
+// core rejects whenever elements are needed.
+template <typename T>
+T* as_pointer(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+inline RowLayout make_layout(int64_t row_length, int32_t channels_last, int64_t channels, int64_t plane) {
+  RowLayout layout;
+  layout.row_length = row_length;
+  layout.channels_last = channels_last;
+  layout.channels = channels;
+  layout.plane = plane;
+  check_layout(layout);
+  return layout;
+}
+
+// Contract constants that kernels.py checks against its own copy at import.
+inline py::dict contract_constants() {
+  py::dict constants;
+  constants["reduce_chunk"] = kReduceChunk;
+  constants["reduce_lanes"] = kReduceLanes;
+  constants["dtype_float32"] = int(kFloat32);
+  constants["dtype_bfloat16"] = int(kBFloat16);
+  constants["dtype_float16"] = int(kFloat16);
+  constants["dtype_float64"] = int(kFloat64);
+  return constants;
+}
+
+}  // namespace bindings
+}  // namespace qmia

@@ -1,0 +1,532 @@
+// CUDA kernels and their launchers: the formulas of csrc/common on device pointers, one thread per 4 elements.
+#include "cuda/kernels_cuda.h"
+
+#include <algorithm>
+
+#include "common/ddim_step.h"
+#include "common/philox.h"
+#include "common/row_reduce.h"
+#include "common/storage_types.h"
+#include "common/vote.h"
+
+namespace qmia {
+namespace cuda {
+namespace {
+
+constexpr int kBlock = 256;  // the reduction's lane layout (4 lanes per thread) needs exactly 256
+static_assert(kBlock * 4 == kReduceLanes, "reduce kernel maps 4 lanes to each thread");
+constexpr int64_t kMaxBlocks = int64_t(1) << 20;  // grid-stride loops cover the rest
+
+int64_t blocks_for(int64_t work_items) {
+  return std::max<int64_t>(1, std::min<int64_t>((work_items + kBlock - 1) / kBlock, kMaxBlocks));
+}
+
+#define QMIA_RETURN_IF_ERROR(expr)         \
+  do {                                     \
+    const cudaError_t qmia_status = (expr); \
+    if (qmia_status != cudaSuccess) return qmia_status; \
+  } while (0)
+
+// Launch check after every kernel: configuration errors surface here, not later.
+#define QMIA_LAUNCH_CHECK() QMIA_RETURN_IF_ERROR(cudaGetLastError())
+
+// ---- 4-element loads and stores ---------------------------------------------------
+// Four consecutive logical elements starting at e0 (a multiple of 4). In C order and
+// when aligned they are one 16-byte (float) or 8-byte (16-bit types) access; otherwise
+// element by element through the layout. Elements past the row's end read as 0.
+
+template <typename S>
+struct Packed4;
+template <>
+struct Packed4<float> {
+  using type = float4;
+};
+template <>
+struct Packed4<bf16_t> {
+  using type = uint2;
+};
+template <>
+struct Packed4<f16_t> {
+  using type = uint2;
+};
+
+__device__ __forceinline__ void unpack4(float4 packed, const float*, float v[4]) {
+  v[0] = packed.x;
+  v[1] = packed.y;
+  v[2] = packed.z;
+  v[3] = packed.w;
+}
+
+template <typename S>
+__device__ __forceinline__ void unpack4(uint2 packed, const S*, float v[4]) {
+  v[0] = load_float_bits<S>(uint16_t(packed.x));
+  v[1] = load_float_bits<S>(uint16_t(packed.x >> 16));
+  v[2] = load_float_bits<S>(uint16_t(packed.y));
+  v[3] = load_float_bits<S>(uint16_t(packed.y >> 16));
+}
+
+__device__ __forceinline__ float4 pack4(const float v[4], float*) { return make_float4(v[0], v[1], v[2], v[3]); }
+
+template <typename S>
+__device__ __forceinline__ uint2 pack4(const float v[4], S*) {
+  const uint32_t b0 = store_float_bits<S>(v[0]), b1 = store_float_bits<S>(v[1]);
+  const uint32_t b2 = store_float_bits<S>(v[2]), b3 = store_float_bits<S>(v[3]);
+  return make_uint2(b0 | (b1 << 16), b2 | (b3 << 16));
+}
+
+template <typename S>
+__device__ __forceinline__ bool vector_ok(const S* p, const RowLayout& layout, int64_t e0) {
+  return !layout.channels_last && e0 + 4 <= layout.row_length &&
+         (reinterpret_cast<uintptr_t>(p) & (4 * sizeof(S) - 1)) == 0;
+}
+
+template <typename S>
+__device__ __forceinline__ void load4(const S* row, const RowLayout& layout, int64_t e0, float v[4]) {
+  const S* p = row + e0;
+  if (vector_ok(p, layout, e0)) {
+    unpack4(*reinterpret_cast<const typename Packed4<S>::type*>(p), p, v);
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int64_t e = e0 + j;
+    v[j] = e < layout.row_length ? load_float(row + layout.memory_offset(e)) : 0.0f;
+  }
+}
+
+template <typename S>
+__device__ __forceinline__ void store4(S* row, const RowLayout& layout, int64_t e0, const float v[4]) {
+  S* p = row + e0;
+  if (vector_ok(p, layout, e0)) {
+    *reinterpret_cast<typename Packed4<S>::type*>(p) = pack4(v, p);
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int64_t e = e0 + j;
+    if (e < layout.row_length) store_float(row + layout.memory_offset(e), v[j]);
+  }
+}
+
+// ---- elementwise kernels: one thread per group of 4 logical elements ---------------
+
+__global__ void philox_uint32_kernel(uint32_t* out /* [n_rows, n_groups, 4] */, int64_t n_rows, int64_t n_groups,
+                                     PhiloxKey key, uint64_t offset, uint32_t stream_id) {
+  const int64_t total = n_rows * n_groups;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = idx / n_groups;
+    const int64_t group = idx - row * n_groups;
+    const uint64_t sample = offset + uint64_t(row);
+    const PhiloxWords w =
+        philox4x32_10(uint32_t(group), stream_id, uint32_t(sample), uint32_t(sample >> 32), key.k0, key.k1);
+    reinterpret_cast<uint4*>(out)[idx] = make_uint4(w.w0, w.w1, w.w2, w.w3);
+  }
+}
+
+// kInject = false: out = eps (philox_normal). kInject = true: out = a x0 + b eps, and
+// eps_out (if not null) = eps.
+template <typename S, bool kInject>
+__global__ void noise_kernel(const S* x0 /* [n_rows, D] */, const float* a /* [n_rows] */,
+                             const float* b /* [n_rows] */, S* out /* [n_rows, D] */,
+                             S* eps_out /* [n_rows, D] or null */, int64_t n_rows, RowLayout layout,
+                             int64_t groups_per_row, PhiloxKey key, uint64_t offset, uint32_t stream_id) {
+  const int64_t total = n_rows * groups_per_row;
+  const int64_t row_length = layout.row_length;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = idx / groups_per_row;
+    const int64_t group = idx - row * groups_per_row;
+    const int64_t e0 = 4 * group;
+    float eps[4];
+    philox_normal4(key, offset + uint64_t(row), stream_id, uint32_t(group), eps[0], eps[1], eps[2], eps[3]);
+    const int64_t base = row * row_length;
+    if (kInject) {
+      float x[4];
+      load4(x0 + base, layout, e0, x);
+      const float coef_x = a[row], coef_eps = b[row];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) x[j] = affine_combine(coef_x, x[j], coef_eps, eps[j]);
+      store4(out + base, layout, e0, x);
+      if (eps_out != nullptr) store4(eps_out + base, layout, e0, eps);
+    } else {
+      store4(out + base, layout, e0, eps);
+    }
+  }
+}
+
+template <typename S>
+__global__ void ddim_step_kernel(const S* x /* [n_rows, D] */, const S* eps /* [n_rows, D] */,
+                                 const float* c1 /* [n_rows] */, const float* c2 /* [n_rows] */,
+                                 S* out /* [n_rows, D] */, int64_t n_rows, RowLayout layout, int64_t groups_per_row) {
+  const int64_t total = n_rows * groups_per_row;
+  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = idx / groups_per_row;
+    const int64_t e0 = 4 * (idx - row * groups_per_row);
+    const int64_t base = row * layout.row_length;
+    float xv[4], ev[4];
+    load4(x + base, layout, e0, xv);
+    load4(eps + base, layout, e0, ev);
+    const float coef_x = c1[row], coef_eps = c2[row];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) xv[j] = affine_combine(coef_x, xv[j], coef_eps, ev[j]);
+    store4(out + base, layout, e0, xv);
+  }
+}
+
+// ---- row reductions ---------------------------------------------------------------
+// Term functors: terms4(row, e0, t) fills the terms of logical elements e0 .. e0 + 3.
+
+template <typename S>
+struct EpsSqTerms {
+  const S* eps_pred;
+  RowLayout layout;
+  PhiloxKey key;
+  uint64_t offset;
+  uint32_t stream_id;
+  __device__ __forceinline__ void terms4(int64_t row, int64_t e0, float t[4]) const {
+    float eps[4];
+    philox_normal4(key, offset + uint64_t(row), stream_id, uint32_t(e0 / 4), eps[0], eps[1], eps[2], eps[3]);
+    load4(eps_pred + row * layout.row_length, layout, e0, t);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) t[j] = squared_difference(t[j], eps[j]);
+  }
+};
+
+template <typename S>
+struct DdimSqerrTerms {
+  const S* x;
+  const S* eps;
+  const S* ref;
+  const float* c1;
+  const float* c2;
+  RowLayout layout;
+  __device__ __forceinline__ void terms4(int64_t row, int64_t e0, float t[4]) const {
+    const int64_t base = row * layout.row_length;
+    float ev[4], rv[4];
+    load4(x + base, layout, e0, t);
+    load4(eps + base, layout, e0, ev);
+    load4(ref + base, layout, e0, rv);
+    const float coef_x = c1[row], coef_eps = c2[row];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) t[j] = ddim_step_sqerr_term(coef_x, t[j], coef_eps, ev[j], rv[j]);
+  }
+};
+
+template <typename S>
+struct PnormTerms {
+  const S* a;
+  const S* b;
+  RowLayout layout;
+  int32_t power;
+  float p;
+  __device__ __forceinline__ void terms4(int64_t row, int64_t e0, float t[4]) const {
+    const int64_t base = row * layout.row_length;
+    float bv[4];
+    load4(a + base, layout, e0, t);
+    load4(b + base, layout, e0, bv);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) t[j] = pnorm_term(t[j], bv[j], power, p);
+  }
+};
+
+// One block per (row, chunk); thread l owns lanes 4l .. 4l + 3, i.e. the elements
+// chunk_start + 1024 k + 4l + j, and the folds follow row_reduce.h exactly.
+template <typename Terms>
+__global__ void __launch_bounds__(kBlock)
+    reduce_chunks_kernel(Terms terms, int64_t n_rows, int64_t row_length, int64_t n_chunks,
+                         float* chunk_sums /* [n_rows, n_chunks], unused when n_chunks == 1 */,
+                         float* out /* [n_rows], written when n_chunks == 1 */) {
+  __shared__ float lanes[kReduceLanes];
+  const int tid = threadIdx.x;
+  const int64_t n_tasks = n_rows * n_chunks;
+  for (int64_t task = blockIdx.x; task < n_tasks; task += gridDim.x) {
+    const int64_t row = task / n_chunks;
+    const int64_t chunk_start = (task - row * n_chunks) * kReduceChunk;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int step = 0; step < kReduceSteps; ++step) {
+      const int64_t e0 = chunk_start + int64_t(step) * kReduceLanes + 4 * tid;
+      if (e0 < row_length) {
+        float t[4];
+        terms.terms4(row, e0, t);
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          if (e0 + j < row_length) acc[j] += t[j];
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) lanes[4 * tid + j] = acc[j];
+    __syncthreads();
+    lanes[tid] += lanes[tid + 512];
+    lanes[tid + 256] += lanes[tid + 768];
+    __syncthreads();
+    for (int stride = 256; stride >= 32; stride /= 2) {
+      if (tid < stride) lanes[tid] += lanes[tid + stride];
+      __syncthreads();
+    }
+    if (tid < 32) {
+      float v = lanes[tid];
+      // lane l + s of the tree sits in warp lane l + s: shuffles keep the same pairs.
+      for (int stride = 16; stride >= 1; stride /= 2) v += __shfl_down_sync(0xFFFFFFFFu, v, stride);
+      if (tid == 0) {
+        if (n_chunks == 1) {
+          out[row] = combine_chunk_sums(&v, 1);
+        } else {
+          chunk_sums[task] = v;
+        }
+      }
+    }
+    __syncthreads();  // lanes are reused by the next task
+  }
+}
+
+__global__ void combine_chunks_kernel(const float* chunk_sums /* [n_rows, n_chunks] */, int64_t n_rows,
+                                      int64_t n_chunks, float* out /* [n_rows] */) {
+  for (int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; row < n_rows;
+       row += int64_t(gridDim.x) * blockDim.x)
+    out[row] = combine_chunk_sums(chunk_sums + row * n_chunks, n_chunks);
+}
+
+template <typename Terms>
+cudaError_t launch_reduce(const Terms& terms, float* out, float* workspace, int64_t n_rows, int64_t row_length,
+                          cudaStream_t stream) {
+  const int64_t n_chunks = reduce_num_chunks(row_length);
+  if (n_chunks == 0) {
+    // Empty rows sum to +0.0, whose bits are all zero.
+    QMIA_RETURN_IF_ERROR(cudaMemsetAsync(out, 0, size_t(n_rows) * sizeof(float), stream));
+    return cudaSuccess;
+  }
+  const int64_t n_tasks = n_rows * n_chunks;
+  const unsigned grid = unsigned(std::min<int64_t>(n_tasks, kMaxBlocks));
+  reduce_chunks_kernel<<<grid, kBlock, 0, stream>>>(terms, n_rows, row_length, n_chunks, workspace, out);
+  QMIA_LAUNCH_CHECK();
+  if (n_chunks > 1) {
+    combine_chunks_kernel<<<unsigned(blocks_for(n_rows)), kBlock, 0, stream>>>(workspace, n_rows, n_chunks, out);
+    QMIA_LAUNCH_CHECK();
+  }
+  return cudaSuccess;
+}
+
+// ---- vote ------------------------------------------------------------------------
+
+template <typename S>
+__global__ void vote_kernel(const S* scores, const S* thresholds, int64_t n_samples, int64_t n_models,
+                            int64_t score_stride, int64_t model_stride, int64_t sample_stride,
+                            int32_t* votes /* [n_samples] */, uint8_t* decision /* [n_samples] */,
+                            float* margin /* [n_samples] */) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n_samples;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const S* column = thresholds + i * sample_stride;
+    VoteOutcome outcome;
+    if constexpr (std::is_same<S, double>::value) {
+      outcome = vote_one(scores[i * score_stride], [&](int64_t j) { return column[j * model_stride]; }, n_models);
+    } else {
+      outcome = vote_one(load_float(scores + i * score_stride),
+                         [&](int64_t j) { return load_float(column + j * model_stride); }, n_models);
+    }
+    votes[i] = outcome.votes;
+    decision[i] = outcome.member ? 1 : 0;
+    margin[i] = outcome.margin;
+  }
+}
+
+template <typename Fn>
+cudaError_t dispatch_storage(int32_t dtype, const Fn& fn) {
+  switch (dtype) {
+    case kFloat32: return fn(float{});
+    case kBFloat16: return fn(bf16_t{});
+    case kFloat16: return fn(f16_t{});
+    default: require(false, "unknown dtype code " + std::to_string(dtype));
+  }
+  return cudaErrorInvalidValue;
+}
+
+void check_noise_args(int64_t n_rows, const RowLayout& layout, uint64_t offset) {
+  check_size(n_rows, "n_rows");
+  check_layout(layout);
+  check_rows_times_length(n_rows, layout.row_length);
+  require(offset <= UINT64_MAX - uint64_t(n_rows), "offset + n_rows overflows the 64-bit sample index");
+}
+
+void check_workspace(const float* workspace, int64_t n_rows, int64_t row_length) {
+  check_pointer(workspace, reduce_workspace_elements(n_rows, row_length), "workspace");
+}
+
+}  // namespace
+
+int64_t reduce_workspace_elements(int64_t n_rows, int64_t row_length) {
+  const int64_t n_chunks = reduce_num_chunks(row_length);
+  return n_chunks > 1 ? n_rows * n_chunks : 0;
+}
+
+cudaError_t philox_uint32(uint32_t* out, int64_t n_rows, int64_t n_groups, uint64_t seed, uint64_t offset,
+                          uint32_t stream_id, cudaStream_t stream) {
+  check_size(n_rows, "n_rows");
+  check_size(n_groups, "n_groups");
+  require(n_groups <= (int64_t(1) << 32), "n_groups above 2^32");
+  check_rows_times_length(n_rows, 4 * n_groups);
+  check_pointer(out, n_rows * n_groups, "out");
+  if (n_rows == 0 || n_groups == 0) return cudaSuccess;
+  philox_uint32_kernel<<<unsigned(blocks_for(n_rows * n_groups)), kBlock, 0, stream>>>(out, n_rows, n_groups,
+                                                                                        philox_key(seed), offset,
+                                                                                        stream_id);
+  QMIA_LAUNCH_CHECK();
+  return cudaSuccess;
+}
+
+cudaError_t philox_normal(void* out, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed, uint64_t offset,
+                          uint32_t stream_id, cudaStream_t stream) {
+  check_dtype(dtype);
+  check_noise_args(n_rows, layout, offset);
+  check_pointer(out, n_rows * layout.row_length, "out");
+  if (n_rows == 0 || layout.row_length == 0) return cudaSuccess;
+  const int64_t groups_per_row = (layout.row_length + 3) / 4;
+  return dispatch_storage(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    noise_kernel<S, false><<<unsigned(blocks_for(n_rows * groups_per_row)), kBlock, 0, stream>>>(
+        nullptr, nullptr, nullptr, static_cast<S*>(out), nullptr, n_rows, layout, groups_per_row, philox_key(seed),
+        offset, stream_id);
+    QMIA_LAUNCH_CHECK();
+    return cudaSuccess;
+  });
+}
+
+cudaError_t noise_inject(const void* x0, const float* a, const float* b, void* x_t, void* eps_out, int32_t dtype,
+                         int64_t n_rows, RowLayout layout, uint64_t seed, uint64_t offset, uint32_t stream_id,
+                         cudaStream_t stream) {
+  check_dtype(dtype);
+  check_noise_args(n_rows, layout, offset);
+  const int64_t n = n_rows * layout.row_length;
+  check_pointer(x0, n, "x0");
+  check_pointer(x_t, n, "x_t");
+  check_pointer(a, n_rows, "a");
+  check_pointer(b, n_rows, "b");
+  if (n_rows == 0 || layout.row_length == 0) return cudaSuccess;
+  const int64_t groups_per_row = (layout.row_length + 3) / 4;
+  return dispatch_storage(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    noise_kernel<S, true><<<unsigned(blocks_for(n_rows * groups_per_row)), kBlock, 0, stream>>>(
+        static_cast<const S*>(x0), a, b, static_cast<S*>(x_t), static_cast<S*>(eps_out), n_rows, layout,
+        groups_per_row, philox_key(seed), offset, stream_id);
+    QMIA_LAUNCH_CHECK();
+    return cudaSuccess;
+  });
+}
+
+cudaError_t eps_sq_error(const void* eps_pred, float* out, float* workspace, int32_t dtype, int64_t n_rows,
+                         RowLayout layout, uint64_t seed, uint64_t offset, uint32_t stream_id, cudaStream_t stream) {
+  check_dtype(dtype);
+  check_noise_args(n_rows, layout, offset);
+  check_pointer(eps_pred, n_rows * layout.row_length, "eps_pred");
+  check_pointer(out, n_rows, "out");
+  check_workspace(workspace, n_rows, layout.row_length);
+  if (n_rows == 0) return cudaSuccess;
+  return dispatch_storage(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    const EpsSqTerms<S> terms{static_cast<const S*>(eps_pred), layout, philox_key(seed), offset, stream_id};
+    return launch_reduce(terms, out, workspace, n_rows, layout.row_length, stream);
+  });
+}
+
+cudaError_t ddim_step(const void* x, const void* eps, const float* c1, const float* c2, void* out, int32_t dtype,
+                      int64_t n_rows, int64_t row_length, cudaStream_t stream) {
+  check_dtype(dtype);
+  check_size(n_rows, "n_rows");
+  check_size(row_length, "row_length");
+  check_rows_times_length(n_rows, row_length);
+  const int64_t n = n_rows * row_length;
+  check_pointer(x, n, "x");
+  check_pointer(eps, n, "eps");
+  check_pointer(out, n, "out");
+  check_pointer(c1, n_rows, "c1");
+  check_pointer(c2, n_rows, "c2");
+  if (n == 0) return cudaSuccess;
+  RowLayout layout;
+  layout.row_length = row_length;  // memory order is all an elementwise step needs
+  const int64_t groups_per_row = (row_length + 3) / 4;
+  return dispatch_storage(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    ddim_step_kernel<S><<<unsigned(blocks_for(n_rows * groups_per_row)), kBlock, 0, stream>>>(
+        static_cast<const S*>(x), static_cast<const S*>(eps), c1, c2, static_cast<S*>(out), n_rows, layout,
+        groups_per_row);
+    QMIA_LAUNCH_CHECK();
+    return cudaSuccess;
+  });
+}
+
+cudaError_t ddim_step_sqerr(const void* x, const void* eps, const float* c1, const float* c2, const void* ref,
+                            float* out, float* workspace, int32_t dtype, int64_t n_rows, RowLayout layout,
+                            cudaStream_t stream) {
+  check_dtype(dtype);
+  check_size(n_rows, "n_rows");
+  check_layout(layout);
+  check_rows_times_length(n_rows, layout.row_length);
+  const int64_t n = n_rows * layout.row_length;
+  check_pointer(x, n, "x");
+  check_pointer(eps, n, "eps");
+  check_pointer(ref, n, "ref");
+  check_pointer(c1, n_rows, "c1");
+  check_pointer(c2, n_rows, "c2");
+  check_pointer(out, n_rows, "out");
+  check_workspace(workspace, n_rows, layout.row_length);
+  if (n_rows == 0) return cudaSuccess;
+  return dispatch_storage(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    const DdimSqerrTerms<S> terms{static_cast<const S*>(x), static_cast<const S*>(eps), static_cast<const S*>(ref),
+                                  c1, c2, layout};
+    return launch_reduce(terms, out, workspace, n_rows, layout.row_length, stream);
+  });
+}
+
+cudaError_t pnorm_error(const void* a, const void* b, float* out, float* workspace, int32_t dtype, int64_t n_rows,
+                        RowLayout layout, float p, cudaStream_t stream) {
+  check_dtype(dtype);
+  check_size(n_rows, "n_rows");
+  check_layout(layout);
+  require(std::isfinite(p) && p > 0.0f, "p must be finite and > 0");
+  check_rows_times_length(n_rows, layout.row_length);
+  const int64_t n = n_rows * layout.row_length;
+  check_pointer(a, n, "a");
+  check_pointer(b, n, "b");
+  check_pointer(out, n_rows, "out");
+  check_workspace(workspace, n_rows, layout.row_length);
+  if (n_rows == 0) return cudaSuccess;
+  return dispatch_storage(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    const PnormTerms<S> terms{static_cast<const S*>(a), static_cast<const S*>(b), layout, power_code(p), p};
+    return launch_reduce(terms, out, workspace, n_rows, layout.row_length, stream);
+  });
+}
+
+cudaError_t vote(const void* scores, const void* thresholds, int32_t dtype, int64_t n_samples, int64_t n_models,
+                 int64_t score_stride, int64_t model_stride, int64_t sample_stride, int32_t* votes,
+                 uint8_t* decision, float* margin, cudaStream_t stream) {
+  check_dtype(dtype, /*allow_float64=*/true);
+  check_size(n_samples, "n_samples");
+  check_size(n_models, "n_models");
+  require(n_models <= INT32_MAX, "n_models above 2^31 - 1");
+  check_size(score_stride, "score_stride");
+  check_size(model_stride, "model_stride");
+  check_size(sample_stride, "sample_stride");
+  check_pointer(scores, n_samples, "scores");
+  check_pointer(thresholds, n_samples * n_models, "thresholds");
+  check_pointer(votes, n_samples, "votes");
+  check_pointer(decision, n_samples, "decision");
+  check_pointer(margin, n_samples, "margin");
+  if (n_samples == 0) return cudaSuccess;
+  auto launch = [&](auto tag) {
+    using S = decltype(tag);
+    vote_kernel<S><<<unsigned(blocks_for(n_samples)), kBlock, 0, stream>>>(
+        static_cast<const S*>(scores), static_cast<const S*>(thresholds), n_samples, n_models, score_stride,
+        model_stride, sample_stride, votes, decision, margin);
+    QMIA_LAUNCH_CHECK();
+    return cudaSuccess;
+  };
+  if (dtype == kFloat64) return launch(double{});
+  return dispatch_storage(dtype, launch);
+}
+
+}  // namespace cuda
+}  // namespace qmia

@@ -1,0 +1,584 @@
+"""Fused noise, DDIM-step and per-sample reduction kernels: validated torch wrappers over the C++/CUDA core.
+
+Every public function takes and returns torch tensors, checks its arguments
+(dtype, device, shape, layout, ranges) and raises :class:`qmia_fast.errors.InputError`
+or :class:`qmia_fast.errors.ConfigError` naming the argument and the fix before any
+pointer reaches the compiled core. CPU tensors run on ``qmia_fast._cpu`` (OpenMP,
+``torch.get_num_threads()`` threads); CUDA tensors run on ``qmia_fast._cuda`` on
+``torch.cuda.current_stream(device)``, without host synchronisation (so calls can
+be captured in CUDA graphs), except the finiteness check of CUDA coefficient
+tensors outside graph capture (see ``_coefficients``).
+
+Tensors are ``N x ...``: row ``i`` is sample ``i`` and has ``D = prod(shape[1:])``
+elements (``D = 1`` for a 1-D tensor). Storage dtypes are float32, bfloat16 and
+float16 (``vote`` also float64); arithmetic and accumulation are float32, row sums
+combine their 4096-element chunks in float64.
+
+Noise (``philox_normal``, ``noise_inject``, ``eps_sq_error``) is Philox4x32-10 with a
+Box-Muller transform, the same bits on CPU and CUDA::
+
+    key     = (seed mod 2**32, seed // 2**32)                 seed in [0, 2**64)
+    counter = (e // 4, stream, sample mod 2**32, sample // 2**32)
+    sample  = offset + i                                      offset >= 0, int64
+    e       = logical C-order index of the element in its row (c*H*W + h*W + w)
+
+One Philox call yields words ``(w0, w1, w2, w3)`` for elements ``4g .. 4g+3``:
+``u1 = (w_even + 0.5) / 2**32``, ``u2 = (w_odd + 0.5) / 2**32``,
+``n[4g+0|2] = sqrt(-2 ln u1) cos(2 pi u2)``, ``n[4g+1|3] = sqrt(-2 ln u1) sin(2 pi u2)``
+on the pairs ``(w0, w1)`` and ``(w2, w3)``. The transcendental functions are our own
+float64 polynomials (not libm), so the float32 result is the correctly rounded exact
+Box-Muller value except about once in 200,000 draws, where it is 1 ulp off. A
+sample's noise depends only on (seed, sample index, stream, logical shape): never on
+the batch it is in, the device, the thread count or the memory format.
+``stream`` (0 .. 2**32-1) gives independent noise for the same (seed, sample).
+
+Row sums are deterministic: the order is fixed by the element index (chunks of 4096,
+1024 lanes, a pairwise fold, chunk sums in float64; see ``csrc/common/row_reduce.h``),
+so a sample's sum has the same bits alone or inside any batch, with any thread
+count, and on CPU and CUDA (for ``pnorm_error`` with p not in {1, 2, 3, 4}, CUDA's
+``powf`` may differ from the CPU's by an ulp per term).
+
+Layout: rows that are dense in C order, or 4-D tensors dense in
+``torch.channels_last``, go to the kernel as they are. Anything else (slices,
+transposes, expanded tensors) is first copied with ``.contiguous()``, which costs a
+copy of that tensor. When the tensor arguments of one call have different layouts,
+the others are copied to the layout of the first. Outputs of ``ddim_step`` and
+``noise_inject`` keep the (possibly copied) input's memory format.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .errors import ConfigError, InputError, QmiaError
+
+try:  # the CPU core is always built; a failure here is an installation problem
+    from . import _cpu  # type: ignore[attr-defined]
+except ImportError as _exc:  # pragma: no cover - depends on the build
+    _cpu = None
+    _CPU_IMPORT_ERROR: Optional[BaseException] = _exc
+else:
+    _CPU_IMPORT_ERROR = None
+
+try:  # built only where nvcc was found
+    from . import _cuda  # type: ignore[attr-defined]
+except ImportError as _exc:  # pragma: no cover - depends on the build
+    _cuda = None
+    _CUDA_IMPORT_ERROR: Optional[BaseException] = _exc
+else:
+    _CUDA_IMPORT_ERROR = None
+
+__all__ = [
+    "philox_normal",
+    "noise_inject",
+    "eps_sq_error",
+    "ddim_step",
+    "ddim_step_sqerr",
+    "pnorm_error",
+    "vote",
+    "philox_uint32",
+    "cuda_built",
+    "REDUCE_CHUNK",
+    "SEED_LIMIT",
+    "STREAM_LIMIT",
+]
+
+# Storage dtype codes of csrc/common/qmia_common.h.
+_STORAGE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+_VOTE_CODES = {**_STORAGE_CODES, torch.float64: 3}
+_STORAGE_NAMES = "float32, bfloat16 or float16"
+
+REDUCE_CHUNK = 4096  # elements per chunk of a row sum (csrc/common/row_reduce.h)
+SEED_LIMIT = 2**64  # seeds are in [0, SEED_LIMIT)
+STREAM_LIMIT = 2**32  # streams are in [0, STREAM_LIMIT)
+_SAMPLE_LIMIT = 2**63  # offset + N must stay an int64
+_ROW_LENGTH_LIMIT = 2**34  # Philox element groups are 32-bit
+
+Coefficient = Union[float, int, torch.Tensor, Sequence[float]]
+
+
+def cuda_built() -> bool:
+    """Whether the CUDA module was compiled into this installation."""
+    return _cuda is not None
+
+
+# ---------------------------------------------------------------------------
+# argument checks
+# ---------------------------------------------------------------------------
+
+def _cpu_module():
+    if _cpu is None:
+        raise QmiaError(
+            "the compiled core qmia_fast._cpu could not be imported "
+            f"({_CPU_IMPORT_ERROR}); reinstall qmia-fast with  pip install --force-reinstall qmia-fast"
+        )
+    return _cpu
+
+
+def _backend(device: torch.device, name: str):
+    if device.type == "cpu":
+        return _cpu_module()
+    if device.type == "cuda":
+        if _cuda is None:
+            raise InputError(
+                f"{name} is on {device} but this qmia-fast was built without its CUDA module "
+                f"({_CUDA_IMPORT_ERROR}); move the tensors to the CPU with .cpu(), or reinstall on a "
+                "machine with nvcc (QMIA_CUDA=ON pip install qmia-fast)"
+            )
+        return _cuda
+    raise InputError(f"{name} is on device '{device}'; qmia-fast kernels run on 'cpu' or 'cuda' tensors only")
+
+
+def _as_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or value is None:
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ConfigError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
+
+
+def _check_seed(seed: Any) -> int:
+    seed = _as_int(seed, "seed")
+    if not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"seed must be in [0, 2**64), got {seed}; pick a non-negative 64-bit seed")
+    return seed
+
+
+def _check_stream(stream: Any) -> int:
+    stream = _as_int(stream, "stream")
+    if not 0 <= stream < STREAM_LIMIT:
+        raise ConfigError(f"stream must be in [0, 2**32), got {stream}")
+    return stream
+
+
+def _check_offset(offset: Any, n_rows: int) -> int:
+    offset = _as_int(offset, "offset")
+    if offset < 0:
+        raise ConfigError(f"offset (the global index of the first sample) must be >= 0, got {offset}")
+    if offset + n_rows > _SAMPLE_LIMIT:
+        raise ConfigError(f"offset + N = {offset + n_rows} exceeds 2**63; sample indices are int64")
+    return offset
+
+
+def _check_tensor(name: str, value: Any) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.is_sparse or value.layout != torch.strided:
+        raise InputError(f"{name} must be a dense (strided) tensor; convert it with .to_dense()")
+    if value.is_complex():
+        raise InputError(f"{name} is complex ({value.dtype}); qmia-fast kernels take real tensors")
+    return value.detach()
+
+
+def _check_group(tensors: Dict[str, Any], codes: Dict[torch.dtype, int], dtype_names: str,
+                 min_dim: int = 1) -> Dict[str, torch.Tensor]:
+    """All tensors of one call: real, dense, one allowed dtype, one device, >= min_dim dims."""
+    checked = {name: _check_tensor(name, value) for name, value in tensors.items()}
+    first_name, first = next(iter(checked.items()))
+    if first.dtype not in codes:
+        raise InputError(f"{first_name} has dtype {first.dtype}; use {dtype_names} (convert with .float())")
+    for name, t in checked.items():
+        if t.dtype != first.dtype:
+            raise InputError(
+                f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}; all tensors of one call share "
+                f"a dtype: convert with {name}.to({first.dtype})"
+            )
+        if t.device != first.device:
+            raise InputError(
+                f"{name} is on {t.device} but {first_name} is on {first.device}; move it with "
+                f"{name}.to({str(first.device)!r})"
+            )
+        if t.dim() < min_dim:
+            raise InputError(f"{name} must have at least {min_dim} dimension(s) (N x ...), got a "
+                             f"{t.dim()}-d tensor")
+    _backend(first.device, first_name)
+    return checked
+
+
+def _check_same_shape(tensors: Dict[str, torch.Tensor]) -> None:
+    first_name, first = next(iter(tensors.items()))
+    for name, t in tensors.items():
+        if t.shape != first.shape:
+            raise InputError(
+                f"{name} has shape {tuple(t.shape)} but {first_name} has {tuple(first.shape)}; elementwise "
+                "arguments must have the same shape"
+            )
+
+
+def _row_length(shape: Sequence[int]) -> int:
+    return int(math.prod(shape[1:])) if len(shape) > 1 else 1
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    # A tensor that is dense in both formats (C == 1 or H*W == 1) maps logical to memory
+    # order identically either way; calling it C order keeps one code path.
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _dense_rows(tensors: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Tuple[int, int, int, int]]:
+    """Gives every tensor the first one's layout (C order or channels_last), copying where needed.
+
+    Returns the tensors and the core's layout arguments (row_length, channels_last, channels, plane).
+    """
+    first = next(iter(tensors.values()))
+    channels_last = _is_channels_last(first)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    dense = {name: t.contiguous(memory_format=fmt) for name, t in tensors.items()}
+    shape = first.shape
+    row_length = _row_length(shape)
+    if row_length > _ROW_LENGTH_LIMIT:
+        raise InputError(f"rows of {row_length} elements exceed the supported 2**34")
+    if channels_last:
+        layout = (row_length, 1, int(shape[1]), int(shape[2] * shape[3]))
+    else:
+        layout = (row_length, 0, 1, 1)
+    return dense, layout
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _coefficients(name: str, value: Any, n_rows: int, device: torch.device) -> torch.Tensor:
+    """A per-sample coefficient as a contiguous float32 [n_rows] tensor on `device`.
+
+    Accepts a Python/numpy number (one value for every sample), a 0-d tensor, or a 1-d
+    tensor/array/sequence of length n_rows, of any float dtype and on any device.
+    Non-finite values are an InputError; for CUDA tensors that check synchronises the
+    stream once, and it is skipped while a CUDA graph is being captured.
+    """
+    if isinstance(value, bool):
+        raise InputError(f"{name} must be a number or a float tensor of shape [{n_rows}], got a bool")
+    if isinstance(value, numbers.Real) and not isinstance(value, torch.Tensor):
+        number = float(value)
+        if not math.isfinite(number):
+            raise InputError(f"{name} = {number} is not finite; DDIM/noise coefficients must be finite")
+        return torch.full((n_rows,), number, dtype=torch.float32, device=device)
+    if not isinstance(value, torch.Tensor):
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise InputError(
+                f"{name} must be a number or a float tensor of shape [{n_rows}], got {type(value).__name__}"
+            ) from None
+    value = _check_tensor(name, value)
+    if not value.is_floating_point():
+        raise InputError(f"{name} has dtype {value.dtype}; coefficients must be floating point "
+                         f"(convert with {name}.float())")
+    if value.dim() == 0:
+        value = value.reshape(1).expand(n_rows)
+    elif value.dim() != 1 or value.shape[0] != n_rows:
+        raise InputError(
+            f"{name} has shape {tuple(value.shape)}; it must be a number or one coefficient per sample, "
+            f"shape [{n_rows}]"
+        )
+    if value.device.type not in ("cpu", "cuda"):
+        raise InputError(f"{name} is on device '{value.device}'; use a CPU or CUDA tensor")
+    coef = value.to(device=device, dtype=torch.float32).contiguous()
+    if n_rows and not _capturing(coef.device):
+        if not bool(torch.isfinite(coef).all()):
+            raise InputError(f"{name} has non-finite values (nan or inf); coefficients must be finite")
+    return coef
+
+
+def _device_args(device: torch.device) -> Tuple[int, int]:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return index, torch.cuda.current_stream(index).cuda_stream
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _workspace(n_rows: int, row_length: int, device: torch.device) -> Optional[torch.Tensor]:
+    """The CUDA scratch buffer a row reduction needs (None when a row is one chunk).
+
+    It comes from torch's caching allocator, which is stream-ordered and graph-capture
+    safe: the caller keeps the tensor referenced until the launch has been queued.
+    """
+    elements = _cuda.reduce_workspace_elements(n_rows, row_length)
+    if elements == 0:
+        return None
+    return torch.empty(elements, dtype=torch.float32, device=device)
+
+
+def _address(t: Optional[torch.Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _parse_device(device: Any) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    try:
+        parsed = torch.device(device)
+    except (TypeError, RuntimeError) as exc:
+        raise InputError(f"device {device!r} is not a torch device ({exc}); use 'cpu' or 'cuda[:index]'") from None
+    if parsed.type == "cuda" and parsed.index is None:
+        if _cuda is not None and torch.cuda.is_available():
+            parsed = torch.device("cuda", torch.cuda.current_device())
+    return parsed
+
+
+def _parse_shape(shape: Any) -> Tuple[int, ...]:
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        shape = (int(shape),)
+    try:
+        dims = tuple(_as_int(d, "shape") for d in shape)
+    except (TypeError, ConfigError):
+        raise InputError(f"shape must be a tuple of non-negative ints (N, ...), got {shape!r}") from None
+    if not dims:
+        raise InputError("shape must have at least one dimension (N, ...)")
+    if any(d < 0 for d in dims):
+        raise InputError(f"shape {dims} has a negative size")
+    return dims
+
+
+# ---------------------------------------------------------------------------
+# public kernels
+# ---------------------------------------------------------------------------
+
+def philox_uint32(n_rows: int, n_groups: int, seed: int, offset: int = 0, stream: int = 0,
+                  device: Any = None) -> torch.Tensor:
+    """Raw Philox4x32-10 words: int64 [n_rows, n_groups, 4] with values in [0, 2**32).
+
+    Entry [i, g, k] is word k of Philox(counter=(g, stream, offset+i low, high), key=seed).
+    Exposed so that tests and other tools can check the stream bit for bit.
+    """
+    n_rows = _as_int(n_rows, "n_rows")
+    n_groups = _as_int(n_groups, "n_groups")
+    if n_rows < 0 or n_groups < 0:
+        raise InputError(f"n_rows and n_groups must be >= 0, got {n_rows}, {n_groups}")
+    if n_groups > 2**32:
+        raise InputError(f"n_groups must be <= 2**32, got {n_groups}")
+    seed = _check_seed(seed)
+    stream = _check_stream(stream)
+    offset = _check_offset(offset, n_rows)
+    dev = _parse_device(device)
+    backend = _backend(dev, "device")
+    out = torch.empty((n_rows, n_groups, 4), dtype=torch.int32, device=dev)
+    if out.numel():
+        if backend is _cpu:
+            _cpu.philox_uint32(out.data_ptr(), n_rows, n_groups, seed, offset, stream, _threads())
+        else:
+            _cuda.philox_uint32(out.data_ptr(), n_rows, n_groups, seed, offset, stream, *_device_args(dev))
+    return out.to(torch.int64) & 0xFFFFFFFF
+
+
+def philox_normal(shape: Any, seed: int, offset: int = 0, device: Any = None,
+                  dtype: torch.dtype = torch.float32, stream: int = 0) -> torch.Tensor:
+    """N(0, 1) noise of the given shape (C-contiguous): element e of row i is keyed by
+    (seed, sample offset + i, element e, stream), see the module docstring.
+
+    The values are computed in float32 and rounded to ``dtype``.
+    """
+    dims = _parse_shape(shape)
+    if dtype not in _STORAGE_CODES:
+        raise InputError(f"dtype {dtype} is not supported; use {_STORAGE_NAMES}")
+    seed = _check_seed(seed)
+    stream = _check_stream(stream)
+    n_rows = dims[0]
+    offset = _check_offset(offset, n_rows)
+    dev = _parse_device(device)
+    backend = _backend(dev, "device")
+    row_length = _row_length(dims)
+    if row_length > _ROW_LENGTH_LIMIT:
+        raise InputError(f"rows of {row_length} elements exceed the supported 2**34")
+    out = torch.empty(dims, dtype=dtype, device=dev)
+    if out.numel() == 0:
+        return out
+    code = _STORAGE_CODES[dtype]
+    if backend is _cpu:
+        _cpu.philox_normal(out.data_ptr(), code, n_rows, row_length, 0, 1, 1, seed, offset, stream, _threads())
+    else:
+        _cuda.philox_normal(out.data_ptr(), code, n_rows, row_length, 0, 1, 1, seed, offset, stream,
+                            *_device_args(dev))
+    return out
+
+
+def noise_inject(x0: torch.Tensor, a: Coefficient, b: Coefficient, seed: int, offset: int = 0,
+                 return_noise: bool = False, stream: int = 0):
+    """Forward diffusion with in-kernel noise: ``x_t = a[i] * x0 + b[i] * eps``.
+
+    ``eps`` is ``philox_normal(x0.shape, seed, offset, stream=stream)`` in float32 (keyed by
+    the logical element index whatever x0's memory format). ``a`` and ``b`` are numbers or
+    per-sample tensors [N] of any float dtype on any device. Returns ``x_t`` (x0's dtype and
+    memory format), or ``(x_t, eps)`` with ``eps`` rounded to x0's dtype when
+    ``return_noise`` is true; ``x_t`` is computed from the float32 ``eps``.
+    """
+    tensors = _check_group({"x0": x0}, _STORAGE_CODES, _STORAGE_NAMES)
+    x0 = tensors["x0"]
+    n_rows = x0.shape[0]
+    seed = _check_seed(seed)
+    stream = _check_stream(stream)
+    offset = _check_offset(offset, n_rows)
+    coef_a = _coefficients("a", a, n_rows, x0.device)
+    coef_b = _coefficients("b", b, n_rows, x0.device)
+    dense, layout = _dense_rows({"x0": x0})
+    x0 = dense["x0"]
+    x_t = torch.empty_like(x0)
+    eps = torch.empty_like(x0) if return_noise else None
+    if x0.numel():
+        code = _STORAGE_CODES[x0.dtype]
+        eps_ptr = eps.data_ptr() if eps is not None else 0
+        if x0.device.type == "cpu":
+            _cpu.noise_inject(x0.data_ptr(), coef_a.data_ptr(), coef_b.data_ptr(), x_t.data_ptr(), eps_ptr, code,
+                              n_rows, *layout, seed, offset, stream, _threads())
+        else:
+            _cuda.noise_inject(x0.data_ptr(), coef_a.data_ptr(), coef_b.data_ptr(), x_t.data_ptr(), eps_ptr, code,
+                               n_rows, *layout, seed, offset, stream, *_device_args(x0.device))
+    return (x_t, eps) if return_noise else x_t
+
+
+def eps_sq_error(eps_pred: torch.Tensor, seed: int, offset: int = 0, stream: int = 0) -> torch.Tensor:
+    """float32 [N]: ``sum_e (eps_pred[i, e] - eps[i, e])**2`` with ``eps`` regenerated from
+    its key (seed, offset + i, e, stream) instead of read from memory."""
+    tensors = _check_group({"eps_pred": eps_pred}, _STORAGE_CODES, _STORAGE_NAMES)
+    eps_pred = tensors["eps_pred"]
+    n_rows = eps_pred.shape[0]
+    seed = _check_seed(seed)
+    stream = _check_stream(stream)
+    offset = _check_offset(offset, n_rows)
+    dense, layout = _dense_rows(tensors)
+    eps_pred = dense["eps_pred"]
+    out = torch.empty(n_rows, dtype=torch.float32, device=eps_pred.device)
+    if n_rows:
+        code = _STORAGE_CODES[eps_pred.dtype]
+        if eps_pred.device.type == "cpu":
+            _cpu.eps_sq_error(eps_pred.data_ptr(), out.data_ptr(), code, n_rows, *layout, seed, offset, stream,
+                              _threads())
+        else:
+            workspace = _workspace(n_rows, layout[0], eps_pred.device)
+            _cuda.eps_sq_error(eps_pred.data_ptr(), out.data_ptr(), _address(workspace), code, n_rows, *layout, seed, offset,
+                               stream, *_device_args(eps_pred.device))
+    return out
+
+
+def ddim_step(x: torch.Tensor, eps: torch.Tensor, c1: Coefficient, c2: Coefficient) -> torch.Tensor:
+    """Deterministic DDIM step written as an affine map: ``x_n = c1[i] * x + c2[i] * eps``.
+
+    ``x`` and ``eps`` share shape, dtype and device; the result has x's dtype and memory
+    format. ``c1``/``c2`` are numbers or per-sample tensors [N].
+    """
+    tensors = _check_group({"x": x, "eps": eps}, _STORAGE_CODES, _STORAGE_NAMES)
+    _check_same_shape(tensors)
+    x = tensors["x"]
+    n_rows = x.shape[0]
+    coef1 = _coefficients("c1", c1, n_rows, x.device)
+    coef2 = _coefficients("c2", c2, n_rows, x.device)
+    dense, layout = _dense_rows(tensors)
+    x, eps = dense["x"], dense["eps"]
+    out = torch.empty_like(x)
+    if x.numel():
+        code = _STORAGE_CODES[x.dtype]
+        if x.device.type == "cpu":
+            _cpu.ddim_step(x.data_ptr(), eps.data_ptr(), coef1.data_ptr(), coef2.data_ptr(), out.data_ptr(), code,
+                           n_rows, layout[0], _threads())
+        else:
+            _cuda.ddim_step(x.data_ptr(), eps.data_ptr(), coef1.data_ptr(), coef2.data_ptr(), out.data_ptr(), code,
+                            n_rows, layout[0], *_device_args(x.device))
+    return out
+
+
+def ddim_step_sqerr(x: torch.Tensor, eps: torch.Tensor, c1: Coefficient, c2: Coefficient,
+                    ref: torch.Tensor) -> torch.Tensor:
+    """float32 [N]: ``sum_e (c1[i] * x + c2[i] * eps - ref)**2``, without writing the step."""
+    tensors = _check_group({"x": x, "eps": eps, "ref": ref}, _STORAGE_CODES, _STORAGE_NAMES)
+    _check_same_shape(tensors)
+    x = tensors["x"]
+    n_rows = x.shape[0]
+    coef1 = _coefficients("c1", c1, n_rows, x.device)
+    coef2 = _coefficients("c2", c2, n_rows, x.device)
+    dense, layout = _dense_rows(tensors)
+    x, eps, ref = dense["x"], dense["eps"], dense["ref"]
+    out = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+    if n_rows:
+        code = _STORAGE_CODES[x.dtype]
+        if x.device.type == "cpu":
+            _cpu.ddim_step_sqerr(x.data_ptr(), eps.data_ptr(), coef1.data_ptr(), coef2.data_ptr(), ref.data_ptr(),
+                                 out.data_ptr(), code, n_rows, *layout, _threads())
+        else:
+            workspace = _workspace(n_rows, layout[0], x.device)
+            _cuda.ddim_step_sqerr(x.data_ptr(), eps.data_ptr(), coef1.data_ptr(), coef2.data_ptr(), ref.data_ptr(),
+                                  out.data_ptr(), _address(workspace), code, n_rows, *layout, *_device_args(x.device))
+    return out
+
+
+def pnorm_error(a: torch.Tensor, b: torch.Tensor, p: float = 4.0) -> torch.Tensor:
+    """float32 [N]: ``sum_e |a - b|**p`` (no root; PIA's score with p = 4).
+
+    p must be finite and > 0; p in {1, 2, 3, 4} uses multiplications only (bit-equal on
+    CPU and CUDA), other p go through powf.
+    """
+    tensors = _check_group({"a": a, "b": b}, _STORAGE_CODES, _STORAGE_NAMES)
+    _check_same_shape(tensors)
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise ConfigError(f"p must be a number > 0, got {p!r}")
+    p = float(p)
+    if not (math.isfinite(p) and p > 0):
+        raise ConfigError(f"p must be finite and > 0, got {p}")
+    a = tensors["a"]
+    n_rows = a.shape[0]
+    dense, layout = _dense_rows(tensors)
+    a, b = dense["a"], dense["b"]
+    out = torch.empty(n_rows, dtype=torch.float32, device=a.device)
+    if n_rows:
+        code = _STORAGE_CODES[a.dtype]
+        if a.device.type == "cpu":
+            _cpu.pnorm_error(a.data_ptr(), b.data_ptr(), out.data_ptr(), code, n_rows, *layout, p, _threads())
+        else:
+            workspace = _workspace(n_rows, layout[0], a.device)
+            _cuda.pnorm_error(a.data_ptr(), b.data_ptr(), out.data_ptr(), _address(workspace), code, n_rows, *layout, p,
+                              *_device_args(a.device))
+    return out
+
+
+def vote(scores: torch.Tensor, thresholds: torch.Tensor):
+    """Majority vote of a bag of B quantile regressors.
+
+    ``scores``: [N]; ``thresholds``: [B, N] (any strides; float32, float64, bfloat16 or
+    float16, the two may differ: they are compared in their promoted dtype, exactly).
+    Model j votes member iff ``scores[i] < thresholds[j, i]`` (a tie is a non-member).
+    Returns ``(votes, decision, margin)``: int32 [N] member votes, bool [N]
+    ``2 * votes > B``, float32 [N] mean over j of ``thresholds[j, i] - scores[i]``
+    (accumulated in float64). NaN scores or thresholds never vote member and make the
+    margin NaN. With B = 0: votes 0, decision False, margin NaN (a mean of nothing).
+    With N = 0: three empty tensors.
+    """
+    scores = _check_tensor("scores", scores)
+    thresholds = _check_tensor("thresholds", thresholds)
+    for name, t in (("scores", scores), ("thresholds", thresholds)):
+        if t.dtype not in _VOTE_CODES:
+            raise InputError(f"{name} has dtype {t.dtype}; use float32, float64, bfloat16 or float16")
+    if scores.dim() != 1:
+        raise InputError(f"scores must be 1-d [N], got shape {tuple(scores.shape)}")
+    if thresholds.dim() != 2 or thresholds.shape[1] != scores.shape[0]:
+        raise InputError(
+            f"thresholds must be [B, N] = [n_models, {scores.shape[0]}], got shape {tuple(thresholds.shape)}; "
+            "transpose an [N, B] array with .T"
+        )
+    if thresholds.device != scores.device:
+        raise InputError(f"thresholds is on {thresholds.device} but scores is on {scores.device}; move it with "
+                         f"thresholds.to({str(scores.device)!r})")
+    _backend(scores.device, "scores")
+    dtype = torch.promote_types(scores.dtype, thresholds.dtype)
+    scores = scores.to(dtype)
+    thresholds = thresholds.to(dtype)
+    n_models, n_samples = thresholds.shape
+    device = scores.device
+    votes = torch.empty(n_samples, dtype=torch.int32, device=device)
+    decision = torch.empty(n_samples, dtype=torch.bool, device=device)
+    margin = torch.empty(n_samples, dtype=torch.float32, device=device)
+    if n_samples:
+        args = (scores.data_ptr(), thresholds.data_ptr(), _VOTE_CODES[dtype], n_samples, n_models,
+                scores.stride(0), thresholds.stride(0), thresholds.stride(1), votes.data_ptr(),
+                decision.data_ptr(), margin.data_ptr())
+        if device.type == "cpu":
+            _cpu.vote(*args, _threads())
+        else:
+            _cuda.vote(*args, *_device_args(device))
+    return votes, decision, margin
