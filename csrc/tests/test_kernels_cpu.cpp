@@ -1,0 +1,402 @@
+// Sanitizer-built test program for the CPU core: every kernel against plain scalar loops, edge sizes, all dtypes.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/ddim_step.h"
+#include "common/philox.h"
+#include "common/row_reduce.h"
+#include "common/storage_types.h"
+#include "cpu/kernels_cpu.h"
+
+using namespace qmia;
+
+namespace {
+
+int g_failures = 0;
+int g_checks = 0;
+
+void check(bool ok, const std::string& what) {
+  ++g_checks;
+  if (!ok) {
+    ++g_failures;
+    std::fprintf(stderr, "FAIL: %s\n", what.c_str());
+  }
+}
+
+bool same_bits(float a, float b) { return float_bits(a) == float_bits(b); }
+
+// ---- storage of test data in any dtype ------------------------------------------------
+
+struct Buffer {
+  int32_t dtype;
+  std::vector<uint8_t> bytes;
+  Buffer(int32_t dtype_code, int64_t n) : dtype(dtype_code), bytes(size_t(n) * element_size(dtype_code) + 1) {}
+  static size_t element_size(int32_t code) { return code == kFloat32 ? 4 : (code == kFloat64 ? 8 : 2); }
+  void* data() { return bytes.data(); }
+  const void* data() const { return bytes.data(); }
+  float get(int64_t i) const {
+    switch (dtype) {
+      case kFloat32: return reinterpret_cast<const float*>(data())[i];
+      case kBFloat16: return bf16_to_float(reinterpret_cast<const bf16_t*>(data())[i]);
+      default: return f16_to_float(reinterpret_cast<const f16_t*>(data())[i]);
+    }
+  }
+  void set(int64_t i, float v) {
+    switch (dtype) {
+      case kFloat32: reinterpret_cast<float*>(data())[i] = v; break;
+      case kBFloat16: reinterpret_cast<bf16_t*>(data())[i] = float_to_bf16(v); break;
+      default: reinterpret_cast<f16_t*>(data())[i] = float_to_f16(v); break;
+    }
+  }
+};
+
+Buffer random_buffer(int32_t dtype, int64_t n, std::mt19937& rng, float scale = 1.0f) {
+  std::normal_distribution<float> normal(0.0f, scale);
+  Buffer b(dtype, n);
+  for (int64_t i = 0; i < n; ++i) b.set(i, normal(rng));
+  return b;
+}
+
+float rounded(int32_t dtype, float v) {
+  switch (dtype) {
+    case kFloat32: return v;
+    case kBFloat16: return bf16_to_float(float_to_bf16(v));
+    default: return f16_to_float(float_to_f16(v));
+  }
+}
+
+// The normal of logical element e of a row, straight from the formula.
+float scalar_normal(uint64_t seed, uint64_t sample, uint32_t stream, int64_t e) {
+  float n[4];
+  philox_normal4(philox_key(seed), sample, stream, uint32_t(e / 4), n[0], n[1], n[2], n[3]);
+  return n[e % 4];
+}
+
+// The fixed summation order of row_reduce.h, written as plainly as possible.
+float ordered_row_sum(const std::function<float(int64_t)>& term, int64_t row_length) {
+  double total = 0.0;
+  for (int64_t start = 0; start < row_length; start += kReduceChunk) {
+    std::vector<float> lanes(kReduceLanes, 0.0f);
+    for (int k = 0; k < kReduceSteps; ++k)
+      for (int m = 0; m < kReduceLanes; ++m) {
+        const int64_t e = start + int64_t(k) * kReduceLanes + m;
+        if (e < row_length) lanes[m] += term(e);
+      }
+    for (int s = kReduceLanes / 2; s >= 1; s /= 2)
+      for (int m = 0; m < s; ++m) lanes[m] += lanes[m + s];
+    total += double(lanes[0]);
+  }
+  return float(total);
+}
+
+bool throws_invalid(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::invalid_argument&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+  return false;
+}
+
+const int32_t kDtypes[] = {kFloat32, kBFloat16, kFloat16};
+
+// ---- tests ------------------------------------------------------------------------------
+
+void test_philox_known_answers() {
+  // Random123's published known-answer vectors for Philox4x32-10.
+  struct Case {
+    uint32_t ctr[4], key[2], out[4];
+  } cases[] = {
+      {{0, 0, 0, 0}, {0, 0}, {0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu, 0x9b00dbd8u}},
+      {{~0u, ~0u, ~0u, ~0u}, {~0u, ~0u}, {0x408f276du, 0x41c83b0eu, 0xa20bc7c6u, 0x6d5451fdu}},
+      {{0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u},
+       {0xa4093822u, 0x299f31d0u},
+       {0xd16cfe09u, 0x94fdccebu, 0x5001e420u, 0x24126ea1u}},
+  };
+  for (const Case& c : cases) {
+    const PhiloxWords w = philox4x32_10(c.ctr[0], c.ctr[1], c.ctr[2], c.ctr[3], c.key[0], c.key[1]);
+    check(w.w0 == c.out[0] && w.w1 == c.out[1] && w.w2 == c.out[2] && w.w3 == c.out[3], "Philox known answer");
+  }
+  // The kernel's counter layout: (group, stream, sample low, sample high), key = seed halves.
+  std::vector<uint32_t> words(3 * 5 * 4);
+  const uint64_t seed = 0x0123456789ABCDEFull, offset = (uint64_t(1) << 33) + 7;
+  cpu::philox_uint32(words.data(), 3, 5, seed, offset, 9, 2);
+  bool ok = true;
+  for (int i = 0; i < 3; ++i)
+    for (int g = 0; g < 5; ++g) {
+      const uint64_t sample = offset + i;
+      const PhiloxWords w = philox4x32_10(g, 9, uint32_t(sample), uint32_t(sample >> 32), uint32_t(seed),
+                                          uint32_t(seed >> 32));
+      const uint32_t* got = &words[(i * 5 + g) * 4];
+      ok = ok && got[0] == w.w0 && got[1] == w.w1 && got[2] == w.w2 && got[3] == w.w3;
+    }
+  check(ok, "philox_uint32 counter layout");
+}
+
+void test_box_muller_accuracy() {
+  // Against libm in double precision on a sweep of words, with the exact angle reduction.
+  double worst = 0.0;
+  for (uint64_t w = 0; w < (uint64_t(1) << 32); w += 104729) {
+    const uint32_t radius_word = uint32_t(w), angle_word = uint32_t(w * 2654435761u);
+    float z_cos, z_sin;
+    box_muller(radius_word, angle_word, z_cos, z_sin);
+    const double u = (double(radius_word) + 0.5) * 0x1p-32;
+    const uint32_t q = ((angle_word + 0x20000000u) >> 30) & 3u;
+    const int32_t d = int32_t(angle_word - (q << 30));
+    const double t = M_PI / 2 * (2.0 * d + 1) * 0x1p-31;
+    const double c = std::cos(t), s = std::sin(t);
+    const double cos_full = q == 0 ? c : q == 1 ? -s : q == 2 ? -c : s;
+    const double sin_full = q == 0 ? s : q == 1 ? c : q == 2 ? -s : -c;
+    const double r = std::sqrt(-2.0 * std::log(u));
+    for (int k = 0; k < 2; ++k) {
+      const double exact = r * (k ? sin_full : cos_full);
+      const float got = k ? z_sin : z_cos;
+      const float near = float(exact);
+      const double ulp = double(std::nextafter(std::fabs(near), INFINITY)) - std::fabs(double(near));
+      worst = std::max(worst, std::fabs(double(got) - exact) / ulp);
+    }
+  }
+  check(worst <= 1.0, "Box-Muller within 1 ulp of the exact value (worst " + std::to_string(worst) + ")");
+  float a, b;
+  box_muller(0u, 0u, a, b);
+  check(std::isfinite(a) && std::isfinite(b) && a > 6.7f && a < 6.8f, "smallest u gives the largest radius");
+  box_muller(~0u, 0x40000000u, a, b);
+  check(std::isfinite(a) && std::isfinite(b) && std::fabs(b) < 2e-5f, "largest u gives a tiny radius");
+}
+
+void test_storage_conversions() {
+  bool round_trip = true;
+  for (uint32_t bits = 0; bits < 65536; ++bits) {
+    const bf16_t h{uint16_t(bits)};
+    const float v = bf16_to_float(h);
+    if (!std::isnan(v)) round_trip = round_trip && float_to_bf16(v).bits == h.bits;
+    const f16_t g{uint16_t(bits)};
+    const float w = f16_to_float(g);
+    if (!std::isnan(w)) round_trip = round_trip && float_to_f16(w).bits == g.bits;
+    else round_trip = round_trip && std::isnan(f16_to_float(float_to_f16(w)));
+  }
+  check(round_trip, "every 16-bit value survives storage -> float -> storage");
+  check(float_to_f16(65504.0f).bits == 0x7BFF, "65504 is the largest half");
+  check(float_to_f16(65519.99f).bits == 0x7BFF, "just below 65520 rounds down");
+  check(float_to_f16(65520.0f).bits == 0x7C00, "65520 rounds to infinity");
+  check(float_to_f16(0x1p-25f).bits == 0x0000, "2^-25 ties to even zero");
+  check(float_to_f16(0x1.8p-25f).bits == 0x0001, "1.5 * 2^-25 rounds up to the smallest subnormal");
+  check(float_to_f16(0x1.8p-24f).bits == 0x0002, "1.5 * 2^-24 ties to even 2 * 2^-24");
+  check(float_to_f16(-0.0f).bits == 0x8000, "negative zero keeps its sign");
+  check(float_to_bf16(1.00390625f).bits == 0x3F80, "bfloat16 ties to even");
+  check(float_to_bf16(std::numeric_limits<float>::quiet_NaN()).bits == 0x7FC0, "bfloat16 NaN stays NaN");
+  check(float_to_bf16(0x1.FFFFFEp127f).bits == 0x7F80, "bfloat16 overflow to infinity");
+}
+
+void test_validation() {
+  const RowLayout layout{8, 0, 1, 1};
+  float out[8];
+  check(throws_invalid([&] { cpu::philox_normal(nullptr, kFloat32, 1, layout, 0, 0, 0, 1); }),
+        "null output with elements throws");
+  check(throws_invalid([&] { cpu::philox_normal(out, 7, 1, layout, 0, 0, 0, 1); }), "unknown dtype throws");
+  check(throws_invalid([&] { cpu::philox_normal(out, kFloat32, -1, layout, 0, 0, 0, 1); }), "negative n_rows");
+  check(throws_invalid([&] { cpu::philox_normal(out, kFloat32, 1, RowLayout{-3, 0, 1, 1}, 0, 0, 0, 1); }),
+        "negative row_length");
+  check(throws_invalid([&] { cpu::philox_normal(out, kFloat32, 1, RowLayout{8, 1, 3, 2}, 0, 0, 0, 1); }),
+        "inconsistent channels_last layout");
+  check(throws_invalid([&] { cpu::philox_normal(out, kFloat32, 2, layout, 0, UINT64_MAX, 0, 1); }),
+        "sample index overflow");
+  check(throws_invalid([&] { cpu::pnorm_error(out, out, out, kFloat32, 1, layout, -1.0f, 1); }), "p <= 0");
+  check(throws_invalid([&] { cpu::vote(out, out, kFloat32, 2, 1, -1, 1, 1, nullptr, nullptr, nullptr, 1); }),
+        "vote with null outputs");
+  // n = 0: null pointers are fine and nothing is touched.
+  bool quiet = true;
+  try {
+    cpu::philox_normal(nullptr, kFloat16, 0, layout, 0, 0, 0, 1);
+    cpu::noise_inject(nullptr, nullptr, nullptr, nullptr, nullptr, kBFloat16, 0, layout, 1, 0, 0, 1);
+    cpu::eps_sq_error(nullptr, nullptr, kFloat32, 0, layout, 1, 0, 0, 1);
+    cpu::ddim_step(nullptr, nullptr, nullptr, nullptr, nullptr, kFloat32, 0, 8, 1);
+    cpu::ddim_step_sqerr(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, kFloat16, 0, layout, 1);
+    cpu::pnorm_error(nullptr, nullptr, nullptr, kFloat32, 0, layout, 4.0f, 1);
+    cpu::vote(nullptr, nullptr, kFloat64, 0, 3, 1, 1, 1, nullptr, nullptr, nullptr, 1);
+  } catch (...) {
+    quiet = false;
+  }
+  check(quiet, "n = 0 with null pointers returns quietly");
+}
+
+// All kernels on one (dtype, n_rows, row_length) case against scalar loops.
+void test_case(int32_t dtype, int64_t n_rows, int64_t row_length, std::mt19937& rng) {
+  const std::string tag =
+      std::string(dtype_name(dtype)) + " N=" + std::to_string(n_rows) + " D=" + std::to_string(row_length);
+  const int64_t n = n_rows * row_length;
+  const RowLayout layout{row_length, 0, 1, 1};
+  const uint64_t seed = 0xDEADBEEFCAFEull, offset = 11;
+  const uint32_t stream = 3;
+  std::vector<float> coef_a(n_rows), coef_b(n_rows);
+  for (int64_t i = 0; i < n_rows; ++i) {
+    coef_a[i] = 0.5f + 0.1f * float(i);
+    coef_b[i] = 1.0f - 0.05f * float(i);
+  }
+
+  // philox_normal and noise_inject: element for element.
+  Buffer noise(dtype, n), x0 = random_buffer(dtype, n, rng), x_t(dtype, n), eps(dtype, n);
+  cpu::philox_normal(noise.data(), dtype, n_rows, layout, seed, offset, stream, 2);
+  cpu::noise_inject(x0.data(), coef_a.data(), coef_b.data(), x_t.data(), eps.data(), dtype, n_rows, layout, seed,
+                    offset, stream, 2);
+  bool noise_ok = true, inject_ok = true;
+  for (int64_t i = 0; i < n_rows; ++i)
+    for (int64_t e = 0; e < row_length; ++e) {
+      const int64_t k = i * row_length + e;
+      const float z = scalar_normal(seed, offset + i, stream, e);
+      noise_ok = noise_ok && same_bits(noise.get(k), rounded(dtype, z)) && same_bits(eps.get(k), rounded(dtype, z));
+      inject_ok = inject_ok && same_bits(x_t.get(k), rounded(dtype, affine_combine(coef_a[i], x0.get(k), coef_b[i], z)));
+    }
+  check(noise_ok, "philox_normal and returned eps equal the scalar formula, " + tag);
+  check(inject_ok, "noise_inject equals the scalar formula, " + tag);
+
+  // eps_sq_error: the fixed order exactly, and close to a double sum.
+  std::vector<float> sums(n_rows + 1);
+  cpu::eps_sq_error(x0.data(), sums.data(), dtype, n_rows, layout, seed, offset, stream, 2);
+  bool order_ok = true, close_ok = true;
+  for (int64_t i = 0; i < n_rows; ++i) {
+    auto term = [&](int64_t e) {
+      return squared_difference(x0.get(i * row_length + e), scalar_normal(seed, offset + i, stream, e));
+    };
+    order_ok = order_ok && same_bits(sums[i], ordered_row_sum(term, row_length));
+    double exact = 0.0;
+    for (int64_t e = 0; e < row_length; ++e) {
+      const double d = double(x0.get(i * row_length + e)) - double(scalar_normal(seed, offset + i, stream, e));
+      exact += d * d;
+    }
+    close_ok = close_ok && std::fabs(sums[i] - exact) <= 1e-5 * exact + 1e-30;
+  }
+  check(order_ok, "eps_sq_error follows the documented order bit for bit, " + tag);
+  check(close_ok, "eps_sq_error within 1e-5 of the float64 sum, " + tag);
+
+  // ddim_step and ddim_step_sqerr.
+  Buffer x = random_buffer(dtype, n, rng), e_in = random_buffer(dtype, n, rng), ref = random_buffer(dtype, n, rng);
+  Buffer step(dtype, n);
+  cpu::ddim_step(x.data(), e_in.data(), coef_a.data(), coef_b.data(), step.data(), dtype, n_rows, row_length, 2);
+  bool step_ok = true;
+  for (int64_t i = 0; i < n_rows; ++i)
+    for (int64_t e = 0; e < row_length; ++e) {
+      const int64_t k = i * row_length + e;
+      step_ok = step_ok && same_bits(step.get(k), rounded(dtype, affine_combine(coef_a[i], x.get(k), coef_b[i], e_in.get(k))));
+    }
+  check(step_ok, "ddim_step equals the scalar formula, " + tag);
+  cpu::ddim_step_sqerr(x.data(), e_in.data(), coef_a.data(), coef_b.data(), ref.data(), sums.data(), dtype, n_rows,
+                       layout, 2);
+  bool sqerr_ok = true;
+  for (int64_t i = 0; i < n_rows; ++i) {
+    auto term = [&](int64_t e) {
+      const int64_t k = i * row_length + e;
+      return ddim_step_sqerr_term(coef_a[i], x.get(k), coef_b[i], e_in.get(k), ref.get(k));
+    };
+    sqerr_ok = sqerr_ok && same_bits(sums[i], ordered_row_sum(term, row_length));
+  }
+  check(sqerr_ok, "ddim_step_sqerr follows the documented order bit for bit, " + tag);
+
+  // pnorm_error for the fast powers and a general one.
+  for (float p : {1.0f, 2.0f, 3.0f, 4.0f, 2.5f}) {
+    cpu::pnorm_error(x.data(), ref.data(), sums.data(), dtype, n_rows, layout, p, 2);
+    bool ok = true;
+    for (int64_t i = 0; i < n_rows; ++i) {
+      auto term = [&](int64_t e) {
+        const int64_t k = i * row_length + e;
+        return pnorm_term(x.get(k), ref.get(k), power_code(p), p);
+      };
+      ok = ok && same_bits(sums[i], ordered_row_sum(term, row_length));
+    }
+    check(ok, "pnorm_error p=" + std::to_string(p) + " follows the documented order, " + tag);
+  }
+
+  // Thread count never changes a sum.
+  std::vector<float> one_thread(n_rows + 1), two_threads(n_rows + 1);
+  cpu::eps_sq_error(x0.data(), one_thread.data(), dtype, n_rows, layout, seed, offset, stream, 1);
+  cpu::eps_sq_error(x0.data(), two_threads.data(), dtype, n_rows, layout, seed, offset, stream, 2);
+  check(std::memcmp(one_thread.data(), two_threads.data(), sizeof(float) * n_rows) == 0,
+        "eps_sq_error is independent of the thread count, " + tag);
+}
+
+// channels_last rows give the results of the same logical data in C order.
+void test_channels_last(int32_t dtype, std::mt19937& rng) {
+  const int64_t n_rows = 3, channels = 3, height = 5, width = 7, plane = height * width;
+  const int64_t row_length = channels * plane, n = n_rows * row_length;
+  const RowLayout c_order{row_length, 0, 1, 1};
+  const RowLayout channels_last{row_length, 1, channels, plane};
+  Buffer logical = random_buffer(dtype, n, rng), permuted(dtype, n);
+  for (int64_t i = 0; i < n_rows; ++i)
+    for (int64_t e = 0; e < row_length; ++e)
+      permuted.set(i * row_length + channels_last.memory_offset(e), logical.get(i * row_length + e));
+  std::vector<float> a(n_rows), b(n_rows), c1(n_rows, 0.7f), c2(n_rows, 0.3f);
+  cpu::eps_sq_error(logical.data(), a.data(), dtype, n_rows, c_order, 5, 0, 0, 2);
+  cpu::eps_sq_error(permuted.data(), b.data(), dtype, n_rows, channels_last, 5, 0, 0, 2);
+  check(std::memcmp(a.data(), b.data(), sizeof(float) * n_rows) == 0, "channels_last eps_sq_error, " +
+                                                                           std::string(dtype_name(dtype)));
+  Buffer out_c(dtype, n), out_cl(dtype, n);
+  cpu::noise_inject(logical.data(), c1.data(), c2.data(), out_c.data(), nullptr, dtype, n_rows, c_order, 5, 2, 1, 2);
+  cpu::noise_inject(permuted.data(), c1.data(), c2.data(), out_cl.data(), nullptr, dtype, n_rows, channels_last, 5,
+                    2, 1, 2);
+  bool ok = true;
+  for (int64_t i = 0; i < n_rows; ++i)
+    for (int64_t e = 0; e < row_length; ++e)
+      ok = ok && same_bits(out_c.get(i * row_length + e), out_cl.get(i * row_length + channels_last.memory_offset(e)));
+  check(ok, "channels_last noise is keyed by the logical index, " + std::string(dtype_name(dtype)));
+  cpu::pnorm_error(logical.data(), logical.data(), a.data(), dtype, n_rows, c_order, 4.0f, 2);
+  check(a[0] == 0.0f && a[1] == 0.0f && a[2] == 0.0f, "pnorm_error of a tensor with itself is 0");
+}
+
+void test_vote() {
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> small(0, 4);
+  const int64_t n_samples = 257, n_models = 7;
+  std::vector<double> scores(n_samples), thresholds(n_models * n_samples);
+  for (auto& s : scores) s = small(rng);
+  for (auto& t : thresholds) t = small(rng);  // many ties
+  std::vector<int32_t> votes(n_samples);
+  std::vector<uint8_t> decision(n_samples);
+  std::vector<float> margin(n_samples);
+  cpu::vote(scores.data(), thresholds.data(), kFloat64, n_samples, n_models, 1, n_samples, 1, votes.data(),
+            decision.data(), margin.data(), 2);
+  bool ok = true;
+  for (int64_t i = 0; i < n_samples; ++i) {
+    int v = 0;
+    double m = 0.0;
+    for (int64_t j = 0; j < n_models; ++j) {
+      v += scores[i] < thresholds[j * n_samples + i];
+      m += thresholds[j * n_samples + i] - scores[i];
+    }
+    ok = ok && votes[i] == v && decision[i] == (2 * v > n_models) && margin[i] == float(m / n_models);
+  }
+  check(ok, "vote equals the scalar count, decision and margin (with ties)");
+  cpu::vote(scores.data(), thresholds.data(), kFloat64, n_samples, 0, 1, n_samples, 1, votes.data(), decision.data(),
+            margin.data(), 1);
+  check(votes[0] == 0 && decision[0] == 0 && std::isnan(margin[0]), "vote with no models: 0, false, NaN");
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937 rng(12345);
+  test_philox_known_answers();
+  test_box_muller_accuracy();
+  test_storage_conversions();
+  test_validation();
+  test_vote();
+  for (int32_t dtype : kDtypes) {
+    for (int64_t row_length : {int64_t(1), int64_t(3), int64_t(7), int64_t(1023), int64_t(4097)})
+      test_case(dtype, 3, row_length, rng);
+    test_case(dtype, 2, 3 * 64 * 64, rng);
+    test_case(dtype, 1, 100003, rng);
+    test_case(dtype, 0, 5, rng);
+    test_case(dtype, 4, 0, rng);
+    test_channels_last(dtype, rng);
+  }
+  std::printf("test_kernels_cpu: %d checks, %d failures\n", g_checks, g_failures);
+  return g_failures == 0 ? 0 : 1;
+}
