@@ -463,6 +463,14 @@ def test_builtin_missing_or_present(tmp_path, monkeypatch):
     assert loaded.format == "builtin" and loaded.split == Split([0, 1], [2, 3], [4, 5])
 
 
+def test_loaded_data_pickles():
+    loaded = load_data(random_images(), split=Split([0], [1], [2, 3]))
+    again = pickle.loads(pickle.dumps(loaded))
+    images, split = again
+    np.testing.assert_array_equal(images, loaded.images)
+    assert split == loaded.split and again.description == loaded.description
+
+
 def test_builtin_path_constant_points_into_assets():
     assert BUILTIN_DATA.name == "demo_data.npz" and BUILTIN_DATA.parent.name == "assets"
 
@@ -479,6 +487,10 @@ def test_option_errors(tmp_path):
         load_data(tmp_path / "x.npy", layout="chw")
     with pytest.raises(InputError):
         load_data(12345)
+    with pytest.raises(ConfigError, match="--part"):
+        load_data(random_images(), part="train")
+    with pytest.raises(ConfigError, match="--part"):
+        load_data("builtin", part="test")
     (tmp_path / "idx.txt").write_text("1 2 3")
     with pytest.raises(DataError, match="--split or --members"):
         load_data(tmp_path / "idx.txt")

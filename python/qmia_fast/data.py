@@ -44,11 +44,15 @@ class LoadedData(tuple):
     files        the files the images came from, in index order.
     """
 
-    def __new__(cls, images: np.ndarray, split: Split | None, *, description: str, labels=None,
+    def __new__(cls, images: np.ndarray, split: Split | None, *, description: str = "", labels=None,
                 format: str = "", files: tuple = ()):
         self = super().__new__(cls, (images, split))
         self.description, self.labels, self.format, self.files = description, labels, format, tuple(files)
         return self
+
+    def __getnewargs__(self):
+        # Pickle (e.g. to worker processes) rebuilds the pair from this; the attributes travel in __dict__.
+        return self[0], self[1]
 
     @property
     def images(self) -> np.ndarray:
@@ -86,6 +90,9 @@ def load_data(source: Any, *, split: Any = None, members: Any = None, public_fra
         raise ConfigError(f"--part must be one of {', '.join(PARTS)}, not {part!r}")
 
     embedded: Mapping[str, np.ndarray] = {}
+    is_path = isinstance(source, (str, os.PathLike)) and not (isinstance(source, str) and source == "builtin")
+    if part is not None and not is_path:
+        raise ConfigError("--part applies only to idx and CIFAR folders")
     if isinstance(source, np.ndarray):
         images, note = to_uint8_nchw(source, layout, where="images", error=InputError)
         loaded = _Loaded(images, note, "array", "images argument")

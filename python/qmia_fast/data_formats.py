@@ -69,7 +69,13 @@ def _guard(where: str, path, action):
         # Declared sizes are checked against the file before allocating, so this is a real shortage.
         raise _fail(where, path, "not enough memory to load it; free memory or load a smaller subset") from None
     except Exception as exc:  # noqa: BLE001
-        raise _fail(where, path, f"file is corrupt or truncated ({type(exc).__name__}: {exc})") from None
+        raise _fail(where, path, f"file is corrupt or truncated ({_describe(exc)}); re-download or "
+                                 "re-create it") from None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- format sniffing
@@ -170,7 +176,11 @@ class NpzReader:
         self.path, self.where = Path(path), where
         self._archive_size = _guard(where, path, lambda: self.path.stat().st_size)
         self._zip = _guard(where, path, lambda: zipfile.ZipFile(self.path))
-        members = _guard(where, path, self._zip.infolist)
+        try:
+            members = _guard(where, path, self._zip.infolist)
+        except DataError:
+            self.close()
+            raise
         self._members = {info.filename[:-4]: info for info in members if info.filename.endswith(".npy")}
         if not self._members:
             self.close()

@@ -128,7 +128,8 @@ def _floats_to_uint8(array: np.ndarray, *, where: str, error: Type[QmiaError]) -
     n = array.shape[0]
     out = np.empty(array.shape, dtype=np.uint8)
     for start in range(0, n, _CHUNK):
-        block = np.asarray(array[start:start + _CHUNK], dtype=np.float64)
+        with np.errstate(invalid="ignore"):  # signalling NaNs warn when widened; they are reported below
+            block = np.asarray(array[start:start + _CHUNK], dtype=np.float64)
         flat = block.reshape(block.shape[0], -1)
         finite = np.isfinite(flat).all(axis=1)
         if not finite.all():

@@ -230,7 +230,8 @@ def safe_unpickle(data: bytes) -> Any:
     except MemoryError:
         raise DataError("not enough memory to unpickle it") from None
     except Exception as exc:  # noqa: BLE001 - corrupt pickles raise anything from struct.error to KeyError
-        raise DataError(f"pickle is corrupt or truncated ({type(exc).__name__}: {exc})") from None
+        detail = f"{type(exc).__name__}: {str(exc)[:200]}" if str(exc) else type(exc).__name__
+        raise DataError(f"pickle is corrupt or truncated ({detail}); re-download or re-create it") from None
 
 
 def materialize_array(value: Any) -> np.ndarray | None:
