@@ -123,6 +123,8 @@ def _backend(device: torch.device, name: str):
     if device.type == "cpu":
         return _cpu_module()
     if device.type == "cuda":
+        if _cuda is not None and not torch.cuda.is_available():
+            raise InputError(f"{name} asks for {device} but torch sees no CUDA device; use the CPU ('cpu')")
         if _cuda is None:
             raise InputError(
                 f"{name} is on {device} but this qmia-fast was built without its CUDA module "
@@ -318,9 +320,12 @@ def _parse_device(device: Any) -> torch.device:
         parsed = torch.device(device)
     except (TypeError, RuntimeError) as exc:
         raise InputError(f"device {device!r} is not a torch device ({exc}); use 'cpu' or 'cuda[:index]'") from None
-    if parsed.type == "cuda" and parsed.index is None:
-        if _cuda is not None and torch.cuda.is_available():
+    if parsed.type == "cuda" and torch.cuda.is_available():
+        if parsed.index is None:
             parsed = torch.device("cuda", torch.cuda.current_device())
+        elif parsed.index >= torch.cuda.device_count():
+            raise InputError(f"device {parsed} does not exist: this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s)")
     return parsed
 
 

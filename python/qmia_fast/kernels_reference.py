@@ -109,7 +109,7 @@ def _per_sample(value: Number, like: torch.Tensor) -> torch.Tensor:
 
 
 def _rowsum(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1).sum(dim=1)
+    return t.reshape(t.shape[0], math.prod(t.shape[1:])).sum(dim=1)
 
 
 def noise_inject_reference(x0: torch.Tensor, a: Number, b: Number, seed: int, offset: int = 0, stream: int = 0,
@@ -173,7 +173,7 @@ def noise_inject_baseline(x0: torch.Tensor, a: Number, b: Number,
 def eps_sq_error_baseline(eps_pred: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Draw the noise again with torch.randn and sum the squared error per sample in float32."""
     eps = torch.randn(eps_pred.shape, dtype=eps_pred.dtype, device=eps_pred.device, generator=generator)
-    return ((eps_pred.float() - eps.float()) ** 2).flatten(1).sum(dim=1)
+    return _rowsum((eps_pred.float() - eps.float()) ** 2)
 
 
 def ddim_step_baseline(x: torch.Tensor, eps: torch.Tensor, c1: Number, c2: Number) -> torch.Tensor:
@@ -183,11 +183,11 @@ def ddim_step_baseline(x: torch.Tensor, eps: torch.Tensor, c1: Number, c2: Numbe
 def ddim_step_sqerr_baseline(x: torch.Tensor, eps: torch.Tensor, c1: Number, c2: Number,
                              ref: torch.Tensor) -> torch.Tensor:
     step = ddim_step_baseline(x, eps, c1, c2)
-    return ((step.float() - ref.float()) ** 2).flatten(1).sum(dim=1)
+    return _rowsum((step.float() - ref.float()) ** 2)
 
 
 def pnorm_error_baseline(a: torch.Tensor, b: torch.Tensor, p: float = 4.0) -> torch.Tensor:
-    return ((a.float() - b.float()).abs() ** p).flatten(1).sum(dim=1)
+    return _rowsum((a.float() - b.float()).abs() ** p)
 
 
 def vote_baseline(scores: torch.Tensor, thresholds: torch.Tensor):
