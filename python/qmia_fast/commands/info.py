@@ -1,0 +1,66 @@
+"""`qmia-fast info`: versions, how the compiled core was built, threads, GPUs and CPU features."""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List
+
+import click
+
+
+def _yes_no(flag: Any) -> str:
+    return "yes" if flag else "no"
+
+
+def format_info(info: Dict[str, Any]) -> List[str]:
+    """build_info() as readable lines."""
+    lines = [f"qmia-fast {info['qmia_fast']}  (python {info['python']}, torch {info['torch']}, "
+             f"numpy {info['numpy']})",
+             f"platform:      {info['platform']}"]
+    cpu_module = info["cpu_module"]
+    if cpu_module.get("built"):
+        openmp = f"OpenMP {cpu_module['openmp_version']}" if cpu_module.get("openmp_version") else "no OpenMP"
+        lines.append(f"CPU module:    built ({cpu_module.get('compiler')}, {cpu_module.get('build_type') or '?'}, "
+                     f"{openmp})")
+        lines.append(f"  flags:       {cpu_module.get('compile_flags')}")
+    else:
+        lines.append(f"CPU module:    MISSING ({cpu_module.get('error')})")
+    cuda_module = info["cuda_module"]
+    if cuda_module.get("built"):
+        lines.append(f"CUDA module:   built for sm {', '.join(cuda_module['archs']) or '?'} with CUDA "
+                     f"{cuda_module.get('cuda_compiler_version') or '?'}")
+        lines.append(f"  flags:       {cuda_module.get('cuda_flags')}")
+    else:
+        lines.append("CUDA module:   not built (no nvcc at build time; reinstall with QMIA_CUDA=ON)")
+    runtime = info["cuda_runtime"]
+    if runtime.get("available"):
+        names = "; ".join(f"{d['index']}: {d['name']} (sm {d['capability']}, {d['memory_gib']} GiB)"
+                          for d in runtime["devices"])
+        lines.append(f"CUDA runtime:  {runtime['device_count']} device(s): {names}")
+    else:
+        lines.append(f"CUDA runtime:  no device (torch.cuda.is_available() is False; torch built for CUDA "
+                     f"{runtime.get('torch_cuda') or 'none'})")
+    threads = info["threads"]
+    lines.append(f"threads:       OpenMP {threads.get('openmp_max_threads')}, torch {threads.get('torch_threads')} "
+                 f"(interop {threads.get('torch_interop_threads')}), OMP_NUM_THREADS="
+                 f"{threads.get('OMP_NUM_THREADS') or 'unset'}")
+    cpu = info["cpu"]
+    lines.append(f"CPU:           {cpu.get('model') or cpu.get('machine')} ({cpu.get('logical_cores')} logical cores), "
+                 f"torch capability {cpu.get('torch_capability')}")
+    lines.append("CPU features:  " + ", ".join(f"{name} {_yes_no(v)}" for name, v in cpu["flags"].items()))
+    lines.append(f"bf16 fast path: {'likely' if cpu.get('bf16_fast_path_likely') else 'unlikely'} "
+                 "(native bf16 instructions: AVX512-BF16, AMX-BF16 or ARM BF16)")
+    return lines
+
+
+@click.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Print the build information as JSON.")
+def info(as_json: bool) -> None:
+    """Show versions, build flags, CUDA architectures, threads and CPU features (AMX/bf16)."""
+    from ..build_info import build_info
+
+    data = build_info()
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        for line in format_info(data):
+            click.echo(line)
