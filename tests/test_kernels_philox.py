@@ -183,3 +183,20 @@ def test_float_to_16_bit_rounds_like_torch(dtype):
     nan = torch.isnan(expected)
     assert torch.equal(torch.isnan(out), nan)
     assert torch.equal(out[~nan].view(torch.int16), expected[~nan].view(torch.int16))
+
+
+def test_baseline_and_avx2_builds_of_the_noise_loop_give_the_same_bits():
+    # The CPU core picks an AVX2 build of its noise loop at run time where the CPU has it;
+    # capping it at the baseline x86-64 build must not change a single bit.
+    shape = (37, 3, 17, 19)
+    best = K.philox_normal(shape, seed=6, offset=1, stream=2)
+    sums = K.eps_sq_error(best * 0.5, seed=6, offset=1, stream=2)
+    try:
+        K._cpu.force_simd_level(0)
+        assert K._cpu.simd_level() == "generic"
+        baseline = K.philox_normal(shape, seed=6, offset=1, stream=2)
+        baseline_sums = K.eps_sq_error(best * 0.5, seed=6, offset=1, stream=2)
+    finally:
+        K._cpu.force_simd_level(-1)
+    assert torch.equal(best.view(torch.int32), baseline.view(torch.int32))
+    assert torch.equal(sums, baseline_sums)

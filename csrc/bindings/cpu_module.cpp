@@ -12,6 +12,10 @@ using qmia::bindings::make_layout;
 
 namespace {
 
+const char* simd_level_name() {
+  return qmia::cpu::active_simd_level() == qmia::cpu::SimdLevel::kAvx2 ? "avx2" : "generic";
+}
+
 py::dict build_info() {
   py::dict info;
   info["version"] = QMIA_VERSION_INFO;
@@ -24,6 +28,7 @@ py::dict build_info() {
   info["openmp"] = py::none();
 #endif
   info["openmp_max_threads"] = qmia::cpu::max_threads();
+  info["simd_level"] = simd_level_name();
   info["cuda_module_built"] = bool(QMIA_CUDA_BUILT);
   info["cuda_archs"] = QMIA_CUDA_ARCHS;
   return info;
@@ -37,6 +42,9 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("build_info", &build_info);
   m.def("contract_constants", &qmia::bindings::contract_constants);
   m.def("max_threads", &qmia::cpu::max_threads);
+  m.def("simd_level", &simd_level_name);
+  m.def("force_simd_level", &qmia::cpu::force_simd_level, py::arg("level"),
+        "-1: the best the CPU supports; 0: baseline x86-64; 1: AVX2 (capped at what the CPU has)");
 
   m.def(
       "philox_uint32",

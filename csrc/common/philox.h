@@ -64,25 +64,16 @@ QMIA_HD PhiloxWords philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_
 // ln u for u in (0, 1): u = m 2^k with m in [sqrt(1/2), sqrt(2)), f = m - 1 (exact),
 // ln(1 + f) = f - (hfsq - s (hfsq + R(s^2))), s = f / (2 + f), hfsq = f^2 / 2, where
 // R(z) = 2z/3 + 2z^2/5 + ... + 2z^7/15 is the atanh series (|s| <= 0.172, so the first
-// omitted term is below 1e-13).
+// omitted term is below 1e-13). k is read from u rounded to float32, so that only
+// 32-bit integer operations are needed (they vectorise on every x86-64); when that
+// rounding crosses a power of two, m lands within 2^-24 of the range, which the
+// series still covers, and m = u 2^-k stays exact.
 QMIA_HD double log_unit_interval(double u) {
-  uint64_t bits;
-#if defined(__CUDA_ARCH__)
-  bits = uint64_t(__double_as_longlong(u));
-#else
-  std::memcpy(&bits, &u, sizeof bits);
-#endif
-  const uint32_t high = uint32_t(bits >> 32);
-  const bool above_sqrt2 = (high & 0x000FFFFFu) > 0x0006A09Eu;  // top mantissa bits of sqrt(2)
-  const uint64_t mantissa_bits =
-      (bits & 0x000FFFFFFFFFFFFFull) | (above_sqrt2 ? 0x3FE0000000000000ull : 0x3FF0000000000000ull);
-  const int32_t exponent = int32_t(high >> 20) - 1023 + (above_sqrt2 ? 1 : 0);
-  double m;
-#if defined(__CUDA_ARCH__)
-  m = __longlong_as_double(static_cast<long long>(mantissa_bits));
-#else
-  std::memcpy(&m, &mantissa_bits, sizeof m);
-#endif
+  const uint32_t bits = float_bits(float(u));
+  const bool above_sqrt2 = (bits & 0x007FFFFFu) > 0x003504F3u;  // float32 mantissa of sqrt(2)
+  const int32_t exponent = int32_t(bits >> 23) - 127 + (above_sqrt2 ? 1 : 0);  // in [-33, 0]
+  const float inverse_power = bits_float(uint32_t(127 - exponent) << 23);      // 2^-exponent
+  const double m = u * double(inverse_power);
   const double f = m - 1.0;
   const double s = f / (2.0 + f);
   const double z = s * s;

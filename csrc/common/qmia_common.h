@@ -8,8 +8,12 @@
 #include <string>
 #include <type_traits>
 
+// Always inlined on the host too: the CPU loops are vectorised only when the formulas
+// are inlined into them, including into the AVX2 build of a loop.
 #if defined(__CUDACC__)
 #define QMIA_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define QMIA_HD inline __attribute__((always_inline))
 #else
 #define QMIA_HD inline
 #endif

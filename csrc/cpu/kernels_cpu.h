@@ -62,5 +62,17 @@ void storage_to_float(const void* src /* [n] */, float* dst /* [n] */, int32_t d
 // OpenMP's default thread count (1 without OpenMP).
 int max_threads();
 
+// The noise loops exist as a baseline x86-64 build and an AVX2 build, chosen at run time
+// (the wheel is built without -march). Both give the same bits.
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
+#define QMIA_X86_DISPATCH 1
+#else
+#define QMIA_X86_DISPATCH 0
+#endif
+enum class SimdLevel : int { kGeneric = 0, kAvx2 = 1 };
+SimdLevel active_simd_level();
+// -1 picks the best the CPU supports; 0 or 1 caps it (tests compare the builds this way).
+void force_simd_level(int level);
+
 }  // namespace cpu
 }  // namespace qmia

@@ -379,6 +379,21 @@ void test_vote() {
   check(votes[0] == 0 && decision[0] == 0 && std::isnan(margin[0]), "vote with no models: 0, false, NaN");
 }
 
+// The baseline and AVX2 builds of the noise loop give the same bits.
+void test_simd_builds() {
+  const RowLayout layout{3 * 33 * 31, 0, 1, 1};
+  const int64_t n_rows = 5, n = n_rows * layout.row_length;
+  std::vector<float> best(n), baseline(n);
+  cpu::philox_normal(best.data(), kFloat32, n_rows, layout, 42, 3, 1, 2);
+  cpu::force_simd_level(0);
+  check(cpu::active_simd_level() == cpu::SimdLevel::kGeneric, "the SIMD level can be capped");
+  cpu::philox_normal(baseline.data(), kFloat32, n_rows, layout, 42, 3, 1, 2);
+  cpu::force_simd_level(-1);
+  check(std::memcmp(best.data(), baseline.data(), sizeof(float) * n) == 0,
+        "baseline and AVX2 noise loops give the same bits");
+  check(throws_invalid([] { cpu::force_simd_level(5); }), "an unknown SIMD level throws");
+}
+
 }  // namespace
 
 int main() {
@@ -388,6 +403,7 @@ int main() {
   test_storage_conversions();
   test_validation();
   test_vote();
+  test_simd_builds();
   for (int32_t dtype : kDtypes) {
     for (int64_t row_length : {int64_t(1), int64_t(3), int64_t(7), int64_t(1023), int64_t(4097)})
       test_case(dtype, 3, row_length, rng);

@@ -1,0 +1,166 @@
+"""Times each fused kernel against the plain-PyTorch way of doing the same job; prints a table and writes JSON.
+
+    python bench/bench_kernels.py --out kernels.json [--device cpu|cuda] [--quick]
+
+Sizes are the scorer's: a batch of 256 CIFAR images (3 x 32 x 32), in float32 and
+bfloat16. Each case runs a few warm-up calls, then `repeats` timed calls; the table
+gives the median. ns/elem is per image element (N * D); GB/s counts the bytes the job
+must move at least (inputs read once, outputs written once) divided by the time, for
+both the fused kernel and the baseline; ratio = baseline time / fused time (> 1: the
+fused kernel is faster). Baselines draw their noise with torch.randn, so they do the
+same amount of work but not the same numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+
+from qmia_fast import kernels as K
+from qmia_fast import kernels_reference as R
+from qmia_fast.atomic_io import write_json
+from qmia_fast.build_info import build_info
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    if device.type == "cuda":
+        def run(fn):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) * 1e-3
+    else:
+        def run(fn):
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+    return run
+
+
+def _median_seconds(fn, device, warmup: int, repeats: int) -> float:
+    timer = _timer(device)
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return statistics.median(timer(fn) for _ in range(repeats))
+
+
+def _cases(n: int, shape, dtype, device):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn((n, *shape), generator=g).to(device=device, dtype=dtype)
+    eps = torch.randn((n, *shape), generator=g).to(device=device, dtype=dtype)
+    ref = torch.randn((n, *shape), generator=g).to(device=device, dtype=dtype)
+    c1 = torch.linspace(0.9, 1.1, n, device=device)
+    c2 = torch.linspace(-0.2, 0.2, n, device=device)
+    c1_b = c1.to(dtype).reshape(-1, *[1] * len(shape))
+    c2_b = c2.to(dtype).reshape(-1, *[1] * len(shape))
+    gen = torch.Generator(device=device).manual_seed(1)
+    size = x.element_size()
+    numel = x.numel()
+    # (name, fused, baseline, bytes the job must move)
+    return [
+        ("philox_normal vs randn",
+         lambda: K.philox_normal(x.shape, seed=1, device=device, dtype=dtype),
+         lambda: torch.randn(x.shape, generator=gen, device=device, dtype=dtype),
+         numel * size),
+        ("noise_inject vs randn + a*x + b*eps",
+         lambda: K.noise_inject(x, c1, c2, seed=1),
+         lambda: c1_b * x + c2_b * torch.randn(x.shape, generator=gen, device=device, dtype=dtype),
+         2 * numel * size),
+        ("eps_sq_error vs randn + ((e - n)**2).sum",
+         lambda: K.eps_sq_error(x, seed=1),
+         lambda: R.eps_sq_error_baseline(x, generator=gen),
+         numel * size),
+        ("ddim_step vs c1*x + c2*eps",
+         lambda: K.ddim_step(x, eps, c1, c2),
+         lambda: c1_b * x + c2_b * eps,
+         3 * numel * size),
+        ("ddim_step_sqerr vs op chain",
+         lambda: K.ddim_step_sqerr(x, eps, c1, c2, ref),
+         lambda: ((c1_b * x + c2_b * eps).float() - ref.float()).pow(2).flatten(1).sum(1),
+         3 * numel * size),
+        ("pnorm_error p=4 vs |a-b|**4 .sum",
+         lambda: K.pnorm_error(x, ref, 4.0),
+         lambda: R.pnorm_error_baseline(x, ref, 4.0),
+         2 * numel * size),
+    ]
+
+
+def run(device_name: str, quick: bool, batch: int) -> Dict:
+    device = torch.device(device_name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_kernels: --device cuda but torch sees no GPU")
+    warmup, repeats = (2, 5) if quick else (3, 21)
+    shape = (3, 32, 32)
+    results: List[Dict] = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for name, fused, baseline, nbytes in _cases(batch, shape, dtype, device):
+            fused_s = _median_seconds(fused, device, warmup, repeats)
+            base_s = _median_seconds(baseline, device, warmup, repeats)
+            elements = batch * 3 * 32 * 32
+            results.append({
+                "op": name, "dtype": str(dtype).replace("torch.", ""), "shape": [batch, *shape],
+                "fused_ms": fused_s * 1e3, "baseline_ms": base_s * 1e3,
+                "fused_ns_per_element": fused_s * 1e9 / elements,
+                "baseline_ns_per_element": base_s * 1e9 / elements,
+                "fused_gbps": nbytes / fused_s / 1e9, "baseline_gbps": nbytes / base_s / 1e9,
+                "ratio_baseline_over_fused": base_s / fused_s,
+            })
+    # The bag's vote: 50,000 samples, 7 regressors.
+    g = torch.Generator().manual_seed(2)
+    scores = torch.randn(50_000, generator=g).to(device)
+    thresholds = torch.randn(7, 50_000, generator=g).to(device)
+    fused_s = _median_seconds(lambda: K.vote(scores, thresholds), device, warmup, repeats)
+    base_s = _median_seconds(lambda: R.vote_baseline(scores, thresholds), device, warmup, repeats)
+    results.append({
+        "op": "vote vs (s < t).sum, mean", "dtype": "float32", "shape": [7, 50_000],
+        "fused_ms": fused_s * 1e3, "baseline_ms": base_s * 1e3,
+        "fused_ns_per_element": fused_s * 1e9 / 350_000, "baseline_ns_per_element": base_s * 1e9 / 350_000,
+        "fused_gbps": 8 * 50_000 * 4 / fused_s / 1e9, "baseline_gbps": 8 * 50_000 * 4 / base_s / 1e9,
+        "ratio_baseline_over_fused": base_s / fused_s,
+    })
+    return {
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "warmup": warmup, "repeats": repeats, "statistic": "median",
+        "results": results,
+        "build_info": build_info(),
+    }
+
+
+def format_table(report: Dict) -> str:
+    header = (f"{'kernel vs baseline':40s} {'dtype':8s} {'fused ms':>9s} {'base ms':>9s} {'fused ns/el':>11s} "
+              f"{'base ns/el':>10s} {'fused GB/s':>10s} {'base GB/s':>9s} {'ratio':>6s}")
+    lines = [f"device {report['device']}, torch threads {report['torch_threads']}, median of "
+             f"{report['repeats']} after {report['warmup']} warm-up", header, "-" * len(header)]
+    for r in report["results"]:
+        lines.append(f"{r['op']:40s} {r['dtype']:8s} {r['fused_ms']:9.3f} {r['baseline_ms']:9.3f} "
+                     f"{r['fused_ns_per_element']:11.3f} {r['baseline_ns_per_element']:10.3f} "
+                     f"{r['fused_gbps']:10.2f} {r['baseline_gbps']:9.2f} {r['ratio_baseline_over_fused']:6.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("kernels.json"), help="where to write the JSON report")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
+    parser.add_argument("--batch", type=int, default=256, help="images per batch (3 x 32 x 32 each)")
+    args = parser.parse_args(argv)
+    report = run(args.device, args.quick, args.batch)
+    print(format_table(report))
+    write_json(args.out, report)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
