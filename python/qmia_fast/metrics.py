@@ -11,7 +11,8 @@ from .errors import InputError
 REPORT_FPRS = (1e-2, 1e-3, 1e-4, 0.0)
 
 
-def _check_labels(labels, n: int | None, name: str = "labels") -> np.ndarray:
+def check_labels(labels, n: int | None = None, name: str = "labels") -> np.ndarray:
+    """Validate labels: 1-D, 0/1 (or bool), `n` of them when given -> int64."""
     labels_arr = np.asarray(labels)
     if labels_arr.ndim != 1:
         raise InputError(f"{name} must be a 1-D array, got shape {labels_arr.shape}")
@@ -45,7 +46,7 @@ def check_scores_labels(scores, labels) -> tuple[np.ndarray, np.ndarray]:
         first = int(np.flatnonzero(bad)[0])
         raise InputError(f"scores must be finite; found {scores_arr[first]} at index {first} "
                          f"({int(bad.sum())} non-finite in all)")
-    return scores_arr, _check_labels(labels, scores_arr.shape[0])
+    return scores_arr, check_labels(labels, scores_arr.shape[0])
 
 
 def _safe_ratio(count: np.ndarray, total: int) -> np.ndarray:
@@ -121,8 +122,8 @@ def decision_rates(decision, labels) -> dict[str, float]:
     if decision_arr.ndim != 1:
         raise InputError(f"decision must be a 1-D array, got shape {decision_arr.shape}")
     if decision_arr.dtype != bool:
-        decision_arr = _check_labels(decision_arr, None, name="decision").astype(bool)
-    labels_arr = _check_labels(labels, decision_arr.shape[0])
+        decision_arr = check_labels(decision_arr, None, name="decision").astype(bool)
+    labels_arr = check_labels(labels, decision_arr.shape[0])
     members = labels_arr == 1
     n_pos = int(members.sum())
     n_neg = int(members.shape[0] - n_pos)
