@@ -33,30 +33,6 @@ def numpy_vote(scores, thresholds):
     return votes, 2 * votes > thresholds.shape[0], (thresholds - scores[None, :]).mean(axis=0)
 
 
-def _torch_numpy_vote(scores, thresholds):
-    votes, decision, margin = numpy_vote(scores.double().numpy(), thresholds.double().numpy())
-    return torch.from_numpy(votes), torch.from_numpy(decision), torch.from_numpy(margin.astype(np.float32))
-
-
-def _real_vote_available():
-    try:
-        qmia_fast.kernels.vote(torch.zeros(1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64))
-    except Exception:  # noqa: BLE001
-        return False
-    return True
-
-
-@pytest.fixture(scope="module", autouse=True)
-def vote_kernel():
-    # TEMPORARY until the compiled core is built in this checkout: a numpy stand-in.
-    if _real_vote_available():
-        yield
-        return
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(qmia_fast.kernels, "vote", _torch_numpy_vote)
-        yield
-
-
 def test_vote_kernel_equals_numpy_with_ties():
     rng = np.random.default_rng(0)
     for n_models, n in [(1, 1), (7, 1000), (6, 513), (4, 0)]:
