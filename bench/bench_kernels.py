@@ -1,6 +1,6 @@
 """Times each fused kernel against the plain-PyTorch way of doing the same job; prints a table and writes JSON.
 
-    python bench/bench_kernels.py --out kernels.json [--device cpu|cuda] [--quick]
+    python bench/bench_kernels.py --out kernels.json [--device cpu|cuda] [--quick] [--threads N]
 
 Sizes are the scorer's: a batch of 256 CIFAR images (3 x 32 x 32), in float32 and
 bfloat16. Each case runs a few warm-up calls, then `repeats` timed calls; the table
@@ -154,7 +154,13 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
     parser.add_argument("--batch", type=int, default=256, help="images per batch (3 x 32 x 32 each)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for both the kernels and torch (default: torch's setting)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
     report = run(args.device, args.quick, args.batch)
     print(format_table(report))
     write_json(args.out, report)

@@ -23,7 +23,7 @@ constexpr int kReduceSteps = int(kReduceChunk / kReduceLanes);
 QMIA_HD int64_t reduce_num_chunks(int64_t row_length) { return (row_length + kReduceChunk - 1) / kReduceChunk; }
 
 // Step 3 on the host; the CUDA kernels do the same folds in shared memory.
-inline float fold_lanes(float* lanes) {
+inline float fold_lanes(float* lanes /* [kReduceLanes] */) {
   for (int stride = kReduceLanes / 2; stride >= 1; stride /= 2) {
 #pragma omp simd
     for (int m = 0; m < stride; ++m) lanes[m] += lanes[m + stride];
@@ -31,8 +31,8 @@ inline float fold_lanes(float* lanes) {
   return lanes[0];
 }
 
-// Step 4 (chunk_sums: [n_chunks], one row).
-QMIA_HD float combine_chunk_sums(const float* chunk_sums, int64_t n_chunks) {
+// Step 4, for one row.
+QMIA_HD float combine_chunk_sums(const float* chunk_sums /* [n_chunks] */, int64_t n_chunks) {
   double total = 0.0;
   for (int64_t c = 0; c < n_chunks; ++c) total += double(chunk_sums[c]);
   return float(total);

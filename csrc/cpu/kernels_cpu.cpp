@@ -83,7 +83,7 @@ void for_each_run(const RowLayout& layout, int64_t begin, int64_t end, const Fn&
 #define QMIA_ALWAYS_INLINE inline
 #endif
 
-QMIA_ALWAYS_INLINE void fill_normals_body(float* normals, PhiloxKey key, uint64_t sample, uint32_t stream,
+QMIA_ALWAYS_INLINE void fill_normals_body(float* normals /* [4 n_groups] */, PhiloxKey key, uint64_t sample, uint32_t stream,
                                           uint32_t first_group, int64_t n_groups) {
 #pragma omp simd
   for (int64_t g = 0; g < n_groups; ++g) {
@@ -96,13 +96,13 @@ QMIA_ALWAYS_INLINE void fill_normals_body(float* normals, PhiloxKey key, uint64_
   }
 }
 
-void fill_normals_generic(float* normals, PhiloxKey key, uint64_t sample, uint32_t stream, uint32_t first_group,
+void fill_normals_generic(float* normals /* [4 n_groups] */, PhiloxKey key, uint64_t sample, uint32_t stream, uint32_t first_group,
                           int64_t n_groups) {
   fill_normals_body(normals, key, sample, stream, first_group, n_groups);
 }
 
 #if QMIA_X86_DISPATCH
-__attribute__((target("avx2"))) void fill_normals_avx2(float* normals, PhiloxKey key, uint64_t sample,
+__attribute__((target("avx2"))) void fill_normals_avx2(float* normals /* [4 n_groups] */, PhiloxKey key, uint64_t sample,
                                                        uint32_t stream, uint32_t first_group, int64_t n_groups) {
   fill_normals_body(normals, key, sample, stream, first_group, n_groups);
 }
@@ -129,7 +129,7 @@ SimdLevel best_simd_level() {
   return SimdLevel::kGeneric;
 }
 
-void fill_normals(float* normals, PhiloxKey key, uint64_t sample, uint32_t stream, uint32_t first_group,
+void fill_normals(float* normals /* [4 n_groups] */, PhiloxKey key, uint64_t sample, uint32_t stream, uint32_t first_group,
                   int64_t n_groups) {
   fill_normals_for(active_simd_level())(normals, key, sample, stream, first_group, n_groups);
 }
@@ -141,7 +141,7 @@ void chunk_normals(float* normals /* [kReduceChunk] */, PhiloxKey key, uint64_t 
 }
 
 // Steps 2 and 3 of the order in row_reduce.h over terms[0 .. length).
-float chunk_sum(const float* terms, int64_t length) {
+float chunk_sum(const float* terms /* [length <= kReduceChunk] */, int64_t length) {
   alignas(64) float lanes[kReduceLanes];
   for (int m = 0; m < kReduceLanes; ++m) lanes[m] = 0.0f;
   for (int step = 0; step < kReduceSteps; ++step) {
@@ -158,7 +158,7 @@ float chunk_sum(const float* terms, int64_t length) {
 // Runs chunk_terms(row, chunk_start, length, terms) for every (row, chunk) and sums
 // the terms in the fixed order of row_reduce.h into out[row].
 template <typename ChunkTerms>
-void reduce_rows(float* out, int64_t n_rows, int64_t row_length, int num_threads, const ChunkTerms& chunk_terms) {
+void reduce_rows(float* out /* [n_rows] */, int64_t n_rows, int64_t row_length, int num_threads, const ChunkTerms& chunk_terms) {
   const int64_t n_chunks = reduce_num_chunks(row_length);
   if (n_chunks == 0) {
     std::fill(out, out + n_rows, 0.0f);  // an empty row sums to zero
@@ -179,7 +179,8 @@ void reduce_rows(float* out, int64_t n_rows, int64_t row_length, int num_threads
 
 // terms[k] = loaded value of logical element chunk_start + k of a row (row_data: start of the row).
 template <typename S>
-void gather_chunk(const S* row_data, const RowLayout& layout, int64_t chunk_start, int64_t length, float* values) {
+void gather_chunk(const S* row_data /* [D] */, const RowLayout& layout, int64_t chunk_start, int64_t length,
+                  float* values /* [length] */) {
   for_each_run(layout, chunk_start, chunk_start + length,
                [&](int64_t logical, int64_t count, int64_t memory, int64_t stride) {
                  float* dst = values + (logical - chunk_start);
@@ -194,7 +195,8 @@ void gather_chunk(const S* row_data, const RowLayout& layout, int64_t chunk_star
 }
 
 template <typename S>
-void scatter_chunk(S* row_data, const RowLayout& layout, int64_t chunk_start, int64_t length, const float* values) {
+void scatter_chunk(S* row_data /* [D] */, const RowLayout& layout, int64_t chunk_start, int64_t length,
+                   const float* values /* [length] */) {
   for_each_run(layout, chunk_start, chunk_start + length,
                [&](int64_t logical, int64_t count, int64_t memory, int64_t stride) {
                  const float* src = values + (logical - chunk_start);
@@ -237,7 +239,7 @@ int max_threads() {
 #endif
 }
 
-void philox_uint32(uint32_t* out, int64_t n_rows, int64_t n_groups, uint64_t seed, uint64_t offset, uint32_t stream,
+void philox_uint32(uint32_t* out /* [n_rows, n_groups, 4] */, int64_t n_rows, int64_t n_groups, uint64_t seed, uint64_t offset, uint32_t stream,
                    int num_threads) {
   check_size(n_rows, "n_rows");
   check_size(n_groups, "n_groups");
@@ -259,7 +261,7 @@ void philox_uint32(uint32_t* out, int64_t n_rows, int64_t n_groups, uint64_t see
   });
 }
 
-void philox_normal(void* out, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed, uint64_t offset,
+void philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed, uint64_t offset,
                    uint32_t stream, int num_threads) {
   check_dtype(dtype);
   check_noise_args(n_rows, layout, offset);
@@ -282,7 +284,8 @@ void philox_normal(void* out, int32_t dtype, int64_t n_rows, RowLayout layout, u
   });
 }
 
-void noise_inject(const void* x0, const float* a, const float* b, void* x_t, void* eps_out, int32_t dtype,
+void noise_inject(const void* x0 /* [n_rows, D] */, const float* a /* [n_rows] */, const float* b /* [n_rows] */,
+                  void* x_t /* [n_rows, D] */, void* eps_out /* [n_rows, D] or null */, int32_t dtype,
                   int64_t n_rows, RowLayout layout, uint64_t seed, uint64_t offset, uint32_t stream,
                   int num_threads) {
   check_dtype(dtype);
@@ -317,7 +320,7 @@ void noise_inject(const void* x0, const float* a, const float* b, void* x_t, voi
   });
 }
 
-void eps_sq_error(const void* eps_pred, float* out, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed,
+void eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [n_rows] */, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed,
                   uint64_t offset, uint32_t stream, int num_threads) {
   check_dtype(dtype);
   check_noise_args(n_rows, layout, offset);
@@ -340,7 +343,8 @@ void eps_sq_error(const void* eps_pred, float* out, int32_t dtype, int64_t n_row
   });
 }
 
-void ddim_step(const void* x, const void* eps, const float* c1, const float* c2, void* out, int32_t dtype,
+void ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */, const float* c1 /* [n_rows] */,
+               const float* c2 /* [n_rows] */, void* out /* [n_rows, D] */, int32_t dtype,
                int64_t n_rows, int64_t row_length, int num_threads) {
   check_dtype(dtype);
   check_size(n_rows, "n_rows");
@@ -373,7 +377,8 @@ void ddim_step(const void* x, const void* eps, const float* c1, const float* c2,
   });
 }
 
-void ddim_step_sqerr(const void* x, const void* eps, const float* c1, const float* c2, const void* ref, float* out,
+void ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */, const float* c1 /* [n_rows] */,
+                     const float* c2 /* [n_rows] */, const void* ref /* [n_rows, D] */, float* out /* [n_rows] */,
                      int32_t dtype, int64_t n_rows, RowLayout layout, int num_threads) {
   check_dtype(dtype);
   check_size(n_rows, "n_rows");
@@ -408,7 +413,8 @@ void ddim_step_sqerr(const void* x, const void* eps, const float* c1, const floa
   });
 }
 
-void pnorm_error(const void* a, const void* b, float* out, int32_t dtype, int64_t n_rows, RowLayout layout, float p,
+void pnorm_error(const void* a /* [n_rows, D] */, const void* b /* [n_rows, D] */, float* out /* [n_rows] */,
+                 int32_t dtype, int64_t n_rows, RowLayout layout, float p,
                  int num_threads) {
   check_dtype(dtype);
   check_size(n_rows, "n_rows");
@@ -447,9 +453,10 @@ void pnorm_error(const void* a, const void* b, float* out, int32_t dtype, int64_
   });
 }
 
-void vote(const void* scores, const void* thresholds, int32_t dtype, int64_t n_samples, int64_t n_models,
-          int64_t score_stride, int64_t model_stride, int64_t sample_stride, int32_t* votes, uint8_t* decision,
-          float* margin, int num_threads) {
+void vote(const void* scores /* [n_samples] strided */, const void* thresholds /* [n_models, n_samples] strided */,
+          int32_t dtype, int64_t n_samples, int64_t n_models,
+          int64_t score_stride, int64_t model_stride, int64_t sample_stride, int32_t* votes /* [n_samples] */,
+          uint8_t* decision /* [n_samples] */, float* margin /* [n_samples] */, int num_threads) {
   check_dtype(dtype, /*allow_float64=*/true);
   check_size(n_samples, "n_samples");
   check_size(n_models, "n_models");
@@ -490,7 +497,7 @@ void vote(const void* scores, const void* thresholds, int32_t dtype, int64_t n_s
   }
 }
 
-void float_to_storage(const float* src, void* dst, int32_t dtype, int64_t n) {
+void float_to_storage(const float* src /* [n] */, void* dst /* [n] */, int32_t dtype, int64_t n) {
   check_dtype(dtype);
   check_size(n, "n");
   check_pointer(src, n, "src");
@@ -502,7 +509,7 @@ void float_to_storage(const float* src, void* dst, int32_t dtype, int64_t n) {
   });
 }
 
-void storage_to_float(const void* src, float* dst, int32_t dtype, int64_t n) {
+void storage_to_float(const void* src /* [n] */, float* dst /* [n] */, int32_t dtype, int64_t n) {
   check_dtype(dtype);
   check_size(n, "n");
   check_pointer(src, n, "src");

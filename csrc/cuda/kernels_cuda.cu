@@ -50,7 +50,7 @@ struct Packed4<f16_t> {
   using type = uint2;
 };
 
-__device__ __forceinline__ void unpack4(float4 packed, const float*, float v[4]) {
+__device__ __forceinline__ void unpack4(float4 packed, const float* /* overload tag */, float v[4]) {
   v[0] = packed.x;
   v[1] = packed.y;
   v[2] = packed.z;
@@ -58,30 +58,30 @@ __device__ __forceinline__ void unpack4(float4 packed, const float*, float v[4])
 }
 
 template <typename S>
-__device__ __forceinline__ void unpack4(uint2 packed, const S*, float v[4]) {
+__device__ __forceinline__ void unpack4(uint2 packed, const S* /* overload tag */, float v[4]) {
   v[0] = load_float_bits<S>(uint16_t(packed.x));
   v[1] = load_float_bits<S>(uint16_t(packed.x >> 16));
   v[2] = load_float_bits<S>(uint16_t(packed.y));
   v[3] = load_float_bits<S>(uint16_t(packed.y >> 16));
 }
 
-__device__ __forceinline__ float4 pack4(const float v[4], float*) { return make_float4(v[0], v[1], v[2], v[3]); }
+__device__ __forceinline__ float4 pack4(const float v[4], float* /* overload tag */) { return make_float4(v[0], v[1], v[2], v[3]); }
 
 template <typename S>
-__device__ __forceinline__ uint2 pack4(const float v[4], S*) {
+__device__ __forceinline__ uint2 pack4(const float v[4], S* /* overload tag */) {
   const uint32_t b0 = store_float_bits<S>(v[0]), b1 = store_float_bits<S>(v[1]);
   const uint32_t b2 = store_float_bits<S>(v[2]), b3 = store_float_bits<S>(v[3]);
   return make_uint2(b0 | (b1 << 16), b2 | (b3 << 16));
 }
 
 template <typename S>
-__device__ __forceinline__ bool vector_ok(const S* p, const RowLayout& layout, int64_t e0) {
+__device__ __forceinline__ bool vector_ok(const S* p /* [4] at element e0 */, const RowLayout& layout, int64_t e0) {
   return !layout.channels_last && e0 + 4 <= layout.row_length &&
          (reinterpret_cast<uintptr_t>(p) & (4 * sizeof(S) - 1)) == 0;
 }
 
 template <typename S>
-__device__ __forceinline__ void load4(const S* row, const RowLayout& layout, int64_t e0, float v[4]) {
+__device__ __forceinline__ void load4(const S* row /* [D] */, const RowLayout& layout, int64_t e0, float v[4]) {
   const S* p = row + e0;
   if (vector_ok(p, layout, e0)) {
     unpack4(*reinterpret_cast<const typename Packed4<S>::type*>(p), p, v);
@@ -95,7 +95,7 @@ __device__ __forceinline__ void load4(const S* row, const RowLayout& layout, int
 }
 
 template <typename S>
-__device__ __forceinline__ void store4(S* row, const RowLayout& layout, int64_t e0, const float v[4]) {
+__device__ __forceinline__ void store4(S* row /* [D] */, const RowLayout& layout, int64_t e0, const float v[4]) {
   S* p = row + e0;
   if (vector_ok(p, layout, e0)) {
     *reinterpret_cast<typename Packed4<S>::type*>(p) = pack4(v, p);
@@ -290,7 +290,8 @@ __global__ void combine_chunks_kernel(const float* chunk_sums /* [n_rows, n_chun
 }
 
 template <typename Terms>
-cudaError_t launch_reduce(const Terms& terms, float* out, float* workspace, int64_t n_rows, int64_t row_length,
+cudaError_t launch_reduce(const Terms& terms, float* out /* [n_rows] */,
+                          float* workspace /* [n_rows, n_chunks] when n_chunks > 1 */, int64_t n_rows, int64_t row_length,
                           cudaStream_t stream) {
   const int64_t n_chunks = reduce_num_chunks(row_length);
   if (n_chunks == 0) {
@@ -312,7 +313,8 @@ cudaError_t launch_reduce(const Terms& terms, float* out, float* workspace, int6
 // ---- vote ------------------------------------------------------------------------
 
 template <typename S>
-__global__ void vote_kernel(const S* scores, const S* thresholds, int64_t n_samples, int64_t n_models,
+__global__ void vote_kernel(const S* scores /* [n_samples] strided */,
+                            const S* thresholds /* [n_models, n_samples] strided */, int64_t n_samples, int64_t n_models,
                             int64_t score_stride, int64_t model_stride, int64_t sample_stride,
                             int32_t* votes /* [n_samples] */, uint8_t* decision /* [n_samples] */,
                             float* margin /* [n_samples] */) {
@@ -350,7 +352,7 @@ void check_noise_args(int64_t n_rows, const RowLayout& layout, uint64_t offset) 
   require(offset <= UINT64_MAX - uint64_t(n_rows), "offset + n_rows overflows the 64-bit sample index");
 }
 
-void check_workspace(const float* workspace, int64_t n_rows, int64_t row_length) {
+void check_workspace(const float* workspace /* [reduce_workspace_elements] */, int64_t n_rows, int64_t row_length) {
   check_pointer(workspace, reduce_workspace_elements(n_rows, row_length), "workspace");
 }
 
@@ -361,8 +363,8 @@ int64_t reduce_workspace_elements(int64_t n_rows, int64_t row_length) {
   return n_chunks > 1 ? n_rows * n_chunks : 0;
 }
 
-cudaError_t philox_uint32(uint32_t* out, int64_t n_rows, int64_t n_groups, uint64_t seed, uint64_t offset,
-                          uint32_t stream_id, cudaStream_t stream) {
+cudaError_t philox_uint32(uint32_t* out /* [n_rows, n_groups, 4] */, int64_t n_rows, int64_t n_groups, uint64_t seed,
+                          uint64_t offset, uint32_t stream_id, cudaStream_t stream) {
   check_size(n_rows, "n_rows");
   check_size(n_groups, "n_groups");
   require(n_groups <= (int64_t(1) << 32), "n_groups above 2^32");
@@ -376,7 +378,7 @@ cudaError_t philox_uint32(uint32_t* out, int64_t n_rows, int64_t n_groups, uint6
   return cudaSuccess;
 }
 
-cudaError_t philox_normal(void* out, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed, uint64_t offset,
+cudaError_t philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed, uint64_t offset,
                           uint32_t stream_id, cudaStream_t stream) {
   check_dtype(dtype);
   check_noise_args(n_rows, layout, offset);
@@ -393,7 +395,8 @@ cudaError_t philox_normal(void* out, int32_t dtype, int64_t n_rows, RowLayout la
   });
 }
 
-cudaError_t noise_inject(const void* x0, const float* a, const float* b, void* x_t, void* eps_out, int32_t dtype,
+cudaError_t noise_inject(const void* x0 /* [n_rows, D] */, const float* a /* [n_rows] */, const float* b /* [n_rows] */,
+                         void* x_t /* [n_rows, D] */, void* eps_out /* [n_rows, D] or null */, int32_t dtype,
                          int64_t n_rows, RowLayout layout, uint64_t seed, uint64_t offset, uint32_t stream_id,
                          cudaStream_t stream) {
   check_dtype(dtype);
@@ -415,7 +418,8 @@ cudaError_t noise_inject(const void* x0, const float* a, const float* b, void* x
   });
 }
 
-cudaError_t eps_sq_error(const void* eps_pred, float* out, float* workspace, int32_t dtype, int64_t n_rows,
+cudaError_t eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [n_rows] */,
+                         float* workspace /* [reduce_workspace_elements] */, int32_t dtype, int64_t n_rows,
                          RowLayout layout, uint64_t seed, uint64_t offset, uint32_t stream_id, cudaStream_t stream) {
   check_dtype(dtype);
   check_noise_args(n_rows, layout, offset);
@@ -430,7 +434,8 @@ cudaError_t eps_sq_error(const void* eps_pred, float* out, float* workspace, int
   });
 }
 
-cudaError_t ddim_step(const void* x, const void* eps, const float* c1, const float* c2, void* out, int32_t dtype,
+cudaError_t ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */, const float* c1 /* [n_rows] */,
+                      const float* c2 /* [n_rows] */, void* out /* [n_rows, D] */, int32_t dtype,
                       int64_t n_rows, int64_t row_length, cudaStream_t stream) {
   check_dtype(dtype);
   check_size(n_rows, "n_rows");
@@ -456,8 +461,10 @@ cudaError_t ddim_step(const void* x, const void* eps, const float* c1, const flo
   });
 }
 
-cudaError_t ddim_step_sqerr(const void* x, const void* eps, const float* c1, const float* c2, const void* ref,
-                            float* out, float* workspace, int32_t dtype, int64_t n_rows, RowLayout layout,
+cudaError_t ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */,
+                            const float* c1 /* [n_rows] */, const float* c2 /* [n_rows] */,
+                            const void* ref /* [n_rows, D] */, float* out /* [n_rows] */,
+                            float* workspace /* [reduce_workspace_elements] */, int32_t dtype, int64_t n_rows, RowLayout layout,
                             cudaStream_t stream) {
   check_dtype(dtype);
   check_size(n_rows, "n_rows");
@@ -480,7 +487,8 @@ cudaError_t ddim_step_sqerr(const void* x, const void* eps, const float* c1, con
   });
 }
 
-cudaError_t pnorm_error(const void* a, const void* b, float* out, float* workspace, int32_t dtype, int64_t n_rows,
+cudaError_t pnorm_error(const void* a /* [n_rows, D] */, const void* b /* [n_rows, D] */, float* out /* [n_rows] */,
+                        float* workspace /* [reduce_workspace_elements] */, int32_t dtype, int64_t n_rows,
                         RowLayout layout, float p, cudaStream_t stream) {
   check_dtype(dtype);
   check_size(n_rows, "n_rows");
@@ -500,9 +508,10 @@ cudaError_t pnorm_error(const void* a, const void* b, float* out, float* workspa
   });
 }
 
-cudaError_t vote(const void* scores, const void* thresholds, int32_t dtype, int64_t n_samples, int64_t n_models,
-                 int64_t score_stride, int64_t model_stride, int64_t sample_stride, int32_t* votes,
-                 uint8_t* decision, float* margin, cudaStream_t stream) {
+cudaError_t vote(const void* scores /* [n_samples] strided */,
+                 const void* thresholds /* [n_models, n_samples] strided */, int32_t dtype, int64_t n_samples, int64_t n_models,
+                 int64_t score_stride, int64_t model_stride, int64_t sample_stride, int32_t* votes /* [n_samples] */,
+                 uint8_t* decision /* [n_samples] */, float* margin /* [n_samples] */, cudaStream_t stream) {
   check_dtype(dtype, /*allow_float64=*/true);
   check_size(n_samples, "n_samples");
   check_size(n_models, "n_models");
