@@ -120,7 +120,11 @@ __global__ void philox_uint32_kernel(uint32_t* out /* [n_rows, n_groups, 4] */, 
     const uint64_t sample = offset + uint64_t(row);
     const PhiloxWords w =
         philox4x32_10(uint32_t(group), stream_id, uint32_t(sample), uint32_t(sample >> 32), key.k0, key.k1);
-    reinterpret_cast<uint4*>(out)[idx] = make_uint4(w.w0, w.w1, w.w2, w.w3);
+    // Four plain stores: a uint4 store would need a 16-byte aligned caller pointer.
+    out[4 * idx + 0] = w.w0;
+    out[4 * idx + 1] = w.w1;
+    out[4 * idx + 2] = w.w2;
+    out[4 * idx + 3] = w.w3;
   }
 }
 
