@@ -1,0 +1,223 @@
+"""Resumable, shardable scoring: scores written chunk by chunk beside a manifest, so a killed run redoes only missing chunks."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from . import atomic_io
+from .distributed import Context, barrier, broadcast_from_main, gather_to_main
+from .errors import ConfigError, ResumeMismatchError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def fingerprint_array(array) -> str:
+    """sha256 of an array's dtype, shape and bytes (streamed, so big data sets never get copied)."""
+    digest = hashlib.sha256()
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
+    digest.update(f"{array.dtype.str}|{array.shape}|".encode())
+    flat = np.ascontiguousarray(array).reshape(-1)
+    step = max(1, (1 << 24) // max(1, flat.itemsize))
+    for start in range(0, flat.size, step):
+        digest.update(flat[start:start + step].tobytes())
+    return digest.hexdigest()
+
+
+def fingerprint_model(model) -> str:
+    """sha256 over the network's state dict (names, dtypes, shapes, values) and its schedule."""
+    digest = hashlib.sha256()
+    net = getattr(model, "net", model)
+    for name, tensor in sorted(net.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(fingerprint_array(tensor.detach().to("cpu")).encode())
+    schedule = getattr(model, "schedule", None)
+    if schedule is not None:
+        digest.update(np.asarray(schedule.betas, dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
+    return [(start, min(n, start + chunk_size)) for start in range(0, n, chunk_size)]
+
+
+def consecutive_runs(indices: np.ndarray) -> Iterable[tuple[int, int]]:
+    """(position, length) of each run of consecutive sample indices, so noise keys stay global indices."""
+    if len(indices) == 0:
+        return
+    breaks = np.nonzero(np.diff(indices) != 1)[0] + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(indices)]])
+    for start, end in zip(starts.tolist(), ends.tolist()):
+        yield start, end - start
+
+
+class ChunkStore:
+    """A folder of score chunks for one (config, model, data) fingerprint.
+
+    The manifest records the fingerprint; a folder made for anything else is refused,
+    never mixed. Each chunk is an .npy written atomically, so after a kill -9 a chunk is
+    either complete or absent.
+    """
+
+    def __init__(self, folder: str | Path, identity: dict[str, Any], n: int, chunk_size: int):
+        self.folder = Path(folder)
+        self.identity = identity
+        self.n = int(n)
+        self.chunk_size = int(chunk_size)
+        self.bounds = chunk_bounds(self.n, self.chunk_size)
+        self.key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+    def open(self) -> "ChunkStore":
+        """Create the folder and manifest, or check that an existing one matches."""
+        manifest_path = self.folder / MANIFEST
+        manifest = {"format": "qmia-fast-scores", "version": FORMAT_VERSION, "key": self.key,
+                    "n": self.n, "chunk_size": self.chunk_size, "identity": self.identity}
+        if manifest_path.exists():
+            try:
+                existing = json.loads(manifest_path.read_text())
+            except (OSError, json.JSONDecodeError):
+                raise ResumeMismatchError(
+                    f"{manifest_path} is unreadable; delete {self.folder} or choose another output folder"
+                ) from None
+            if existing.get("key") != self.key or existing.get("n") != self.n or \
+                    existing.get("chunk_size") != self.chunk_size:
+                differs = _differences(existing.get("identity", {}), self.identity)
+                if existing.get("chunk_size") != self.chunk_size:
+                    differs.append("chunk_size")
+                raise ResumeMismatchError(
+                    f"{self.folder} holds partial scores of a different run (differs in: "
+                    f"{', '.join(differs) or 'unknown'}); use a fresh --out folder, or pass --overwrite to discard them"
+                )
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_io.write_json(manifest_path, manifest)
+        return self
+
+    def chunk_path(self, i: int) -> Path:
+        return self.folder / f"chunk_{i:06d}.npy"
+
+    def load_chunk(self, i: int) -> np.ndarray | None:
+        path = self.chunk_path(i)
+        if not path.exists():
+            return None
+        try:
+            values = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None  # unreadable: recompute it
+        start, end = self.bounds[i]
+        if values.shape != (end - start,) or values.dtype != np.float64:
+            return None
+        return values
+
+    def write_chunk(self, i: int, values: np.ndarray) -> None:
+        atomic_io.save_npy(self.chunk_path(i), np.asarray(values, dtype=np.float64))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [key for key in keys if json.dumps(old.get(key), sort_keys=True, default=str)
+            != json.dumps(new.get(key), sort_keys=True, default=str)]
+
+
+def default_chunk_size(batch_size: int) -> int:
+    """Chunks of whole batches (so batch composition, and the bits, never depend on sharding), ~1k images."""
+    return batch_size * max(1, 1024 // batch_size)
+
+
+def score_indices(scorer, images, indices, *, work_dir: str | Path | None, identity: dict[str, Any],
+                  ctx: Context | None = None, chunk_size: int | None = None, progress: bool = False,
+                  overwrite: bool = False) -> np.ndarray | None:
+    """Scores (float64, in the order of `indices`) of images[indices], chunked, resumable and sharded.
+
+    Chunk i covers positions [i*chunk_size, (i+1)*chunk_size) of `indices`; rank r of W
+    computes the chunks with i % W == r. Within a chunk, each run of consecutive indices is
+    batched from its start, so a run gives the same bits however the job is split. With
+    work_dir, finished chunks are saved and reused on the next run; the caller removes
+    work_dir once the final output is safely written. Images are validated before any
+    UNet call. Returns the scores on rank 0 and None on the other ranks.
+    """
+    ctx = ctx or Context()
+    indices = np.asarray(indices, dtype=np.int64)
+    chunk_size = int(chunk_size or default_chunk_size(scorer.batch_size))
+    if chunk_size % scorer.batch_size:
+        raise ConfigError(f"chunk size {chunk_size} must be a multiple of the batch size {scorer.batch_size}")
+    store = None
+    if work_dir is not None:
+        store = ChunkStore(work_dir, identity, len(indices), chunk_size)
+        if ctx.is_main:
+            if overwrite:
+                store.remove()
+            store.open()
+        barrier(ctx)
+        if not ctx.is_main:
+            store.open()
+    bounds = chunk_bounds(len(indices), chunk_size)
+    mine = [i for i in range(len(bounds)) if i % ctx.world_size == ctx.rank]
+    results: dict[int, np.ndarray] = {}
+    todo = []
+    for i in mine:
+        cached = store.load_chunk(i) if store is not None else None
+        if cached is not None:
+            results[i] = cached
+        else:
+            todo.append(i)
+    if todo:
+        scorer.check_images(images)
+    total = sum(bounds[i][1] - bounds[i][0] for i in todo)
+    bar = _bar(progress and ctx.is_main, total, f"scoring {len(indices)} images ({scorer.config.method}"
+               + (f", rank 0 of {ctx.world_size}" if ctx.active else "") + ")")
+    with bar as ticker:
+        for i in todo:
+            start, end = bounds[i]
+            chunk_idx = indices[start:end]
+            values = np.empty(end - start, dtype=np.float64)
+            for pos, length in consecutive_runs(chunk_idx):
+                first = int(chunk_idx[pos])
+                block = images[first:first + length]
+                for batch_start, batch_values in scorer.iter_scores(block, offset=first, validated=True):
+                    at = pos + batch_start - first
+                    values[at:at + len(batch_values)] = batch_values
+                    ticker.update(len(batch_values))
+            if store is not None:
+                store.write_chunk(i, values)
+            results[i] = values
+    gathered = gather_to_main(results, ctx)
+    if not ctx.is_main:
+        return None
+    out = np.empty(len(indices), dtype=np.float64)
+    for part in gathered:
+        for i, values in part.items():
+            start, end = bounds[i]
+            out[start:end] = values
+    return out
+
+
+def _bar(enabled: bool, length: int, label: str):
+    import contextlib
+    import sys
+
+    if not enabled or length == 0:
+        class _Silent:
+            def update(self, n):
+                pass
+
+        return contextlib.nullcontext(_Silent())
+    import click
+
+    return click.progressbar(length=length, label=label, file=sys.stderr, show_eta=True, show_pos=True)
+
+
+__all__ = ["ChunkStore", "score_indices", "fingerprint_array", "fingerprint_model", "default_chunk_size",
+           "broadcast_from_main"]
