@@ -60,10 +60,11 @@ def _per_row(c, like):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_noise_inject_matches_reference(dtype, shape):
+def test_noise_inject_matches_reference(dtype, shape, device):
     x0 = _data(shape, dtype, 1)
     a, b = _coefs(shape[0], 0.2, 0.99), _coefs(shape[0], 0.98, 0.1)
-    x_t, eps = K.noise_inject(x0, a, b, seed=11, offset=5, return_noise=True, stream=2)
+    x_t, eps = K.noise_inject(x0.to(device), a, b, seed=11, offset=5, return_noise=True, stream=2)
+    x_t, eps = x_t.cpu(), eps.cpu()
     assert x_t.shape == x0.shape and eps.dtype == dtype
     assert torch.equal(eps, K.philox_normal(shape, 11, 5, dtype=dtype, stream=2))
     eps32 = R.philox_normal_reference(shape, 11, 5, 2).float()
@@ -74,9 +75,9 @@ def test_noise_inject_matches_reference(dtype, shape):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_eps_sq_error_matches_reference(dtype, shape):
+def test_eps_sq_error_matches_reference(dtype, shape, device):
     pred = _data(shape, dtype, 2)
-    out = K.eps_sq_error(pred, seed=3, offset=7, stream=1)
+    out = K.eps_sq_error(pred.to(device), seed=3, offset=7, stream=1).cpu()
     assert out.shape == (shape[0],)
     _assert_sums_close(out, R.eps_sq_error_reference(pred, 3, 7, 1))
 
@@ -90,10 +91,10 @@ def test_eps_sq_error_of_the_injected_noise_is_zero():
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_ddim_step_matches_reference(dtype, shape):
+def test_ddim_step_matches_reference(dtype, shape, device):
     x, eps = _data(shape, dtype, 3), _data(shape, dtype, 4)
     c1, c2 = _coefs(shape[0], 1.01, 1.3), _coefs(shape[0], -0.2, -0.05)
-    out = K.ddim_step(x, eps, c1, c2)
+    out = K.ddim_step(x.to(device), eps.to(device), c1, c2).cpu()
     ref = R.ddim_step_reference(x, eps, c1.float(), c2.float())
     scale = (_per_row(c1.float(), x) * x.double()).abs() + (_per_row(c2.float(), x) * eps.double()).abs()
     _assert_rounded_close(out, ref, scale, dtype)
@@ -101,19 +102,19 @@ def test_ddim_step_matches_reference(dtype, shape):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_ddim_step_sqerr_matches_reference(dtype, shape):
+def test_ddim_step_sqerr_matches_reference(dtype, shape, device):
     x, eps, ref = _data(shape, dtype, 5), _data(shape, dtype, 6), _data(shape, dtype, 7)
     c1, c2 = _coefs(shape[0], 0.9, 1.1), _coefs(shape[0], 0.3, -0.3)
-    out = K.ddim_step_sqerr(x, eps, c1, c2, ref)
+    out = K.ddim_step_sqerr(x.to(device), eps.to(device), c1, c2, ref.to(device)).cpu()
     _assert_sums_close(out, R.ddim_step_sqerr_reference(x, eps, c1.float(), c2.float(), ref))
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0, 2.5, 3.0, 4.0])
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_pnorm_error_matches_reference(dtype, shape, p):
+def test_pnorm_error_matches_reference(dtype, shape, p, device):
     a, b = _data(shape, dtype, 8), _data(shape, dtype, 9)
-    _assert_sums_close(K.pnorm_error(a, b, p), R.pnorm_error_reference(a, b, p))
+    _assert_sums_close(K.pnorm_error(a.to(device), b.to(device), p).cpu(), R.pnorm_error_reference(a, b, p))
 
 
 def test_scalar_and_per_sample_coefficients_agree():
@@ -245,11 +246,11 @@ def _numpy_vote(scores, thresholds):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("n_models", [1, 2, 7, 8])
-def test_vote_matches_numpy_with_many_ties(dtype, n_models):
+def test_vote_matches_numpy_with_many_ties(dtype, n_models, device):
     g = torch.Generator().manual_seed(n_models)
     scores = torch.randint(0, 5, (1001,), generator=g).to(dtype)
     thresholds = torch.randint(0, 5, (n_models, 1001), generator=g).to(dtype)
-    votes, decision, margin = K.vote(scores, thresholds)
+    votes, decision, margin = (t.cpu() for t in K.vote(scores.to(device), thresholds.to(device)))
     assert votes.dtype == torch.int32 and decision.dtype == torch.bool and margin.dtype == torch.float32
     ref_votes, ref_decision, ref_margin = _numpy_vote(scores, thresholds)
     assert np.array_equal(votes.numpy(), ref_votes)
