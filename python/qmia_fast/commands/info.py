@@ -20,7 +20,7 @@ def format_info(info: Dict[str, Any]) -> List[str]:
     if cpu_module.get("built"):
         openmp = f"OpenMP {cpu_module['openmp_version']}" if cpu_module.get("openmp_version") else "no OpenMP"
         lines.append(f"CPU module:    built ({cpu_module.get('compiler')}, {cpu_module.get('build_type') or '?'}, "
-                     f"{openmp})")
+                     f"{openmp}); noise loop: {cpu_module.get('simd_level')} build")
         lines.append(f"  flags:       {cpu_module.get('compile_flags')}")
     else:
         lines.append(f"CPU module:    MISSING ({cpu_module.get('error')})")
