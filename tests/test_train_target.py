@@ -42,6 +42,7 @@ def test_writes_a_loadable_model_checkpoint_and_summary(images, tmp_path):
     assert np.isfinite(saved["final_loss"]) and saved["wall_time_s"] > 0
     assert summary["final_loss"] == saved["final_loss"]
     model = load_model(out)
+    assert load_model(out / CHECKPOINT_NAME).format == "qmia"  # a file of the folder means the folder
     assert model.format == "qmia" and model.image_shape == (3, 8, 8) and model.schedule.T == 40
     assert model.config["metadata"]["step"] == 3 and model.config["metadata"]["weights"] == "ema"
     # The checkpoint holds only tensors and plain containers.
@@ -106,6 +107,9 @@ def test_resume_refuses_a_different_configuration(images, tmp_path):
         train_ddpm(images[:5], tmp_path / "run", steps=4, **FAST)
     with pytest.raises(ConfigError, match="different configuration.*seed"):
         train_ddpm(images, tmp_path / "run", steps=4, seed=1, **FAST)
+    (tmp_path / "run" / CHECKPOINT_NAME).unlink()  # a finished model without its checkpoint is not overwritten
+    with pytest.raises(ConfigError, match="already holds a model"):
+        train_ddpm(images, tmp_path / "run", steps=4, **FAST)
 
 
 def test_bf16_and_float_images(tmp_path):

@@ -290,7 +290,9 @@ def _validate_images(images) -> np.ndarray:
     if images.ndim != 4 or images.shape[0] == 0:
         raise InputError(f"images must be a non-empty N x C x H x W array, got shape {images.shape}")
     if images.dtype == np.uint8:
-        return np.ascontiguousarray(images)
+        images = np.ascontiguousarray(images)
+        # torch.from_numpy warns on read-only arrays (memory maps, load_data's outputs); copy those once.
+        return images if images.flags.writeable else images.copy()
     if images.dtype.kind == "f":
         if not np.all(np.isfinite(images)) or images.min() < 0.0 or images.max() > 1.0:
             raise InputError("float images must lie in [0, 1]; pass uint8 in [0, 255] or floats in [0, 1]")

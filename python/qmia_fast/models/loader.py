@@ -32,8 +32,8 @@ def detect_format(path: str | os.PathLike) -> tuple[str, Path]:
 
     Folder: config.json tagged qmia-fast-model -> qmia; model_index.json, unet/ or a diffusers
     config.json -> diffusers; otherwise a single checkpoint file inside is examined. File: a zip
-    with TorchScript code members -> torchscript; model.pt/model.safetensors beside a qmia
-    config.json -> qmia; any other torch file -> pytorch-ddpm, whose loader then checks the keys.
+    with TorchScript code members -> torchscript; any .pt/.safetensors/.json inside a qmia
+    folder -> that folder; any other torch file -> pytorch-ddpm, whose loader then checks the keys.
     """
     path = Path(path)
     if not path.exists():
@@ -52,11 +52,11 @@ def detect_format(path: str | os.PathLike) -> tuple[str, Path]:
             f"cannot tell the model format of folder {path} ({reason}; contents: {listing}); "
             "pass the checkpoint file itself or --model-format"
         )
-    if path.name == "config.json" or path.name in ("model.pt", "model.safetensors"):
-        if is_qmia_folder(path.parent):
-            return "qmia", path.parent
-        if path.name == "config.json" and is_diffusers_folder(path.parent):
-            return "diffusers", path.parent
+    # Any file of a qmia model folder (config.json, model.pt, a training checkpoint.pt) means that folder.
+    if path.suffix.lower() in (".json", ".pt", ".safetensors") and is_qmia_folder(path.parent):
+        return "qmia", path.parent
+    if path.name == "config.json" and is_diffusers_folder(path.parent):
+        return "diffusers", path.parent
     if path.suffix.lower() == ".safetensors":
         raise ModelLoadError(
             f"cannot tell the model format of {path}: a bare .safetensors file carries no architecture; "
