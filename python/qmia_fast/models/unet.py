@@ -74,7 +74,7 @@ def normalize_unet_config(config: dict[str, Any] | None = None, **overrides) -> 
     if out["img_size"] % factor:
         raise ConfigError(
             f"UNet config: img_size = {out['img_size']} must be divisible by 2**(len(ch_mult)-1) = {factor}; "
-            "use fewer ch_mult levels or another image size"
+            "use fewer ch_mult levels (--ch-mult, e.g. 1,2,2) or another image size"
         )
     return out
 
