@@ -1,4 +1,4 @@
-// CPU implementation of the fused kernels: OpenMP over (row, chunk) tasks, SIMD loops inside a chunk.
+// CPU implementation of the fused kernels: argument checks, OpenMP over (row, chunk) tasks, run-time ISA choice.
 #include "cpu/kernels_cpu.h"
 
 #include <algorithm>
@@ -76,122 +76,17 @@ void for_each_run(const RowLayout& layout, int64_t begin, int64_t end, const Fn&
   }
 }
 
-// normals[0 .. 4 n_groups): the noise of groups first_group .. first_group + n_groups - 1,
-// at most kReduceChunk / 4 groups. Two passes: the Philox words into four unit-stride
-// arrays, then Box-Muller over them, which keeps both loops free of lane shuffles.
-// Everything is compiled twice, for baseline x86-64 (SSE2) and for AVX2 (with
-// hand-written Philox rounds), and picked at run time. Both builds do the same integer
-// and IEEE operations in the same order, so their bits are equal.
 #if defined(__GNUC__)
 #define QMIA_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
 #define QMIA_ALWAYS_INLINE inline
 #endif
 
-constexpr int64_t kMaxGroups = kReduceChunk / 4;
-
-struct PhiloxWordArrays {
-  alignas(64) uint32_t w0[kMaxGroups];
-  alignas(64) uint32_t w1[kMaxGroups];
-  alignas(64) uint32_t w2[kMaxGroups];
-  alignas(64) uint32_t w3[kMaxGroups];
-};
-
-QMIA_ALWAYS_INLINE void philox_words_loop(PhiloxWordArrays& words, PhiloxKey key, uint64_t sample, uint32_t stream,
-                                          uint32_t first_group, int64_t begin, int64_t n_groups) {
-#pragma omp simd
-  for (int64_t g = begin; g < n_groups; ++g) {
-    const PhiloxWords w =
-        philox4x32_10(first_group + uint32_t(g), stream, uint32_t(sample), uint32_t(sample >> 32), key.k0, key.k1);
-    words.w0[g] = w.w0;
-    words.w1[g] = w.w1;
-    words.w2[g] = w.w2;
-    words.w3[g] = w.w3;
-  }
-}
-
-QMIA_ALWAYS_INLINE void box_muller_loop(const PhiloxWordArrays& words, float* normals /* [4 n_groups] */,
-                                        int64_t n_groups) {
-#pragma omp simd
-  for (int64_t g = 0; g < n_groups; ++g) {
-    float n0, n1, n2, n3;
-    box_muller(words.w0[g], words.w1[g], n0, n1);
-    box_muller(words.w2[g], words.w3[g], n2, n3);
-    normals[4 * g + 0] = n0;
-    normals[4 * g + 1] = n1;
-    normals[4 * g + 2] = n2;
-    normals[4 * g + 3] = n3;
-  }
-}
-
-void fill_normals_generic(float* normals /* [4 n_groups] */, PhiloxKey key, uint64_t sample, uint32_t stream,
-                          uint32_t first_group, int64_t n_groups) {
-  PhiloxWordArrays words;
-  philox_words_loop(words, key, sample, stream, first_group, 0, n_groups);
-  box_muller_loop(words, normals, n_groups);
-}
-
-#if QMIA_X86_DISPATCH
-// (high, low) 32-bit halves of m * x in all eight lanes: vpmuludq multiplies the even
-// lanes, the odd lanes are shifted down and multiplied, and blends put the halves back.
-__attribute__((target("avx2"))) QMIA_ALWAYS_INLINE void mulhilo8(__m256i x, __m256i m, __m256i& high,
-                                                                 __m256i& low) {
-  const __m256i even = _mm256_mul_epu32(x, m);
-  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(x, 32), m);
-  low = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
-  high = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
-}
-
-// philox4x32_10 of philox.h for eight consecutive groups at a time.
-__attribute__((target("avx2"))) void philox_words_avx2(PhiloxWordArrays& words, PhiloxKey key, uint64_t sample,
-                                                       uint32_t stream, uint32_t first_group, int64_t n_groups) {
-  const __m256i mul0 = _mm256_set1_epi32(int32_t(kPhiloxMul0));
-  const __m256i mul1 = _mm256_set1_epi32(int32_t(kPhiloxMul1));
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  int64_t g = 0;
-  for (; g + 8 <= n_groups; g += 8) {
-    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(int32_t(first_group + uint32_t(g))), lane);
-    __m256i c1 = _mm256_set1_epi32(int32_t(stream));
-    __m256i c2 = _mm256_set1_epi32(int32_t(uint32_t(sample)));
-    __m256i c3 = _mm256_set1_epi32(int32_t(uint32_t(sample >> 32)));
-    uint32_t k0 = key.k0, k1 = key.k1;
-    for (int round = 0; round < 10; ++round) {
-      __m256i high0, low0, high1, low1;
-      mulhilo8(c0, mul0, high0, low0);
-      mulhilo8(c2, mul1, high1, low1);
-      c0 = _mm256_xor_si256(_mm256_xor_si256(high1, c1), _mm256_set1_epi32(int32_t(k0)));
-      c1 = low1;
-      c2 = _mm256_xor_si256(_mm256_xor_si256(high0, c3), _mm256_set1_epi32(int32_t(k1)));
-      c3 = low0;
-      k0 += kPhiloxWeyl0;
-      k1 += kPhiloxWeyl1;
-    }
-    _mm256_store_si256(reinterpret_cast<__m256i*>(words.w0 + g), c0);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(words.w1 + g), c1);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(words.w2 + g), c2);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(words.w3 + g), c3);
-  }
-  philox_words_loop(words, key, sample, stream, first_group, g, n_groups);  // the last < 8 groups
-}
-
-__attribute__((target("avx2"))) void fill_normals_avx2(float* normals /* [4 n_groups] */, PhiloxKey key,
-                                                       uint64_t sample, uint32_t stream, uint32_t first_group,
-                                                       int64_t n_groups) {
-  PhiloxWordArrays words;
-  philox_words_avx2(words, key, sample, stream, first_group, n_groups);
-  box_muller_loop(words, normals, n_groups);
-}
-#endif
-
-using FillNormals = void (*)(float*, PhiloxKey, uint64_t, uint32_t, uint32_t, int64_t);
-
-FillNormals fill_normals_for(SimdLevel level) {
-#if QMIA_X86_DISPATCH
-  if (level == SimdLevel::kAvx2) return fill_normals_avx2;
-#else
-  (void)level;
-#endif
-  return fill_normals_generic;
+void check_noise_args(int64_t n_rows, const RowLayout& layout, uint64_t offset) {
+  check_size(n_rows, "n_rows");
+  check_layout(layout);
+  check_rows_times_length(n_rows, layout.row_length);
+  require(offset <= UINT64_MAX - uint64_t(n_rows), "offset + n_rows overflows the 64-bit sample index");
 }
 
 std::atomic<int> g_forced_simd{-1};  // -1: the best the CPU supports
@@ -204,93 +99,46 @@ SimdLevel best_simd_level() {
   return SimdLevel::kGeneric;
 }
 
-void fill_normals(float* normals /* [4 n_groups] */, PhiloxKey key, uint64_t sample, uint32_t stream, uint32_t first_group,
-                  int64_t n_groups) {
-  fill_normals_for(active_simd_level())(normals, key, sample, stream, first_group, n_groups);
-}
 
-// The normals of one chunk of a row: elements [chunk_start, chunk_start + length).
-void chunk_normals(float* normals /* [kReduceChunk] */, PhiloxKey key, uint64_t sample, uint32_t stream,
-                   int64_t chunk_start, int64_t length) {
-  fill_normals(normals, key, sample, stream, uint32_t(chunk_start / 4), (length + 3) / 4);
-}
+// ---- the chunk loops, once per instruction set ------------------------------------------
+// The wheel is built for baseline x86-64; the AVX2 copy is picked at run time. Helpers
+// defined above (parallel_tasks, dispatch_storage, for_each_run) stay baseline code and
+// only call into the per-ISA lambdas, so no AVX2 instruction can leak into a path that
+// runs on a CPU without it.
 
-// Steps 2 and 3 of the order in row_reduce.h over terms[0 .. length).
-float chunk_sum(const float* terms /* [length <= kReduceChunk] */, int64_t length) {
-  alignas(64) float lanes[kReduceLanes];
-  for (int m = 0; m < kReduceLanes; ++m) lanes[m] = 0.0f;
-  for (int step = 0; step < kReduceSteps; ++step) {
-    const int64_t base = int64_t(step) * kReduceLanes;
-    const int64_t count = std::min<int64_t>(kReduceLanes, length - base);
-    if (count <= 0) break;
-    const float* step_terms = terms + base;
-#pragma omp simd
-    for (int64_t m = 0; m < count; ++m) lanes[m] += step_terms[m];
-  }
-  return fold_lanes(lanes);
-}
+namespace isa_generic {
+#define QMIA_CPU_ISA_AVX2 0
+#include "cpu/kernels_cpu_loops.inc"
+#undef QMIA_CPU_ISA_AVX2
+}  // namespace isa_generic
 
-// Runs chunk_terms(row, chunk_start, length, terms) for every (row, chunk) and sums
-// the terms in the fixed order of row_reduce.h into out[row].
-template <typename ChunkTerms>
-void reduce_rows(float* out /* [n_rows] */, int64_t n_rows, int64_t row_length, int num_threads, const ChunkTerms& chunk_terms) {
-  const int64_t n_chunks = reduce_num_chunks(row_length);
-  if (n_chunks == 0) {
-    std::fill(out, out + n_rows, 0.0f);  // an empty row sums to zero
-    return;
-  }
-  std::vector<float> chunk_sums(size_t(n_rows * n_chunks));
-  float* sums = chunk_sums.data();
-  parallel_tasks(n_rows * n_chunks, std::min(row_length, kReduceChunk), num_threads, [&](int64_t task) {
-    const int64_t row = task / n_chunks;
-    const int64_t chunk_start = (task - row * n_chunks) * kReduceChunk;
-    const int64_t length = std::min(kReduceChunk, row_length - chunk_start);
-    alignas(64) float terms[kReduceChunk];
-    chunk_terms(row, chunk_start, length, terms);
-    sums[task] = chunk_sum(terms, length);
-  });
-  for (int64_t row = 0; row < n_rows; ++row) out[row] = combine_chunk_sums(sums + row * n_chunks, n_chunks);
-}
+#if QMIA_X86_DISPATCH
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2")
+#endif
+namespace isa_avx2 {
+#define QMIA_CPU_ISA_AVX2 1
+#include "cpu/kernels_cpu_loops.inc"
+#undef QMIA_CPU_ISA_AVX2
+}  // namespace isa_avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif
 
-// terms[k] = loaded value of logical element chunk_start + k of a row (row_data: start of the row).
-template <typename S>
-void gather_chunk(const S* row_data /* [D] */, const RowLayout& layout, int64_t chunk_start, int64_t length,
-                  float* values /* [length] */) {
-  for_each_run(layout, chunk_start, chunk_start + length,
-               [&](int64_t logical, int64_t count, int64_t memory, int64_t stride) {
-                 float* dst = values + (logical - chunk_start);
-                 const S* src = row_data + memory;
-                 if (stride == 1) {
-#pragma omp simd
-                   for (int64_t k = 0; k < count; ++k) dst[k] = load_float(src + k);
-                 } else {
-                   for (int64_t k = 0; k < count; ++k) dst[k] = load_float(src + k * stride);
-                 }
-               });
-}
-
-template <typename S>
-void scatter_chunk(S* row_data /* [D] */, const RowLayout& layout, int64_t chunk_start, int64_t length,
-                   const float* values /* [length] */) {
-  for_each_run(layout, chunk_start, chunk_start + length,
-               [&](int64_t logical, int64_t count, int64_t memory, int64_t stride) {
-                 const float* src = values + (logical - chunk_start);
-                 S* dst = row_data + memory;
-                 if (stride == 1) {
-#pragma omp simd
-                   for (int64_t k = 0; k < count; ++k) store_float(dst + k, src[k]);
-                 } else {
-                   for (int64_t k = 0; k < count; ++k) store_float(dst + k * stride, src[k]);
-                 }
-               });
-}
-
-void check_noise_args(int64_t n_rows, const RowLayout& layout, uint64_t offset) {
-  check_size(n_rows, "n_rows");
-  check_layout(layout);
-  check_rows_times_length(n_rows, layout.row_length);
-  require(offset <= UINT64_MAX - uint64_t(n_rows), "offset + n_rows overflows the 64-bit sample index");
-}
+// Runs isa_avx2::name(args) or isa_generic::name(args), whichever the CPU (and any cap
+// set by force_simd_level) allows.
+#if QMIA_X86_DISPATCH
+#define QMIA_CPU_DISPATCH(name, ...)                                                   \
+  (active_simd_level() == SimdLevel::kAvx2 ? isa_avx2::name(__VA_ARGS__) : isa_generic::name(__VA_ARGS__))
+#else
+#define QMIA_CPU_DISPATCH(name, ...) isa_generic::name(__VA_ARGS__)
+#endif
 
 }  // namespace
 
@@ -343,20 +191,7 @@ void philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, R
   const int64_t row_length = layout.row_length;
   check_pointer(out, n_rows * row_length, "out");
   if (n_rows == 0 || row_length == 0) return;
-  const PhiloxKey key = philox_key(seed);
-  const int64_t n_chunks = reduce_num_chunks(row_length);
-  dispatch_storage(dtype, [&](auto tag) {
-    using S = typename decltype(tag)::type;
-    S* data = static_cast<S*>(out);
-    parallel_tasks(n_rows * n_chunks, std::min(row_length, kReduceChunk), num_threads, [&](int64_t task) {
-      const int64_t row = task / n_chunks;
-      const int64_t chunk_start = (task - row * n_chunks) * kReduceChunk;
-      const int64_t length = std::min(kReduceChunk, row_length - chunk_start);
-      alignas(64) float normals[kReduceChunk];
-      chunk_normals(normals, key, offset + uint64_t(row), stream, chunk_start, length);
-      scatter_chunk(data + row * row_length, layout, chunk_start, length, normals);
-    });
-  });
+  QMIA_CPU_DISPATCH(philox_normal_rows, out, dtype, n_rows, layout, philox_key(seed), offset, stream, num_threads);
 }
 
 void noise_inject(const void* x0 /* [n_rows, D] */, const float* a /* [n_rows] */, const float* b /* [n_rows] */,
@@ -371,28 +206,8 @@ void noise_inject(const void* x0 /* [n_rows, D] */, const float* a /* [n_rows] *
   check_pointer(a, n_rows, "a");
   check_pointer(b, n_rows, "b");
   if (n_rows == 0 || row_length == 0) return;
-  const PhiloxKey key = philox_key(seed);
-  const int64_t n_chunks = reduce_num_chunks(row_length);
-  dispatch_storage(dtype, [&](auto tag) {
-    using S = typename decltype(tag)::type;
-    const S* x0_data = static_cast<const S*>(x0);
-    S* x_t_data = static_cast<S*>(x_t);
-    S* eps_data = static_cast<S*>(eps_out);
-    parallel_tasks(n_rows * n_chunks, std::min(row_length, kReduceChunk), num_threads, [&](int64_t task) {
-      const int64_t row = task / n_chunks;
-      const int64_t chunk_start = (task - row * n_chunks) * kReduceChunk;
-      const int64_t length = std::min(kReduceChunk, row_length - chunk_start);
-      alignas(64) float normals[kReduceChunk];
-      alignas(64) float values[kReduceChunk];
-      chunk_normals(normals, key, offset + uint64_t(row), stream, chunk_start, length);
-      gather_chunk(x0_data + row * row_length, layout, chunk_start, length, values);
-      const float coef_x = a[row], coef_eps = b[row];
-#pragma omp simd
-      for (int64_t k = 0; k < length; ++k) values[k] = affine_combine(coef_x, values[k], coef_eps, normals[k]);
-      scatter_chunk(x_t_data + row * row_length, layout, chunk_start, length, values);
-      if (eps_data) scatter_chunk(eps_data + row * row_length, layout, chunk_start, length, normals);
-    });
-  });
+  QMIA_CPU_DISPATCH(noise_inject_rows, x0, a, b, x_t, eps_out, dtype, n_rows, layout, philox_key(seed), offset, stream,
+                    num_threads);
 }
 
 void eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [n_rows] */, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed,
@@ -403,19 +218,8 @@ void eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [n_rows]
   check_pointer(eps_pred, n_rows * row_length, "eps_pred");
   check_pointer(out, n_rows, "out");
   if (n_rows == 0) return;
-  const PhiloxKey key = philox_key(seed);
-  dispatch_storage(dtype, [&](auto tag) {
-    using S = typename decltype(tag)::type;
-    const S* pred = static_cast<const S*>(eps_pred);
-    reduce_rows(out, n_rows, row_length, num_threads,
-                [&](int64_t row, int64_t chunk_start, int64_t length, float* terms) {
-                  alignas(64) float normals[kReduceChunk];
-                  chunk_normals(normals, key, offset + uint64_t(row), stream, chunk_start, length);
-                  gather_chunk(pred + row * row_length, layout, chunk_start, length, terms);
-#pragma omp simd
-                  for (int64_t k = 0; k < length; ++k) terms[k] = squared_difference(terms[k], normals[k]);
-                });
-  });
+  QMIA_CPU_DISPATCH(eps_sq_error_rows, eps_pred, out, dtype, n_rows, layout, philox_key(seed), offset, stream,
+                    num_threads);
 }
 
 void ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */, const float* c1 /* [n_rows] */,
@@ -431,25 +235,7 @@ void ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] *
   check_pointer(c1, n_rows, "c1");
   check_pointer(c2, n_rows, "c2");
   if (n_rows == 0 || row_length == 0) return;
-  const int64_t n_pieces = (row_length + kElementwiseChunk - 1) / kElementwiseChunk;
-  dispatch_storage(dtype, [&](auto tag) {
-    using S = typename decltype(tag)::type;
-    const S* x_data = static_cast<const S*>(x);
-    const S* eps_data = static_cast<const S*>(eps);
-    S* out_data = static_cast<S*>(out);
-    parallel_tasks(n_rows * n_pieces, std::min(row_length, kElementwiseChunk), num_threads, [&](int64_t task) {
-      const int64_t row = task / n_pieces;
-      const int64_t start = row * row_length + (task - row * n_pieces) * kElementwiseChunk;
-      const int64_t count = std::min(kElementwiseChunk, (row + 1) * row_length - start);
-      const float coef_x = c1[row], coef_eps = c2[row];
-      const S* xs = x_data + start;
-      const S* es = eps_data + start;
-      S* os = out_data + start;
-#pragma omp simd
-      for (int64_t k = 0; k < count; ++k)
-        store_float(os + k, affine_combine(coef_x, load_float(xs + k), coef_eps, load_float(es + k)));
-    });
-  });
+  QMIA_CPU_DISPATCH(ddim_step_rows, x, eps, c1, c2, out, dtype, n_rows, row_length, num_threads);
 }
 
 void ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */, const float* c1 /* [n_rows] */,
@@ -467,25 +253,7 @@ void ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* [n_rows
   check_pointer(c2, n_rows, "c2");
   check_pointer(out, n_rows, "out");
   if (n_rows == 0) return;
-  dispatch_storage(dtype, [&](auto tag) {
-    using S = typename decltype(tag)::type;
-    const S* x_data = static_cast<const S*>(x);
-    const S* eps_data = static_cast<const S*>(eps);
-    const S* ref_data = static_cast<const S*>(ref);
-    reduce_rows(out, n_rows, row_length, num_threads,
-                [&](int64_t row, int64_t chunk_start, int64_t length, float* terms) {
-                  alignas(64) float eps_values[kReduceChunk];
-                  alignas(64) float ref_values[kReduceChunk];
-                  const int64_t base = row * row_length;
-                  gather_chunk(x_data + base, layout, chunk_start, length, terms);
-                  gather_chunk(eps_data + base, layout, chunk_start, length, eps_values);
-                  gather_chunk(ref_data + base, layout, chunk_start, length, ref_values);
-                  const float coef_x = c1[row], coef_eps = c2[row];
-#pragma omp simd
-                  for (int64_t k = 0; k < length; ++k)
-                    terms[k] = ddim_step_sqerr_term(coef_x, terms[k], coef_eps, eps_values[k], ref_values[k]);
-                });
-  });
+  QMIA_CPU_DISPATCH(ddim_step_sqerr_rows, x, eps, c1, c2, ref, out, dtype, n_rows, layout, num_threads);
 }
 
 void pnorm_error(const void* a /* [n_rows, D] */, const void* b /* [n_rows, D] */, float* out /* [n_rows] */,
@@ -501,31 +269,7 @@ void pnorm_error(const void* a /* [n_rows, D] */, const void* b /* [n_rows, D] *
   check_pointer(b, n_rows * row_length, "b");
   check_pointer(out, n_rows, "out");
   if (n_rows == 0) return;
-  const int32_t code = power_code(p);
-  dispatch_storage(dtype, [&](auto tag) {
-    using S = typename decltype(tag)::type;
-    const S* a_data = static_cast<const S*>(a);
-    const S* b_data = static_cast<const S*>(b);
-    reduce_rows(out, n_rows, row_length, num_threads,
-                [&](int64_t row, int64_t chunk_start, int64_t length, float* terms) {
-                  alignas(64) float b_values[kReduceChunk];
-                  const int64_t base = row * row_length;
-                  gather_chunk(a_data + base, layout, chunk_start, length, terms);
-                  gather_chunk(b_data + base, layout, chunk_start, length, b_values);
-                  switch (code) {
-                    case kPowerTwo:
-#pragma omp simd
-                      for (int64_t k = 0; k < length; ++k) terms[k] = pnorm_term(terms[k], b_values[k], kPowerTwo, p);
-                      break;
-                    case kPowerFour:
-#pragma omp simd
-                      for (int64_t k = 0; k < length; ++k) terms[k] = pnorm_term(terms[k], b_values[k], kPowerFour, p);
-                      break;
-                    default:
-                      for (int64_t k = 0; k < length; ++k) terms[k] = pnorm_term(terms[k], b_values[k], code, p);
-                  }
-                });
-  });
+  QMIA_CPU_DISPATCH(pnorm_error_rows, a, b, out, dtype, n_rows, layout, p, num_threads);
 }
 
 void vote(const void* scores /* [n_samples] strided */, const void* thresholds /* [n_models, n_samples] strided */,
