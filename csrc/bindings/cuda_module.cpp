@@ -53,8 +53,10 @@ py::dict build_info() {
   info["cuda_flags"] = QMIA_CUDA_FLAGS;
   info["cudart_built_version"] = int(CUDART_VERSION);
   int runtime = 0, driver = 0, devices = 0;
-  info["cudart_runtime_version"] = cudaRuntimeGetVersion(&runtime) == cudaSuccess ? py::object(py::int_(runtime)) : py::none();
-  info["driver_version"] = cudaDriverGetVersion(&driver) == cudaSuccess ? py::object(py::int_(driver)) : py::none();
+  info["cudart_runtime_version"] =
+      cudaRuntimeGetVersion(&runtime) == cudaSuccess ? py::object(py::int_(runtime)) : py::object(py::none());
+  info["driver_version"] =
+      cudaDriverGetVersion(&driver) == cudaSuccess ? py::object(py::int_(driver)) : py::object(py::none());
   const cudaError_t count_status = cudaGetDeviceCount(&devices);
   info["device_count"] = count_status == cudaSuccess ? devices : 0;
   if (count_status != cudaSuccess) {

@@ -162,8 +162,8 @@ int max_threads() {
 #endif
 }
 
-void philox_uint32(uint32_t* out /* [n_rows, n_groups, 4] */, int64_t n_rows, int64_t n_groups, uint64_t seed, uint64_t offset, uint32_t stream,
-                   int num_threads) {
+void philox_uint32(uint32_t* out /* [n_rows, n_groups, 4] */, int64_t n_rows, int64_t n_groups, uint64_t seed,
+                   uint64_t offset, uint32_t stream, int num_threads) {
   check_size(n_rows, "n_rows");
   check_size(n_groups, "n_groups");
   require(n_groups <= (int64_t(1) << 32), "n_groups above 2^32");
@@ -175,7 +175,8 @@ void philox_uint32(uint32_t* out /* [n_rows, n_groups, 4] */, int64_t n_rows, in
     const uint64_t sample = offset + uint64_t(row);
     uint32_t* row_out = out + row * n_groups * 4;
     for (int64_t g = 0; g < n_groups; ++g) {
-      const PhiloxWords w = philox4x32_10(uint32_t(g), stream, uint32_t(sample), uint32_t(sample >> 32), key.k0, key.k1);
+      const PhiloxWords w =
+          philox4x32_10(uint32_t(g), stream, uint32_t(sample), uint32_t(sample >> 32), key.k0, key.k1);
       row_out[4 * g + 0] = w.w0;
       row_out[4 * g + 1] = w.w1;
       row_out[4 * g + 2] = w.w2;
@@ -184,8 +185,8 @@ void philox_uint32(uint32_t* out /* [n_rows, n_groups, 4] */, int64_t n_rows, in
   });
 }
 
-void philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed, uint64_t offset,
-                   uint32_t stream, int num_threads) {
+void philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed,
+                   uint64_t offset, uint32_t stream, int num_threads) {
   check_dtype(dtype);
   check_noise_args(n_rows, layout, offset);
   const int64_t row_length = layout.row_length;
@@ -210,8 +211,8 @@ void noise_inject(const void* x0 /* [n_rows, D] */, const float* a /* [n_rows] *
                     num_threads);
 }
 
-void eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [n_rows] */, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed,
-                  uint64_t offset, uint32_t stream, int num_threads) {
+void eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [n_rows] */, int32_t dtype, int64_t n_rows,
+                  RowLayout layout, uint64_t seed, uint64_t offset, uint32_t stream, int num_threads) {
   check_dtype(dtype);
   check_noise_args(n_rows, layout, offset);
   const int64_t row_length = layout.row_length;
@@ -238,9 +239,10 @@ void ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] *
   QMIA_CPU_DISPATCH(ddim_step_rows, x, eps, c1, c2, out, dtype, n_rows, row_length, num_threads);
 }
 
-void ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */, const float* c1 /* [n_rows] */,
-                     const float* c2 /* [n_rows] */, const void* ref /* [n_rows, D] */, float* out /* [n_rows] */,
-                     int32_t dtype, int64_t n_rows, RowLayout layout, int num_threads) {
+void ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */,
+                     const float* c1 /* [n_rows] */, const float* c2 /* [n_rows] */,
+                     const void* ref /* [n_rows, D] */, float* out /* [n_rows] */, int32_t dtype, int64_t n_rows,
+                     RowLayout layout, int num_threads) {
   check_dtype(dtype);
   check_size(n_rows, "n_rows");
   check_layout(layout);
@@ -257,8 +259,7 @@ void ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* [n_rows
 }
 
 void pnorm_error(const void* a /* [n_rows, D] */, const void* b /* [n_rows, D] */, float* out /* [n_rows] */,
-                 int32_t dtype, int64_t n_rows, RowLayout layout, float p,
-                 int num_threads) {
+                 int32_t dtype, int64_t n_rows, RowLayout layout, float p, int num_threads) {
   check_dtype(dtype);
   check_size(n_rows, "n_rows");
   check_layout(layout);

@@ -65,7 +65,9 @@ __device__ __forceinline__ void unpack4(uint2 packed, const S* /* overload tag *
   v[3] = load_float_bits<S>(uint16_t(packed.y >> 16));
 }
 
-__device__ __forceinline__ float4 pack4(const float v[4], float* /* overload tag */) { return make_float4(v[0], v[1], v[2], v[3]); }
+__device__ __forceinline__ float4 pack4(const float v[4], float* /* overload tag */) {
+  return make_float4(v[0], v[1], v[2], v[3]);
+}
 
 template <typename S>
 __device__ __forceinline__ uint2 pack4(const float v[4], S* /* overload tag */) {
@@ -295,8 +297,8 @@ __global__ void combine_chunks_kernel(const float* chunk_sums /* [n_rows, n_chun
 
 template <typename Terms>
 cudaError_t launch_reduce(const Terms& terms, float* out /* [n_rows] */,
-                          float* workspace /* [n_rows, n_chunks] when n_chunks > 1 */, int64_t n_rows, int64_t row_length,
-                          cudaStream_t stream) {
+                          float* workspace /* [n_rows, n_chunks] when n_chunks > 1 */, int64_t n_rows,
+                          int64_t row_length, cudaStream_t stream) {
   const int64_t n_chunks = reduce_num_chunks(row_length);
   if (n_chunks == 0) {
     // Empty rows sum to +0.0, whose bits are all zero.
@@ -318,8 +320,8 @@ cudaError_t launch_reduce(const Terms& terms, float* out /* [n_rows] */,
 
 template <typename S>
 __global__ void vote_kernel(const S* scores /* [n_samples] strided */,
-                            const S* thresholds /* [n_models, n_samples] strided */, int64_t n_samples, int64_t n_models,
-                            int64_t score_stride, int64_t model_stride, int64_t sample_stride,
+                            const S* thresholds /* [n_models, n_samples] strided */, int64_t n_samples,
+                            int64_t n_models, int64_t score_stride, int64_t model_stride, int64_t sample_stride,
                             int32_t* votes /* [n_samples] */, uint8_t* decision /* [n_samples] */,
                             float* margin /* [n_samples] */) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n_samples;
@@ -382,8 +384,8 @@ cudaError_t philox_uint32(uint32_t* out /* [n_rows, n_groups, 4] */, int64_t n_r
   return cudaSuccess;
 }
 
-cudaError_t philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed, uint64_t offset,
-                          uint32_t stream_id, cudaStream_t stream) {
+cudaError_t philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed,
+                          uint64_t offset, uint32_t stream_id, cudaStream_t stream) {
   check_dtype(dtype);
   check_noise_args(n_rows, layout, offset);
   check_pointer(out, n_rows * layout.row_length, "out");
@@ -399,10 +401,10 @@ cudaError_t philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_
   });
 }
 
-cudaError_t noise_inject(const void* x0 /* [n_rows, D] */, const float* a /* [n_rows] */, const float* b /* [n_rows] */,
-                         void* x_t /* [n_rows, D] */, void* eps_out /* [n_rows, D] or null */, int32_t dtype,
-                         int64_t n_rows, RowLayout layout, uint64_t seed, uint64_t offset, uint32_t stream_id,
-                         cudaStream_t stream) {
+cudaError_t noise_inject(const void* x0 /* [n_rows, D] */, const float* a /* [n_rows] */,
+                         const float* b /* [n_rows] */, void* x_t /* [n_rows, D] */,
+                         void* eps_out /* [n_rows, D] or null */, int32_t dtype, int64_t n_rows, RowLayout layout,
+                         uint64_t seed, uint64_t offset, uint32_t stream_id, cudaStream_t stream) {
   check_dtype(dtype);
   check_noise_args(n_rows, layout, offset);
   const int64_t n = n_rows * layout.row_length;
@@ -438,9 +440,9 @@ cudaError_t eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [
   });
 }
 
-cudaError_t ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */, const float* c1 /* [n_rows] */,
-                      const float* c2 /* [n_rows] */, void* out /* [n_rows, D] */, int32_t dtype,
-                      int64_t n_rows, int64_t row_length, cudaStream_t stream) {
+cudaError_t ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */,
+                      const float* c1 /* [n_rows] */, const float* c2 /* [n_rows] */, void* out /* [n_rows, D] */,
+                      int32_t dtype, int64_t n_rows, int64_t row_length, cudaStream_t stream) {
   check_dtype(dtype);
   check_size(n_rows, "n_rows");
   check_size(row_length, "row_length");
@@ -468,8 +470,8 @@ cudaError_t ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_row
 cudaError_t ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */,
                             const float* c1 /* [n_rows] */, const float* c2 /* [n_rows] */,
                             const void* ref /* [n_rows, D] */, float* out /* [n_rows] */,
-                            float* workspace /* [reduce_workspace_elements] */, int32_t dtype, int64_t n_rows, RowLayout layout,
-                            cudaStream_t stream) {
+                            float* workspace /* [reduce_workspace_elements] */, int32_t dtype, int64_t n_rows,
+                            RowLayout layout, cudaStream_t stream) {
   check_dtype(dtype);
   check_size(n_rows, "n_rows");
   check_layout(layout);
@@ -513,9 +515,10 @@ cudaError_t pnorm_error(const void* a /* [n_rows, D] */, const void* b /* [n_row
 }
 
 cudaError_t vote(const void* scores /* [n_samples] strided */,
-                 const void* thresholds /* [n_models, n_samples] strided */, int32_t dtype, int64_t n_samples, int64_t n_models,
-                 int64_t score_stride, int64_t model_stride, int64_t sample_stride, int32_t* votes /* [n_samples] */,
-                 uint8_t* decision /* [n_samples] */, float* margin /* [n_samples] */, cudaStream_t stream) {
+                 const void* thresholds /* [n_models, n_samples] strided */, int32_t dtype, int64_t n_samples,
+                 int64_t n_models, int64_t score_stride, int64_t model_stride, int64_t sample_stride,
+                 int32_t* votes /* [n_samples] */, uint8_t* decision /* [n_samples] */,
+                 float* margin /* [n_samples] */, cudaStream_t stream) {
   check_dtype(dtype, /*allow_float64=*/true);
   check_size(n_samples, "n_samples");
   check_size(n_models, "n_models");

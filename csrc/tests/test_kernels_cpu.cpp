@@ -254,7 +254,8 @@ void test_case(int32_t dtype, int64_t n_rows, int64_t row_length, std::mt19937& 
       const int64_t k = i * row_length + e;
       const float z = scalar_normal(seed, offset + i, stream, e);
       noise_ok = noise_ok && same_bits(noise.get(k), rounded(dtype, z)) && same_bits(eps.get(k), rounded(dtype, z));
-      inject_ok = inject_ok && same_bits(x_t.get(k), rounded(dtype, affine_combine(coef_a[i], x0.get(k), coef_b[i], z)));
+      const float injected = affine_combine(coef_a[i], x0.get(k), coef_b[i], z);
+      inject_ok = inject_ok && same_bits(x_t.get(k), rounded(dtype, injected));
     }
   check(noise_ok, "philox_normal and returned eps equal the scalar formula, " + tag);
   check(inject_ok, "noise_inject equals the scalar formula, " + tag);
@@ -286,7 +287,8 @@ void test_case(int32_t dtype, int64_t n_rows, int64_t row_length, std::mt19937& 
   for (int64_t i = 0; i < n_rows; ++i)
     for (int64_t e = 0; e < row_length; ++e) {
       const int64_t k = i * row_length + e;
-      step_ok = step_ok && same_bits(step.get(k), rounded(dtype, affine_combine(coef_a[i], x.get(k), coef_b[i], e_in.get(k))));
+      const float stepped = affine_combine(coef_a[i], x.get(k), coef_b[i], e_in.get(k));
+      step_ok = step_ok && same_bits(step.get(k), rounded(dtype, stepped));
     }
   check(step_ok, "ddim_step equals the scalar formula, " + tag);
   cpu::ddim_step_sqerr(x.data(), e_in.data(), coef_a.data(), coef_b.data(), ref.data(), sums.data(), dtype, n_rows,
