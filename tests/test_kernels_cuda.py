@@ -1,4 +1,4 @@
-"""CUDA kernels: bit-equal to the CPU core, on a non-default stream and under CUDA graph capture (skipped without a GPU)."""
+"""CUDA kernels: bit-equal to the CPU core, on a non-default stream, under CUDA graph capture (skip without GPU)."""
 from __future__ import annotations
 
 import pytest

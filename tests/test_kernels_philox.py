@@ -1,4 +1,4 @@
-"""Counter-based noise: Philox bits against the int64 reference, Box-Muller accuracy, keying, statistics, storage casts."""
+"""Counter-based noise: Philox bits vs the int64 reference, Box-Muller accuracy, keying, statistics, storage casts."""
 from __future__ import annotations
 
 import math

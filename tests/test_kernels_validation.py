@@ -1,4 +1,4 @@
-"""Bad inputs to the kernels: a QmiaError naming the argument and the fix, never a crash; hypothesis fuzzing of the wrappers."""
+"""Bad inputs to the kernels: a QmiaError naming the argument and the fix, never a crash; hypothesis fuzzing."""
 from __future__ import annotations
 
 import math

@@ -458,8 +458,8 @@ def eps_sq_error(eps_pred: torch.Tensor, seed: int, offset: int = 0, stream: int
                               _threads())
         else:
             workspace = _workspace(n_rows, layout[0], eps_pred.device)
-            _cuda.eps_sq_error(eps_pred.data_ptr(), out.data_ptr(), _address(workspace), code, n_rows, *layout, seed, offset,
-                               stream, *_device_args(eps_pred.device))
+            _cuda.eps_sq_error(eps_pred.data_ptr(), out.data_ptr(), _address(workspace), code, n_rows, *layout, seed,
+                               offset, stream, *_device_args(eps_pred.device))
     return out
 
 
