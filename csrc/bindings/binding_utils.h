@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 
+#include "common/ddim_step.h"
 #include "common/qmia_common.h"
 #include "common/row_reduce.h"
 
@@ -19,6 +20,11 @@ namespace py = pybind11;
 template <typename T>
 T* as_pointer(uintptr_t address) {
   return reinterpret_cast<T*>(address);
+}
+
+// A coefficient arrives as (address, value): address 0 means "value for every row".
+inline RowCoefficient make_coefficient(uintptr_t address, float value) {
+  return RowCoefficient{as_pointer<const float>(address), value};
 }
 
 inline RowLayout make_layout(int64_t row_length, int32_t channels_last, int64_t channels, int64_t plane) {

@@ -82,8 +82,8 @@ PYBIND11_MODULE(_cuda, m) {
          int device, uintptr_t stream) {
         py::gil_scoped_release release;
         DeviceGuard guard(device);
-        throw_on_error(qmia::cuda::philox_uint32(as_pointer<uint32_t>(out), n_rows, n_groups, seed, offset,
-                                                 stream_id, as_stream(stream)),
+        throw_on_error(qmia::cuda::philox_uint32(as_pointer<uint32_t>(out), n_rows, n_groups, seed, offset, stream_id,
+                                                 as_stream(stream)),
                        "philox_uint32");
       },
       py::arg("out"), py::arg("n_rows"), py::arg("n_groups"), py::arg("seed"), py::arg("offset"),
@@ -106,21 +106,23 @@ PYBIND11_MODULE(_cuda, m) {
 
   m.def(
       "noise_inject",
-      [](uintptr_t x0, uintptr_t a, uintptr_t b, uintptr_t x_t, uintptr_t eps_out, int32_t dtype, int64_t n_rows,
-         int64_t row_length, int32_t channels_last, int64_t channels, int64_t plane, uint64_t seed, uint64_t offset,
-         uint32_t stream_id, int device, uintptr_t stream) {
+      [](uintptr_t x0, uintptr_t a, float a_value, uintptr_t b, float b_value, uintptr_t x_t, uintptr_t eps_out,
+         int32_t dtype, int64_t n_rows, int64_t row_length, int32_t channels_last, int64_t channels, int64_t plane,
+         uint64_t seed, uint64_t offset, uint32_t stream_id, int device, uintptr_t stream) {
         const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
         py::gil_scoped_release release;
         DeviceGuard guard(device);
         throw_on_error(
-            qmia::cuda::noise_inject(as_pointer<const void>(x0), as_pointer<const float>(a),
-                                     as_pointer<const float>(b), as_pointer<void>(x_t), as_pointer<void>(eps_out),
-                                     dtype, n_rows, layout, seed, offset, stream_id, as_stream(stream)),
+            qmia::cuda::noise_inject(as_pointer<const void>(x0), qmia::bindings::make_coefficient(a, a_value),
+                                     qmia::bindings::make_coefficient(b, b_value), as_pointer<void>(x_t),
+                                     as_pointer<void>(eps_out), dtype, n_rows, layout, seed, offset, stream_id,
+                                     as_stream(stream)),
             "noise_inject");
       },
-      py::arg("x0"), py::arg("a"), py::arg("b"), py::arg("x_t"), py::arg("eps_out"), py::arg("dtype"),
-      py::arg("n_rows"), py::arg("row_length"), py::arg("channels_last"), py::arg("channels"), py::arg("plane"),
-      py::arg("seed"), py::arg("offset"), py::arg("stream_id"), py::arg("device"), py::arg("cuda_stream"));
+      py::arg("x0"), py::arg("a"), py::arg("a_value"), py::arg("b"), py::arg("b_value"), py::arg("x_t"),
+      py::arg("eps_out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"), py::arg("channels_last"),
+      py::arg("channels"), py::arg("plane"), py::arg("seed"), py::arg("offset"), py::arg("stream_id"),
+      py::arg("device"), py::arg("cuda_stream"));
 
   m.def(
       "eps_sq_error",
@@ -141,36 +143,40 @@ PYBIND11_MODULE(_cuda, m) {
 
   m.def(
       "ddim_step",
-      [](uintptr_t x, uintptr_t eps, uintptr_t c1, uintptr_t c2, uintptr_t out, int32_t dtype, int64_t n_rows,
-         int64_t row_length, int device, uintptr_t stream) {
+      [](uintptr_t x, uintptr_t eps, uintptr_t c1, float c1_value, uintptr_t c2, float c2_value, uintptr_t out,
+         int32_t dtype, int64_t n_rows, int64_t row_length, int device, uintptr_t stream) {
         py::gil_scoped_release release;
         DeviceGuard guard(device);
         throw_on_error(qmia::cuda::ddim_step(as_pointer<const void>(x), as_pointer<const void>(eps),
-                                             as_pointer<const float>(c1), as_pointer<const float>(c2),
+                                             qmia::bindings::make_coefficient(c1, c1_value),
+                             qmia::bindings::make_coefficient(c2, c2_value),
                                              as_pointer<void>(out), dtype, n_rows, row_length, as_stream(stream)),
                        "ddim_step");
       },
-      py::arg("x"), py::arg("eps"), py::arg("c1"), py::arg("c2"), py::arg("out"), py::arg("dtype"),
-      py::arg("n_rows"), py::arg("row_length"), py::arg("device"), py::arg("cuda_stream"));
+      py::arg("x"), py::arg("eps"), py::arg("c1"), py::arg("c1_value"), py::arg("c2"), py::arg("c2_value"),
+      py::arg("out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"), py::arg("device"),
+      py::arg("cuda_stream"));
 
   m.def(
       "ddim_step_sqerr",
-      [](uintptr_t x, uintptr_t eps, uintptr_t c1, uintptr_t c2, uintptr_t ref, uintptr_t out, uintptr_t workspace,
-         int32_t dtype, int64_t n_rows, int64_t row_length, int32_t channels_last, int64_t channels, int64_t plane,
-         int device, uintptr_t stream) {
+      [](uintptr_t x, uintptr_t eps, uintptr_t c1, float c1_value, uintptr_t c2, float c2_value, uintptr_t ref,
+         uintptr_t out, uintptr_t workspace, int32_t dtype, int64_t n_rows, int64_t row_length, int32_t channels_last,
+         int64_t channels, int64_t plane, int device, uintptr_t stream) {
         const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
         py::gil_scoped_release release;
         DeviceGuard guard(device);
         throw_on_error(qmia::cuda::ddim_step_sqerr(as_pointer<const void>(x), as_pointer<const void>(eps),
-                                                   as_pointer<const float>(c1), as_pointer<const float>(c2),
+                                                   qmia::bindings::make_coefficient(c1, c1_value),
+                             qmia::bindings::make_coefficient(c2, c2_value),
                                                    as_pointer<const void>(ref), as_pointer<float>(out),
                                                    as_pointer<float>(workspace), dtype, n_rows, layout,
                                                    as_stream(stream)),
                        "ddim_step_sqerr");
       },
-      py::arg("x"), py::arg("eps"), py::arg("c1"), py::arg("c2"), py::arg("ref"), py::arg("out"),
-      py::arg("workspace"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"), py::arg("channels_last"),
-      py::arg("channels"), py::arg("plane"), py::arg("device"), py::arg("cuda_stream"));
+      py::arg("x"), py::arg("eps"), py::arg("c1"), py::arg("c1_value"), py::arg("c2"), py::arg("c2_value"),
+      py::arg("ref"), py::arg("out"), py::arg("workspace"), py::arg("dtype"), py::arg("n_rows"),
+      py::arg("row_length"), py::arg("channels_last"), py::arg("channels"), py::arg("plane"), py::arg("device"),
+      py::arg("cuda_stream"));
 
   m.def(
       "pnorm_error",

@@ -5,6 +5,19 @@
 
 namespace qmia {
 
+// A per-sample coefficient: one value per row, or one value for every row (per_row
+// null), which spares callers with a schedule-wide scalar an allocation and a fill.
+struct RowCoefficient {
+  const float* per_row;  // [n_rows], or null
+  float value;           // used when per_row is null
+  QMIA_HD float at(int64_t row) const { return per_row != nullptr ? per_row[row] : value; }
+};
+
+inline void check_coefficient(const RowCoefficient& coefficient, const char* name) {
+  require(coefficient.per_row != nullptr || std::isfinite(coefficient.value),
+          std::string(name) + " is a non-finite scalar coefficient");
+}
+
 // Both products are rounded before the add on every back end (no FMA), which is what
 // makes the CPU and CUDA results bit-equal.
 QMIA_HD float affine_combine(float coef_x, float x, float coef_eps, float eps) {

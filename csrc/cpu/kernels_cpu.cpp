@@ -195,20 +195,20 @@ void philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, R
   QMIA_CPU_DISPATCH(philox_normal_rows, out, dtype, n_rows, layout, philox_key(seed), offset, stream, num_threads);
 }
 
-void noise_inject(const void* x0 /* [n_rows, D] */, const float* a /* [n_rows] */, const float* b /* [n_rows] */,
-                  void* x_t /* [n_rows, D] */, void* eps_out /* [n_rows, D] or null */, int32_t dtype,
-                  int64_t n_rows, RowLayout layout, uint64_t seed, uint64_t offset, uint32_t stream,
-                  int num_threads) {
+void noise_inject(const void* x0 /* [n_rows, D] */, RowCoefficient a /* [n_rows] or scalar */,
+                  RowCoefficient b /* [n_rows] or scalar */, void* x_t /* [n_rows, D] */,
+                  void* eps_out /* [n_rows, D] or null */, int32_t dtype, int64_t n_rows, RowLayout layout,
+                  uint64_t seed, uint64_t offset, uint32_t stream, int num_threads) {
   check_dtype(dtype);
   check_noise_args(n_rows, layout, offset);
   const int64_t row_length = layout.row_length;
   check_pointer(x0, n_rows * row_length, "x0");
   check_pointer(x_t, n_rows * row_length, "x_t");
-  check_pointer(a, n_rows, "a");
-  check_pointer(b, n_rows, "b");
+  check_coefficient(a, "a");
+  check_coefficient(b, "b");
   if (n_rows == 0 || row_length == 0) return;
-  QMIA_CPU_DISPATCH(noise_inject_rows, x0, a, b, x_t, eps_out, dtype, n_rows, layout, philox_key(seed), offset, stream,
-                    num_threads);
+  QMIA_CPU_DISPATCH(noise_inject_rows, x0, a, b, x_t, eps_out, dtype, n_rows, layout, philox_key(seed), offset,
+                    stream, num_threads);
 }
 
 void eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [n_rows] */, int32_t dtype, int64_t n_rows,
@@ -223,9 +223,9 @@ void eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [n_rows]
                     num_threads);
 }
 
-void ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */, const float* c1 /* [n_rows] */,
-               const float* c2 /* [n_rows] */, void* out /* [n_rows, D] */, int32_t dtype,
-               int64_t n_rows, int64_t row_length, int num_threads) {
+void ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */,
+               RowCoefficient c1 /* [n_rows] or scalar */, RowCoefficient c2 /* [n_rows] or scalar */,
+               void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, int64_t row_length, int num_threads) {
   check_dtype(dtype);
   check_size(n_rows, "n_rows");
   check_size(row_length, "row_length");
@@ -233,14 +233,14 @@ void ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] *
   check_pointer(x, n_rows * row_length, "x");
   check_pointer(eps, n_rows * row_length, "eps");
   check_pointer(out, n_rows * row_length, "out");
-  check_pointer(c1, n_rows, "c1");
-  check_pointer(c2, n_rows, "c2");
+  check_coefficient(c1, "c1");
+  check_coefficient(c2, "c2");
   if (n_rows == 0 || row_length == 0) return;
   QMIA_CPU_DISPATCH(ddim_step_rows, x, eps, c1, c2, out, dtype, n_rows, row_length, num_threads);
 }
 
 void ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */,
-                     const float* c1 /* [n_rows] */, const float* c2 /* [n_rows] */,
+                     RowCoefficient c1 /* [n_rows] or scalar */, RowCoefficient c2 /* [n_rows] or scalar */,
                      const void* ref /* [n_rows, D] */, float* out /* [n_rows] */, int32_t dtype, int64_t n_rows,
                      RowLayout layout, int num_threads) {
   check_dtype(dtype);
@@ -251,8 +251,8 @@ void ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* [n_rows
   check_pointer(x, n_rows * row_length, "x");
   check_pointer(eps, n_rows * row_length, "eps");
   check_pointer(ref, n_rows * row_length, "ref");
-  check_pointer(c1, n_rows, "c1");
-  check_pointer(c2, n_rows, "c2");
+  check_coefficient(c1, "c1");
+  check_coefficient(c2, "c2");
   check_pointer(out, n_rows, "out");
   if (n_rows == 0) return;
   QMIA_CPU_DISPATCH(ddim_step_sqerr_rows, x, eps, c1, c2, ref, out, dtype, n_rows, layout, num_threads);
@@ -274,9 +274,9 @@ void pnorm_error(const void* a /* [n_rows, D] */, const void* b /* [n_rows, D] *
 }
 
 void vote(const void* scores /* [n_samples] strided */, const void* thresholds /* [n_models, n_samples] strided */,
-          int32_t dtype, int64_t n_samples, int64_t n_models,
-          int64_t score_stride, int64_t model_stride, int64_t sample_stride, int32_t* votes /* [n_samples] */,
-          uint8_t* decision /* [n_samples] */, float* margin /* [n_samples] */, int num_threads) {
+          int32_t dtype, int64_t n_samples, int64_t n_models, int64_t score_stride, int64_t model_stride,
+          int64_t sample_stride, int32_t* votes /* [n_samples] */, uint8_t* decision /* [n_samples] */,
+          float* margin /* [n_samples] */, int num_threads) {
   check_dtype(dtype, /*allow_float64=*/true);
   check_size(n_samples, "n_samples");
   check_size(n_models, "n_models");

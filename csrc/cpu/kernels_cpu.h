@@ -3,6 +3,7 @@
 
 #include <cstdint>
 
+#include "common/ddim_step.h"
 #include "common/qmia_common.h"
 
 namespace qmia {
@@ -23,23 +24,23 @@ void philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, R
 
 // x_t = a[i] x0 + b[i] eps with eps generated in place; eps_out (may be null) gets eps
 // rounded to dtype. x_t uses the float32 eps.
-void noise_inject(const void* x0 /* [n_rows, D] */, const float* a /* [n_rows] */, const float* b /* [n_rows] */,
-                  void* x_t /* [n_rows, D] */, void* eps_out /* [n_rows, D] or null */, int32_t dtype,
-                  int64_t n_rows, RowLayout layout, uint64_t seed, uint64_t offset, uint32_t stream,
-                  int num_threads);
+void noise_inject(const void* x0 /* [n_rows, D] */, RowCoefficient a /* [n_rows] or scalar */,
+                  RowCoefficient b /* [n_rows] or scalar */, void* x_t /* [n_rows, D] */,
+                  void* eps_out /* [n_rows, D] or null */, int32_t dtype, int64_t n_rows, RowLayout layout,
+                  uint64_t seed, uint64_t offset, uint32_t stream, int num_threads);
 
 // out[i] = sum_e (eps_pred[i, e] - eps[i, e])^2 with eps regenerated from its key.
 void eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [n_rows] */, int32_t dtype, int64_t n_rows,
                   RowLayout layout, uint64_t seed, uint64_t offset, uint32_t stream, int num_threads);
 
 // out = c1[i] x + c2[i] eps, elementwise in memory order (all three share one layout).
-void ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */, const float* c1 /* [n_rows] */,
-               const float* c2 /* [n_rows] */, void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows,
-               int64_t row_length, int num_threads);
+void ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */,
+               RowCoefficient c1 /* [n_rows] or scalar */, RowCoefficient c2 /* [n_rows] or scalar */,
+               void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, int64_t row_length, int num_threads);
 
 // out[i] = sum_e (c1[i] x + c2[i] eps - ref)^2, never storing the step.
 void ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */,
-                     const float* c1 /* [n_rows] */, const float* c2 /* [n_rows] */,
+                     RowCoefficient c1 /* [n_rows] or scalar */, RowCoefficient c2 /* [n_rows] or scalar */,
                      const void* ref /* [n_rows, D] */, float* out /* [n_rows] */, int32_t dtype, int64_t n_rows,
                      RowLayout layout, int num_threads);
 
@@ -50,10 +51,10 @@ void pnorm_error(const void* a /* [n_rows, D] */, const void* b /* [n_rows, D] *
 // Majority vote of n_models thresholds per sample (see common/vote.h). dtype may be float64.
 // Strides are in elements and may be 0 (broadcast).
 void vote(const void* scores /* [n_samples], stride score_stride */,
-          const void* thresholds /* [n_models, n_samples], strides (model_stride, sample_stride) */,
-          int32_t dtype, int64_t n_samples, int64_t n_models, int64_t score_stride, int64_t model_stride,
-          int64_t sample_stride, int32_t* votes /* [n_samples] */, uint8_t* decision /* [n_samples] */,
-          float* margin /* [n_samples] */, int num_threads);
+          const void* thresholds /* [n_models, n_samples], strides (model_stride, sample_stride) */, int32_t dtype,
+          int64_t n_samples, int64_t n_models, int64_t score_stride, int64_t model_stride, int64_t sample_stride,
+          int32_t* votes /* [n_samples] */, uint8_t* decision /* [n_samples] */, float* margin /* [n_samples] */,
+          int num_threads);
 
 // Storage conversions, exposed so that tests can compare them with torch's casts.
 void float_to_storage(const float* src /* [n] */, void* dst /* [n] */, int32_t dtype, int64_t n);

@@ -133,8 +133,8 @@ __global__ void philox_uint32_kernel(uint32_t* out /* [n_rows, n_groups, 4] */, 
 // kInject = false: out = eps (philox_normal). kInject = true: out = a x0 + b eps, and
 // eps_out (if not null) = eps.
 template <typename S, bool kInject>
-__global__ void noise_kernel(const S* x0 /* [n_rows, D] */, const float* a /* [n_rows] */,
-                             const float* b /* [n_rows] */, S* out /* [n_rows, D] */,
+__global__ void noise_kernel(const S* x0 /* [n_rows, D] */, RowCoefficient a /* [n_rows] or scalar */,
+                             RowCoefficient b /* [n_rows] or scalar */, S* out /* [n_rows, D] */,
                              S* eps_out /* [n_rows, D] or null */, int64_t n_rows, RowLayout layout,
                              int64_t groups_per_row, PhiloxKey key, uint64_t offset, uint32_t stream_id) {
   const int64_t total = n_rows * groups_per_row;
@@ -150,7 +150,7 @@ __global__ void noise_kernel(const S* x0 /* [n_rows, D] */, const float* a /* [n
     if (kInject) {
       float x[4];
       load4(x0 + base, layout, e0, x);
-      const float coef_x = a[row], coef_eps = b[row];
+      const float coef_x = a.at(row), coef_eps = b.at(row);
 #pragma unroll
       for (int j = 0; j < 4; ++j) x[j] = affine_combine(coef_x, x[j], coef_eps, eps[j]);
       store4(out + base, layout, e0, x);
@@ -163,8 +163,9 @@ __global__ void noise_kernel(const S* x0 /* [n_rows, D] */, const float* a /* [n
 
 template <typename S>
 __global__ void ddim_step_kernel(const S* x /* [n_rows, D] */, const S* eps /* [n_rows, D] */,
-                                 const float* c1 /* [n_rows] */, const float* c2 /* [n_rows] */,
-                                 S* out /* [n_rows, D] */, int64_t n_rows, RowLayout layout, int64_t groups_per_row) {
+                                 RowCoefficient c1 /* [n_rows] or scalar */,
+                                 RowCoefficient c2 /* [n_rows] or scalar */, S* out /* [n_rows, D] */, int64_t n_rows,
+                                 RowLayout layout, int64_t groups_per_row) {
   const int64_t total = n_rows * groups_per_row;
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
@@ -174,7 +175,7 @@ __global__ void ddim_step_kernel(const S* x /* [n_rows, D] */, const S* eps /* [
     float xv[4], ev[4];
     load4(x + base, layout, e0, xv);
     load4(eps + base, layout, e0, ev);
-    const float coef_x = c1[row], coef_eps = c2[row];
+    const float coef_x = c1.at(row), coef_eps = c2.at(row);
 #pragma unroll
     for (int j = 0; j < 4; ++j) xv[j] = affine_combine(coef_x, xv[j], coef_eps, ev[j]);
     store4(out + base, layout, e0, xv);
@@ -205,8 +206,8 @@ struct DdimSqerrTerms {
   const S* x;
   const S* eps;
   const S* ref;
-  const float* c1;
-  const float* c2;
+  RowCoefficient c1;
+  RowCoefficient c2;
   RowLayout layout;
   __device__ __forceinline__ void terms4(int64_t row, int64_t e0, float t[4]) const {
     const int64_t base = row * layout.row_length;
@@ -214,7 +215,7 @@ struct DdimSqerrTerms {
     load4(x + base, layout, e0, t);
     load4(eps + base, layout, e0, ev);
     load4(ref + base, layout, e0, rv);
-    const float coef_x = c1[row], coef_eps = c2[row];
+    const float coef_x = c1.at(row), coef_eps = c2.at(row);
 #pragma unroll
     for (int j = 0; j < 4; ++j) t[j] = ddim_step_sqerr_term(coef_x, t[j], coef_eps, ev[j], rv[j]);
   }
@@ -394,15 +395,15 @@ cudaError_t philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_
   return dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
     noise_kernel<S, false><<<unsigned(blocks_for(n_rows * groups_per_row)), kBlock, 0, stream>>>(
-        nullptr, nullptr, nullptr, static_cast<S*>(out), nullptr, n_rows, layout, groups_per_row, philox_key(seed),
-        offset, stream_id);
+        nullptr, RowCoefficient{nullptr, 0.0f}, RowCoefficient{nullptr, 0.0f}, static_cast<S*>(out), nullptr, n_rows,
+        layout, groups_per_row, philox_key(seed), offset, stream_id);
     QMIA_LAUNCH_CHECK();
     return cudaSuccess;
   });
 }
 
-cudaError_t noise_inject(const void* x0 /* [n_rows, D] */, const float* a /* [n_rows] */,
-                         const float* b /* [n_rows] */, void* x_t /* [n_rows, D] */,
+cudaError_t noise_inject(const void* x0 /* [n_rows, D] */, RowCoefficient a /* [n_rows] or scalar */,
+                         RowCoefficient b /* [n_rows] or scalar */, void* x_t /* [n_rows, D] */,
                          void* eps_out /* [n_rows, D] or null */, int32_t dtype, int64_t n_rows, RowLayout layout,
                          uint64_t seed, uint64_t offset, uint32_t stream_id, cudaStream_t stream) {
   check_dtype(dtype);
@@ -410,8 +411,8 @@ cudaError_t noise_inject(const void* x0 /* [n_rows, D] */, const float* a /* [n_
   const int64_t n = n_rows * layout.row_length;
   check_pointer(x0, n, "x0");
   check_pointer(x_t, n, "x_t");
-  check_pointer(a, n_rows, "a");
-  check_pointer(b, n_rows, "b");
+  check_coefficient(a, "a");
+  check_coefficient(b, "b");
   if (n_rows == 0 || layout.row_length == 0) return cudaSuccess;
   const int64_t groups_per_row = (layout.row_length + 3) / 4;
   return dispatch_storage(dtype, [&](auto tag) {
@@ -441,8 +442,9 @@ cudaError_t eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [
 }
 
 cudaError_t ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */,
-                      const float* c1 /* [n_rows] */, const float* c2 /* [n_rows] */, void* out /* [n_rows, D] */,
-                      int32_t dtype, int64_t n_rows, int64_t row_length, cudaStream_t stream) {
+                      RowCoefficient c1 /* [n_rows] or scalar */, RowCoefficient c2 /* [n_rows] or scalar */,
+                      void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, int64_t row_length,
+                      cudaStream_t stream) {
   check_dtype(dtype);
   check_size(n_rows, "n_rows");
   check_size(row_length, "row_length");
@@ -451,8 +453,8 @@ cudaError_t ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_row
   check_pointer(x, n, "x");
   check_pointer(eps, n, "eps");
   check_pointer(out, n, "out");
-  check_pointer(c1, n_rows, "c1");
-  check_pointer(c2, n_rows, "c2");
+  check_coefficient(c1, "c1");
+  check_coefficient(c2, "c2");
   if (n == 0) return cudaSuccess;
   RowLayout layout;
   layout.row_length = row_length;  // memory order is all an elementwise step needs
@@ -468,7 +470,7 @@ cudaError_t ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_row
 }
 
 cudaError_t ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */,
-                            const float* c1 /* [n_rows] */, const float* c2 /* [n_rows] */,
+                            RowCoefficient c1 /* [n_rows] or scalar */, RowCoefficient c2 /* [n_rows] or scalar */,
                             const void* ref /* [n_rows, D] */, float* out /* [n_rows] */,
                             float* workspace /* [reduce_workspace_elements] */, int32_t dtype, int64_t n_rows,
                             RowLayout layout, cudaStream_t stream) {
@@ -480,8 +482,8 @@ cudaError_t ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* 
   check_pointer(x, n, "x");
   check_pointer(eps, n, "eps");
   check_pointer(ref, n, "ref");
-  check_pointer(c1, n_rows, "c1");
-  check_pointer(c2, n_rows, "c2");
+  check_coefficient(c1, "c1");
+  check_coefficient(c2, "c2");
   check_pointer(out, n_rows, "out");
   check_workspace(workspace, n_rows, layout.row_length);
   if (n_rows == 0) return cudaSuccess;

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "common/ddim_step.h"
 #include "common/qmia_common.h"
 
 namespace qmia {
@@ -23,11 +24,11 @@ int64_t reduce_workspace_elements(int64_t n_rows, int64_t row_length);
 cudaError_t philox_uint32(uint32_t* out /* [n_rows, n_groups, 4] */, int64_t n_rows, int64_t n_groups, uint64_t seed,
                           uint64_t offset, uint32_t stream_id, cudaStream_t stream);
 
-cudaError_t philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, RowLayout layout,
-                          uint64_t seed, uint64_t offset, uint32_t stream_id, cudaStream_t stream);
+cudaError_t philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed,
+                          uint64_t offset, uint32_t stream_id, cudaStream_t stream);
 
-cudaError_t noise_inject(const void* x0 /* [n_rows, D] */, const float* a /* [n_rows] */,
-                         const float* b /* [n_rows] */, void* x_t /* [n_rows, D] */,
+cudaError_t noise_inject(const void* x0 /* [n_rows, D] */, RowCoefficient a /* [n_rows] or scalar */,
+                         RowCoefficient b /* [n_rows] or scalar */, void* x_t /* [n_rows, D] */,
                          void* eps_out /* [n_rows, D] or null */, int32_t dtype, int64_t n_rows, RowLayout layout,
                          uint64_t seed, uint64_t offset, uint32_t stream_id, cudaStream_t stream);
 
@@ -36,11 +37,12 @@ cudaError_t eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [
                          RowLayout layout, uint64_t seed, uint64_t offset, uint32_t stream_id, cudaStream_t stream);
 
 cudaError_t ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */,
-                      const float* c1 /* [n_rows] */, const float* c2 /* [n_rows] */, void* out /* [n_rows, D] */,
-                      int32_t dtype, int64_t n_rows, int64_t row_length, cudaStream_t stream);
+                      RowCoefficient c1 /* [n_rows] or scalar */, RowCoefficient c2 /* [n_rows] or scalar */,
+                      void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, int64_t row_length,
+                      cudaStream_t stream);
 
 cudaError_t ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */,
-                            const float* c1 /* [n_rows] */, const float* c2 /* [n_rows] */,
+                            RowCoefficient c1 /* [n_rows] or scalar */, RowCoefficient c2 /* [n_rows] or scalar */,
                             const void* ref /* [n_rows, D] */, float* out /* [n_rows] */,
                             float* workspace /* [reduce_workspace_elements] */, int32_t dtype, int64_t n_rows,
                             RowLayout layout, cudaStream_t stream);

@@ -108,6 +108,9 @@ bool throws_invalid(const std::function<void()>& fn) {
 }
 
 const int32_t kDtypes[] = {kFloat32, kBFloat16, kFloat16};
+const RowCoefficient kOne{nullptr, 1.0f};  // the same value for every row
+
+RowCoefficient per_row(const std::vector<float>& values) { return RowCoefficient{values.data(), 0.0f}; }
 
 // ---- tests ------------------------------------------------------------------------------
 
@@ -211,16 +214,20 @@ void test_validation() {
   check(throws_invalid([&] { cpu::philox_normal(out, kFloat32, 2, layout, 0, UINT64_MAX, 0, 1); }),
         "sample index overflow");
   check(throws_invalid([&] { cpu::pnorm_error(out, out, out, kFloat32, 1, layout, -1.0f, 1); }), "p <= 0");
+  check(throws_invalid([&] {
+          cpu::ddim_step(out, out, RowCoefficient{nullptr, NAN}, kOne, out, kFloat32, 1, 8, 1);
+        }),
+        "a non-finite scalar coefficient throws");
   check(throws_invalid([&] { cpu::vote(out, out, kFloat32, 2, 1, -1, 1, 1, nullptr, nullptr, nullptr, 1); }),
         "vote with null outputs");
   // n = 0: null pointers are fine and nothing is touched.
   bool quiet = true;
   try {
     cpu::philox_normal(nullptr, kFloat16, 0, layout, 0, 0, 0, 1);
-    cpu::noise_inject(nullptr, nullptr, nullptr, nullptr, nullptr, kBFloat16, 0, layout, 1, 0, 0, 1);
+    cpu::noise_inject(nullptr, kOne, kOne, nullptr, nullptr, kBFloat16, 0, layout, 1, 0, 0, 1);
     cpu::eps_sq_error(nullptr, nullptr, kFloat32, 0, layout, 1, 0, 0, 1);
-    cpu::ddim_step(nullptr, nullptr, nullptr, nullptr, nullptr, kFloat32, 0, 8, 1);
-    cpu::ddim_step_sqerr(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, kFloat16, 0, layout, 1);
+    cpu::ddim_step(nullptr, nullptr, kOne, kOne, nullptr, kFloat32, 0, 8, 1);
+    cpu::ddim_step_sqerr(nullptr, nullptr, kOne, kOne, nullptr, nullptr, kFloat16, 0, layout, 1);
     cpu::pnorm_error(nullptr, nullptr, nullptr, kFloat32, 0, layout, 4.0f, 1);
     cpu::vote(nullptr, nullptr, kFloat64, 0, 3, 1, 1, 1, nullptr, nullptr, nullptr, 1);
   } catch (...) {
@@ -246,7 +253,7 @@ void test_case(int32_t dtype, int64_t n_rows, int64_t row_length, std::mt19937& 
   // philox_normal and noise_inject: element for element.
   Buffer noise(dtype, n), x0 = random_buffer(dtype, n, rng), x_t(dtype, n), eps(dtype, n);
   cpu::philox_normal(noise.data(), dtype, n_rows, layout, seed, offset, stream, 2);
-  cpu::noise_inject(x0.data(), coef_a.data(), coef_b.data(), x_t.data(), eps.data(), dtype, n_rows, layout, seed,
+  cpu::noise_inject(x0.data(), per_row(coef_a), per_row(coef_b), x_t.data(), eps.data(), dtype, n_rows, layout, seed,
                     offset, stream, 2);
   bool noise_ok = true, inject_ok = true;
   for (int64_t i = 0; i < n_rows; ++i)
@@ -282,7 +289,7 @@ void test_case(int32_t dtype, int64_t n_rows, int64_t row_length, std::mt19937& 
   // ddim_step and ddim_step_sqerr.
   Buffer x = random_buffer(dtype, n, rng), e_in = random_buffer(dtype, n, rng), ref = random_buffer(dtype, n, rng);
   Buffer step(dtype, n);
-  cpu::ddim_step(x.data(), e_in.data(), coef_a.data(), coef_b.data(), step.data(), dtype, n_rows, row_length, 2);
+  cpu::ddim_step(x.data(), e_in.data(), per_row(coef_a), per_row(coef_b), step.data(), dtype, n_rows, row_length, 2);
   bool step_ok = true;
   for (int64_t i = 0; i < n_rows; ++i)
     for (int64_t e = 0; e < row_length; ++e) {
@@ -291,7 +298,7 @@ void test_case(int32_t dtype, int64_t n_rows, int64_t row_length, std::mt19937& 
       step_ok = step_ok && same_bits(step.get(k), rounded(dtype, stepped));
     }
   check(step_ok, "ddim_step equals the scalar formula, " + tag);
-  cpu::ddim_step_sqerr(x.data(), e_in.data(), coef_a.data(), coef_b.data(), ref.data(), sums.data(), dtype, n_rows,
+  cpu::ddim_step_sqerr(x.data(), e_in.data(), per_row(coef_a), per_row(coef_b), ref.data(), sums.data(), dtype, n_rows,
                        layout, 2);
   bool sqerr_ok = true;
   for (int64_t i = 0; i < n_rows; ++i) {
@@ -341,13 +348,14 @@ void test_channels_last(int32_t dtype, std::mt19937& rng) {
   check(std::memcmp(a.data(), b.data(), sizeof(float) * n_rows) == 0, "channels_last eps_sq_error, " +
                                                                            std::string(dtype_name(dtype)));
   Buffer out_c(dtype, n), out_cl(dtype, n);
-  cpu::noise_inject(logical.data(), c1.data(), c2.data(), out_c.data(), nullptr, dtype, n_rows, c_order, 5, 2, 1, 2);
-  cpu::noise_inject(permuted.data(), c1.data(), c2.data(), out_cl.data(), nullptr, dtype, n_rows, channels_last, 5,
+  cpu::noise_inject(logical.data(), per_row(c1), per_row(c2), out_c.data(), nullptr, dtype, n_rows, c_order, 5, 2, 1, 2);
+  cpu::noise_inject(permuted.data(), per_row(c1), per_row(c2), out_cl.data(), nullptr, dtype, n_rows, channels_last, 5,
                     2, 1, 2);
   bool ok = true;
   for (int64_t i = 0; i < n_rows; ++i)
     for (int64_t e = 0; e < row_length; ++e)
-      ok = ok && same_bits(out_c.get(i * row_length + e), out_cl.get(i * row_length + channels_last.memory_offset(e)));
+      ok = ok && same_bits(out_c.get(i * row_length + e),
+                           out_cl.get(i * row_length + channels_last.memory_offset(e)));
   check(ok, "channels_last noise is keyed by the logical index, " + std::string(dtype_name(dtype)));
   cpu::pnorm_error(logical.data(), logical.data(), a.data(), dtype, n_rows, c_order, 4.0f, 2);
   check(a[0] == 0.0f && a[1] == 0.0f && a[2] == 0.0f, "pnorm_error of a tensor with itself is 0");
@@ -381,6 +389,27 @@ void test_vote() {
   check(votes[0] == 0 && decision[0] == 0 && std::isnan(margin[0]), "vote with no models: 0, false, NaN");
 }
 
+// A scalar coefficient is the same as a per-row array holding that value everywhere.
+void test_scalar_coefficients() {
+  std::mt19937 rng(3);
+  const int64_t n_rows = 4, row_length = 257, n = n_rows * row_length;
+  const RowLayout layout{row_length, 0, 1, 1};
+  Buffer x = random_buffer(kFloat32, n, rng), eps = random_buffer(kFloat32, n, rng);
+  std::vector<float> c1(n_rows, 0.75f), c2(n_rows, -1.25f);
+  const RowCoefficient s1{nullptr, 0.75f}, s2{nullptr, -1.25f};
+  Buffer by_row(kFloat32, n), by_scalar(kFloat32, n);
+  cpu::ddim_step(x.data(), eps.data(), per_row(c1), per_row(c2), by_row.data(), kFloat32, n_rows, row_length, 1);
+  cpu::ddim_step(x.data(), eps.data(), s1, s2, by_scalar.data(), kFloat32, n_rows, row_length, 1);
+  check(std::memcmp(by_row.data(), by_scalar.data(), sizeof(float) * n) == 0, "scalar ddim_step coefficients");
+  cpu::noise_inject(x.data(), per_row(c1), per_row(c2), by_row.data(), nullptr, kFloat32, n_rows, layout, 1, 0, 0, 1);
+  cpu::noise_inject(x.data(), s1, s2, by_scalar.data(), nullptr, kFloat32, n_rows, layout, 1, 0, 0, 1);
+  check(std::memcmp(by_row.data(), by_scalar.data(), sizeof(float) * n) == 0, "scalar noise_inject coefficients");
+  std::vector<float> a(n_rows), b(n_rows);
+  cpu::ddim_step_sqerr(x.data(), eps.data(), per_row(c1), per_row(c2), x.data(), a.data(), kFloat32, n_rows, layout, 1);
+  cpu::ddim_step_sqerr(x.data(), eps.data(), s1, s2, x.data(), b.data(), kFloat32, n_rows, layout, 1);
+  check(a == b, "scalar ddim_step_sqerr coefficients");
+}
+
 // The baseline and AVX2 builds of the noise loop give the same bits.
 void test_simd_builds() {
   const RowLayout layout{3 * 33 * 31, 0, 1, 1};
@@ -406,6 +435,7 @@ int main() {
   test_validation();
   test_vote();
   test_simd_builds();
+  test_scalar_coefficients();
   for (int32_t dtype : kDtypes) {
     for (int64_t row_length : {int64_t(1), int64_t(3), int64_t(7), int64_t(1023), int64_t(4097)})
       test_case(dtype, 3, row_length, rng);

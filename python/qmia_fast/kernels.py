@@ -246,8 +246,9 @@ def _capturing(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def _coefficients(name: str, value: Any, n_rows: int, device: torch.device) -> torch.Tensor:
-    """A per-sample coefficient as a contiguous float32 [n_rows] tensor on `device`.
+def _coefficients(name: str, value: Any, n_rows: int, device: torch.device) -> Tuple[Optional[torch.Tensor], float]:
+    """A per-sample coefficient as the core takes it: (contiguous float32 [n_rows] tensor on `device`, 0.0),
+    or (None, value) for one value shared by every sample.
 
     Accepts a Python/numpy number (one value for every sample), a 0-d tensor, or a 1-d
     tensor/array/sequence of length n_rows, of any float dtype and on any device.
@@ -260,7 +261,7 @@ def _coefficients(name: str, value: Any, n_rows: int, device: torch.device) -> t
         number = float(value)
         if not math.isfinite(number):
             raise InputError(f"{name} = {number} is not finite; DDIM/noise coefficients must be finite")
-        return torch.full((n_rows,), number, dtype=torch.float32, device=device)
+        return None, number
     if not isinstance(value, torch.Tensor):
         try:
             value = torch.as_tensor(value)
@@ -272,20 +273,28 @@ def _coefficients(name: str, value: Any, n_rows: int, device: torch.device) -> t
     if not value.is_floating_point():
         raise InputError(f"{name} has dtype {value.dtype}; coefficients must be floating point "
                          f"(convert with {name}.float())")
+    if value.device.type not in ("cpu", "cuda"):
+        raise InputError(f"{name} is on device '{value.device}'; use a CPU or CUDA tensor")
     if value.dim() == 0:
-        value = value.reshape(1).expand(n_rows)
+        if value.device.type == "cpu":
+            return _coefficients(name, float(value), n_rows, device)
+        value = value.reshape(1).expand(n_rows)  # stays on the GPU: no synchronisation
     elif value.dim() != 1 or value.shape[0] != n_rows:
         raise InputError(
             f"{name} has shape {tuple(value.shape)}; it must be a number or one coefficient per sample, "
             f"shape [{n_rows}]"
         )
-    if value.device.type not in ("cpu", "cuda"):
-        raise InputError(f"{name} is on device '{value.device}'; use a CPU or CUDA tensor")
     coef = value.to(device=device, dtype=torch.float32).contiguous()
     if n_rows and not _capturing(coef.device):
         if not bool(torch.isfinite(coef).all()):
             raise InputError(f"{name} has non-finite values (nan or inf); coefficients must be finite")
-    return coef
+    return coef, 0.0
+
+
+def _coef_args(coef: Tuple[Optional[torch.Tensor], float]) -> Tuple[int, float]:
+    """(address, value) for the core: address 0 means `value` for every row."""
+    tensor, value = coef
+    return (0, value) if tensor is None else (tensor.data_ptr(), 0.0)
 
 
 def _device_args(device: torch.device) -> Tuple[int, int]:
@@ -431,10 +440,10 @@ def noise_inject(x0: torch.Tensor, a: Coefficient, b: Coefficient, seed: int, of
         code = _STORAGE_CODES[x0.dtype]
         eps_ptr = eps.data_ptr() if eps is not None else 0
         if x0.device.type == "cpu":
-            _cpu.noise_inject(x0.data_ptr(), coef_a.data_ptr(), coef_b.data_ptr(), x_t.data_ptr(), eps_ptr, code,
+            _cpu.noise_inject(x0.data_ptr(), *_coef_args(coef_a), *_coef_args(coef_b), x_t.data_ptr(), eps_ptr, code,
                               n_rows, *layout, seed, offset, stream, _threads())
         else:
-            _cuda.noise_inject(x0.data_ptr(), coef_a.data_ptr(), coef_b.data_ptr(), x_t.data_ptr(), eps_ptr, code,
+            _cuda.noise_inject(x0.data_ptr(), *_coef_args(coef_a), *_coef_args(coef_b), x_t.data_ptr(), eps_ptr, code,
                                n_rows, *layout, seed, offset, stream, *_device_args(x0.device))
     return (x_t, eps) if return_noise else x_t
 
@@ -481,11 +490,11 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, c1: Coefficient, c2: Coefficie
     if x.numel():
         code = _STORAGE_CODES[x.dtype]
         if x.device.type == "cpu":
-            _cpu.ddim_step(x.data_ptr(), eps.data_ptr(), coef1.data_ptr(), coef2.data_ptr(), out.data_ptr(), code,
+            _cpu.ddim_step(x.data_ptr(), eps.data_ptr(), *_coef_args(coef1), *_coef_args(coef2), out.data_ptr(), code,
                            n_rows, layout[0], _threads())
         else:
-            _cuda.ddim_step(x.data_ptr(), eps.data_ptr(), coef1.data_ptr(), coef2.data_ptr(), out.data_ptr(), code,
-                            n_rows, layout[0], *_device_args(x.device))
+            _cuda.ddim_step(x.data_ptr(), eps.data_ptr(), *_coef_args(coef1), *_coef_args(coef2), out.data_ptr(),
+                            code, n_rows, layout[0], *_device_args(x.device))
     return out
 
 
@@ -504,12 +513,13 @@ def ddim_step_sqerr(x: torch.Tensor, eps: torch.Tensor, c1: Coefficient, c2: Coe
     if n_rows:
         code = _STORAGE_CODES[x.dtype]
         if x.device.type == "cpu":
-            _cpu.ddim_step_sqerr(x.data_ptr(), eps.data_ptr(), coef1.data_ptr(), coef2.data_ptr(), ref.data_ptr(),
+            _cpu.ddim_step_sqerr(x.data_ptr(), eps.data_ptr(), *_coef_args(coef1), *_coef_args(coef2), ref.data_ptr(),
                                  out.data_ptr(), code, n_rows, *layout, _threads())
         else:
             workspace = _workspace(n_rows, layout[0], x.device)
-            _cuda.ddim_step_sqerr(x.data_ptr(), eps.data_ptr(), coef1.data_ptr(), coef2.data_ptr(), ref.data_ptr(),
-                                  out.data_ptr(), _address(workspace), code, n_rows, *layout, *_device_args(x.device))
+            _cuda.ddim_step_sqerr(x.data_ptr(), eps.data_ptr(), *_coef_args(coef1), *_coef_args(coef2),
+                                  ref.data_ptr(), out.data_ptr(), _address(workspace), code, n_rows, *layout,
+                                  *_device_args(x.device))
     return out
 
 
