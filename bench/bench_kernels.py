@@ -1,10 +1,12 @@
 """Times each fused kernel against the plain-PyTorch way of doing the same job; prints a table and writes JSON.
 
     python bench/bench_kernels.py --out kernels.json [--device cpu|cuda] [--quick] [--threads N]
+                                  [--clock wall|thread]
 
 Sizes are the scorer's: a batch of 256 CIFAR images (3 x 32 x 32), in float32 and
-bfloat16. Each case runs a few warm-up calls, then `repeats` timed calls; the table
-gives the median. ns/elem is per image element (N * D); GB/s counts the bytes the job
+bfloat16. Each case runs a few warm-up calls, then `repeats` timed calls of the fused
+kernel and of the baseline, alternately (so both see the same machine load); the table
+gives the medians. ns/elem is per image element (N * D); GB/s counts the bytes the job
 must move at least (inputs read once, outputs written once) divided by the time, for
 both the fused kernel and the baseline; ratio = baseline time / fused time (> 1: the
 fused kernel is faster). Baselines draw their noise with torch.randn, so they do the
@@ -27,7 +29,15 @@ from qmia_fast.atomic_io import write_json
 from qmia_fast.build_info import build_info
 
 
-def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+def _timer(device: torch.device, clock: str = "wall") -> Callable[[Callable[[], object]], float]:
+    if clock == "thread":
+        # CPU time of this thread: immune to other processes on a shared machine, and
+        # complete when the kernels and torch run on the calling thread (--threads 1).
+        def run(fn):
+            t0 = time.thread_time()
+            fn()
+            return time.thread_time() - t0
+        return run
     if device.type == "cuda":
         def run(fn):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -44,13 +54,23 @@ def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
     return run
 
 
-def _median_seconds(fn, device, warmup: int, repeats: int) -> float:
-    timer = _timer(device)
+def _paired_medians(fused, baseline, device, warmup: int, repeats: int, clock: str = "wall"):
+    """Median seconds of the fused call and of the baseline, timed alternately.
+
+    Alternating the two keeps them under the same machine load, which matters on
+    shared machines where the load changes within a second.
+    """
+    timer = _timer(device, clock)
     for _ in range(warmup):
-        fn()
+        fused()
+        baseline()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return statistics.median(timer(fn) for _ in range(repeats))
+    fused_times, baseline_times = [], []
+    for _ in range(repeats):
+        fused_times.append(timer(fused))
+        baseline_times.append(timer(baseline))
+    return statistics.median(fused_times), statistics.median(baseline_times)
 
 
 def _cases(n: int, shape, dtype, device):
@@ -94,17 +114,18 @@ def _cases(n: int, shape, dtype, device):
     ]
 
 
-def run(device_name: str, quick: bool, batch: int) -> Dict:
+def run(device_name: str, quick: bool, batch: int, clock: str = "wall") -> Dict:
     device = torch.device(device_name)
+    if clock == "thread" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        raise SystemExit("bench_kernels: --clock thread measures one CPU thread: use it with --device cpu --threads 1")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_kernels: --device cuda but torch sees no GPU")
-    warmup, repeats = (2, 5) if quick else (3, 21)
+    warmup, repeats = (2, 5) if quick else (3, 31)
     shape = (3, 32, 32)
     results: List[Dict] = []
     for dtype in (torch.float32, torch.bfloat16):
         for name, fused, baseline, nbytes in _cases(batch, shape, dtype, device):
-            fused_s = _median_seconds(fused, device, warmup, repeats)
-            base_s = _median_seconds(baseline, device, warmup, repeats)
+            fused_s, base_s = _paired_medians(fused, baseline, device, warmup, repeats, clock)
             elements = batch * 3 * 32 * 32
             results.append({
                 "op": name, "dtype": str(dtype).replace("torch.", ""), "shape": [batch, *shape],
@@ -118,8 +139,8 @@ def run(device_name: str, quick: bool, batch: int) -> Dict:
     g = torch.Generator().manual_seed(2)
     scores = torch.randn(50_000, generator=g).to(device)
     thresholds = torch.randn(7, 50_000, generator=g).to(device)
-    fused_s = _median_seconds(lambda: K.vote(scores, thresholds), device, warmup, repeats)
-    base_s = _median_seconds(lambda: R.vote_baseline(scores, thresholds), device, warmup, repeats)
+    fused_s, base_s = _paired_medians(lambda: K.vote(scores, thresholds),
+                                      lambda: R.vote_baseline(scores, thresholds), device, warmup, repeats, clock)
     results.append({
         "op": "vote vs (s < t).sum, mean", "dtype": "float32", "shape": [7, 50_000],
         "fused_ms": fused_s * 1e3, "baseline_ms": base_s * 1e3,
@@ -130,7 +151,7 @@ def run(device_name: str, quick: bool, batch: int) -> Dict:
     return {
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
-        "warmup": warmup, "repeats": repeats, "statistic": "median",
+        "warmup": warmup, "repeats": repeats, "statistic": "median", "clock": clock,
         "results": results,
         "build_info": build_info(),
     }
@@ -139,8 +160,8 @@ def run(device_name: str, quick: bool, batch: int) -> Dict:
 def format_table(report: Dict) -> str:
     header = (f"{'kernel vs baseline':40s} {'dtype':8s} {'fused ms':>9s} {'base ms':>9s} {'fused ns/el':>11s} "
               f"{'base ns/el':>10s} {'fused GB/s':>10s} {'base GB/s':>9s} {'ratio':>6s}")
-    lines = [f"device {report['device']}, torch threads {report['torch_threads']}, median of "
-             f"{report['repeats']} after {report['warmup']} warm-up", header, "-" * len(header)]
+    lines = [f"device {report['device']}, torch threads {report['torch_threads']}, {report['clock']} clock, median "
+             f"of {report['repeats']} after {report['warmup']} warm-up", header, "-" * len(header)]
     for r in report["results"]:
         lines.append(f"{r['op']:40s} {r['dtype']:8s} {r['fused_ms']:9.3f} {r['baseline_ms']:9.3f} "
                      f"{r['fused_ns_per_element']:11.3f} {r['baseline_ns_per_element']:10.3f} "
@@ -154,6 +175,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
     parser.add_argument("--batch", type=int, default=256, help="images per batch (3 x 32 x 32 each)")
+    parser.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                        help="wall time (default), or this thread's CPU time (CPU, --threads 1: steady on a busy "
+                             "shared machine)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for both the kernels and torch (default: torch's setting)")
     args = parser.parse_args(argv)
@@ -161,7 +185,7 @@ def main(argv=None) -> int:
         if args.threads < 1:
             parser.error("--threads must be >= 1")
         torch.set_num_threads(args.threads)
-    report = run(args.device, args.quick, args.batch)
+    report = run(args.device, args.quick, args.batch, args.clock)
     print(format_table(report))
     write_json(args.out, report)
     print(f"wrote {args.out}")
