@@ -175,6 +175,10 @@ def score_indices(scorer, images, indices, *, work_dir: str | Path | None, ident
             todo.append(i)
     if todo:
         scorer.check_images(images)
+    if results and ctx.is_main:
+        import click
+
+        click.echo(f"resuming: {len(results)} of {len(mine)} chunks already scored in {store.folder}", err=True)
     total = sum(bounds[i][1] - bounds[i][0] for i in todo)
     bar = _bar(progress and ctx.is_main, total, f"scoring {len(indices)} images ({scorer.config.method}"
                + (f", rank 0 of {ctx.world_size}" if ctx.active else "") + ")")

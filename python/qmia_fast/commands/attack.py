@@ -35,11 +35,13 @@ DEFAULT_OUT = "qmia-out"
               help="Use at most this many images of each set (members, public, holdout), seeded; for quick looks.")
 @click.option("--out", "out_dir", default=DEFAULT_OUT, show_default=True,
               help="Output folder: report.json, scores.npz, roc.png, roc_log.png, attack.pt.")
+@click.option("--chunk-size", default=None, type=click.IntRange(min=1),
+              help="Images per resumable chunk (a multiple of the batch size) [default: about 1024].")
 @click.option("--overwrite", is_flag=True, default=False,
               help="Discard partial scores left in --out by a run with other settings instead of refusing.")
 def attack(config, model, model_format, model_config, trust_checkpoint, data, data_format, layout, part, split_path,
            members, public_fraction, method, t_sec, k, t, p, n_draws, seed, batch_size, device, precision, progress,
-           alpha, n_models, reg_epochs, reg_width, reg_depth, max_per_set, out_dir, overwrite):
+           alpha, n_models, reg_epochs, reg_width, reg_depth, max_per_set, out_dir, chunk_size, overwrite):
     """Run the membership audit end to end. With no options: the shipped demo on CPU.
 
     Scores the members, the public non-members and the holdout non-members with the target
@@ -56,7 +58,8 @@ def attack(config, model, model_format, model_config, trust_checkpoint, data, da
                    public_fraction=public_fraction, method=method, t_sec=t_sec, k=k, t=t, p=p, n_draws=n_draws,
                    seed=seed, batch_size=batch_size, device=device, precision=precision, alpha=alpha,
                    n_models=n_models, reg_epochs=reg_epochs, reg_width=reg_width, reg_depth=reg_depth,
-                   max_per_set=max_per_set, out=out_dir, config_file=config)
+                   max_per_set=max_per_set, out=out_dir, chunk_size=chunk_size,
+                   config_file=config)
     try:
         run_attack(options, trust_checkpoint, progress, overwrite, ctx,
                    distributed.device_for_rank(device, ctx))
@@ -109,7 +112,7 @@ def run_attack(options: dict, trust_checkpoint: bool, progress: bool, overwrite:
     chunks = out / "scores.chunks"
     t0 = time.perf_counter()
     raw = score_indices(scorer, images, union, work_dir=chunks, identity=identity, ctx=ctx, progress=progress,
-                        overwrite=overwrite)
+                        overwrite=overwrite, chunk_size=options["chunk_size"])
     timings["score_s"] = time.perf_counter() - t0
     if not ctx.is_main:
         return

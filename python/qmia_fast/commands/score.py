@@ -31,11 +31,13 @@ OUTPUT_SUFFIXES = (".npy", ".npz", ".csv")
 @click.option("--work-dir", default=None,
               help="Folder for resumable score chunks [default: OUT.chunks beside the output].")
 @click.option("--keep-chunks", is_flag=True, default=False, help="Keep the chunk folder after success.")
+@click.option("--chunk-size", default=None, type=click.IntRange(min=1),
+              help="Images per resumable chunk (a multiple of the batch size) [default: about 1024].")
 @click.option("--overwrite", is_flag=True, default=False,
               help="Discard partial chunks of a different run instead of refusing.")
 def score(config, model, model_format, model_config, trust_checkpoint, data, data_format, layout, part, split_path,
           members, public_fraction, method, t_sec, k, t, p, n_draws, seed, batch_size, device, precision, progress,
-          subset, out_path, work_dir, keep_chunks, overwrite):
+          subset, out_path, work_dir, keep_chunks, chunk_size, overwrite):
     """Score images with the target model (lower score = more likely a training member).
 
     Killed runs resume: rerun the same command and only missing chunks are computed.
@@ -52,14 +54,14 @@ def score(config, model, model_format, model_config, trust_checkpoint, data, dat
     try:
         run_score(model, model_format, model_config, trust_checkpoint, data, data_format, layout, part, split_path,
                   members, public_fraction, method, t_sec, k, t, p, n_draws, seed, batch_size, device, precision,
-                  progress, subset, out, work_dir, keep_chunks, overwrite, ctx)
+                  progress, subset, out, work_dir, keep_chunks, chunk_size, overwrite, ctx)
     finally:
         distributed.shutdown()
 
 
 def run_score(model, model_format, model_config, trust_checkpoint, data, data_format, layout, part, split_path,
               members, public_fraction, method, t_sec, k, t, p, n_draws, seed, batch_size, device, precision,
-              progress, subset, out, work_dir, keep_chunks, overwrite, ctx):
+              progress, subset, out, work_dir, keep_chunks, chunk_size, overwrite, ctx):
     from ..resumable import fingerprint_array, fingerprint_model, score_indices
     from ..scoring import Scorer
 
@@ -86,7 +88,7 @@ def run_score(model, model_format, model_config, trust_checkpoint, data, data_fo
     chunks = Path(work_dir) if work_dir else out.with_name(out.name + ".chunks")
     started = time.perf_counter()
     values = score_indices(scorer, images, indices, work_dir=chunks, identity=identity, ctx=ctx,
-                           progress=progress, overwrite=overwrite)
+                           progress=progress, overwrite=overwrite, chunk_size=chunk_size)
     elapsed = time.perf_counter() - started
     if not ctx.is_main:
         return

@@ -1,0 +1,124 @@
+"""Regenerates the shipped demo from scratch: a Fashion-MNIST subset with a fixed split, and a target DDPM trained on its members.
+
+Usage (from the repository root, package installed):
+    apt-get install dataset-fashion-mnist        # MIT-licensed images under /usr/share/datasets/fashion-mnist/
+    python scripts/make_demo.py data             # python/qmia_fast/assets/demo_data.npz + licence notice
+    python scripts/make_demo.py target           # python/qmia_fast/assets/demo_target/ (qmia-fast train-target)
+    python scripts/make_demo.py card             # python/qmia_fast/assets/demo_target/MODEL_CARD.md
+
+The split and training settings below are the documented demo; change them here, not by hand.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "python" / "qmia_fast" / "assets"
+SOURCE = Path("/usr/share/datasets/fashion-mnist")
+LICENCE_SOURCE = Path("/usr/share/doc/dataset-fashion-mnist/copyright")
+
+# The demo split: disjoint random draws from the 60,000 Fashion-MNIST training images.
+SPLIT_SEED = 20241128
+N_MEMBERS, N_PUBLIC, N_HOLDOUT = 256, 768, 256
+
+# The demo target: a small DDPM UNet (1.1M parameters) trained long enough on the 256
+# members to memorise them. No flips and no dropout, so that it does.
+TARGET_ARGS = [
+    "--ch", "32", "--ch-mult", "1,2,2", "--attn", "2", "--num-res-blocks", "1", "--dropout", "0",
+    "--steps", "6000", "--batch-size", "32", "--lr", "1e-3", "--warmup", "200", "--ema-decay", "0.999",
+    "--grad-clip", "1.0", "--no-hflip", "--seed", "0", "--device", "cpu", "--save-every", "500",
+]
+
+
+def make_data() -> None:
+    from qmia_fast.data import Split, load_data, save_data
+
+    loaded = load_data(str(SOURCE), part="train")
+    images, labels = loaded.images, loaded.labels
+    rng = np.random.default_rng(SPLIT_SEED)
+    chosen = rng.choice(len(images), size=N_MEMBERS + N_PUBLIC + N_HOLDOUT, replace=False)
+    # The demo file holds only the chosen images, in their original order; the split indexes it.
+    order = np.sort(chosen)
+    position = {int(i): n for n, i in enumerate(order)}
+    members = np.sort([position[int(i)] for i in chosen[:N_MEMBERS]])
+    public = np.sort([position[int(i)] for i in chosen[N_MEMBERS:N_MEMBERS + N_PUBLIC]])
+    holdout = np.sort([position[int(i)] for i in chosen[N_MEMBERS + N_PUBLIC:]])
+    split = Split(members, public, holdout,
+                  source=f"qmia-fast demo: Fashion-MNIST train images {N_MEMBERS}/{N_PUBLIC}/{N_HOLDOUT}, "
+                         f"seed {SPLIT_SEED}")
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    save_data(ASSETS / "demo_data.npz", images[order], split=split, labels=labels[order])
+    np.save(ASSETS / "demo_source_indices.npy", order.astype(np.int64))
+    notice = ("The images in demo_data.npz are a subset of Fashion-MNIST\n"
+              "(https://github.com/zalandoresearch/fashion-mnist), Copyright 2017 Zalando SE,\n"
+              "used under the MIT licence below. demo_source_indices.npy gives each image's index in the\n"
+              "Fashion-MNIST training set.\n\n")
+    if LICENCE_SOURCE.exists():
+        notice += LICENCE_SOURCE.read_text()
+    (ASSETS / "FASHION_MNIST_LICENSE.txt").write_text(notice)
+    print(f"wrote {ASSETS / 'demo_data.npz'}: {len(order)} images, split {len(members)}/{len(public)}/{len(holdout)}")
+
+
+def train_target(extra: list[str]) -> None:
+    keep_checkpoint = "--keep-checkpoint" in extra
+    extra = [arg for arg in extra if arg != "--keep-checkpoint"]
+    out = ASSETS / "demo_target"
+    command = [sys.executable, "-m", "qmia_fast", "train-target", "--data", str(ASSETS / "demo_data.npz"),
+               "--out", str(out), *TARGET_ARGS, *extra]
+    print("$", " ".join(shlex.quote(c) for c in command), flush=True)
+    started = time.time()
+    subprocess.run(command, check=True)
+    print(f"done in {time.time() - started:.0f} s")
+    # Only the EMA weights and config ship; the resumable training checkpoint stays out of the wheel.
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.exists() and not keep_checkpoint:
+        (ROOT / "build").mkdir(exist_ok=True)
+        shutil.move(str(checkpoint), str(ROOT / "build" / "demo_target_checkpoint.pt"))
+
+
+def write_card() -> None:
+    out = ASSETS / "demo_target"
+    summary = json.loads((out / "train_summary.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    card = f"""# Demo target model card
+
+A DDPM (Ho et al. UNet, pytorch-ddpm layout) trained by `qmia-fast train-target` on the
+{N_MEMBERS} member images of `../demo_data.npz` only (split seed {SPLIT_SEED}); the public and
+holdout images were never seen. It is deliberately over-trained so that it memorises its members,
+which is what a membership audit must detect.
+
+- Command: `python scripts/make_demo.py target`, i.e.
+  `qmia-fast train-target --data demo_data.npz --out demo_target {' '.join(TARGET_ARGS)}`
+- Architecture: {json.dumps(config.get('unet'))}
+- Schedule: {json.dumps(config.get('schedule'))}
+- Steps: {summary['steps']}; wall time: {summary['wall_time_s'] / 60:.1f} min on {summary.get('device', 'cpu')}
+  (a 2-core CPU); final training loss (mean of the last {summary.get('final_loss_window')} steps):
+  {summary['final_loss_mean']:.4f}
+- Weights: `model.pt` (EMA, a plain state dict; loads with `torch.load(weights_only=True)`).
+"""
+    (out / "MODEL_CARD.md").write_text(card)
+    print(card)
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] not in ("data", "target", "card"):
+        print(__doc__)
+        raise SystemExit(2)
+    if argv[0] == "data":
+        make_data()
+    elif argv[0] == "target":
+        train_target(argv[1:])
+    else:
+        write_card()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
