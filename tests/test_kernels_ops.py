@@ -226,6 +226,13 @@ def test_sliced_and_transposed_inputs_give_the_contiguous_results(dtype):
         assert torch.equal(K.pnorm_error(x, y), K.pnorm_error(xc, yc))
 
 
+def test_lazily_negated_views_are_resolved():
+    z = torch.complex(torch.randn(3, 8), torch.randn(3, 8))
+    negated = z.conj().imag  # a real view with torch's negative bit set
+    assert negated.is_neg()
+    assert torch.equal(K.ddim_step(negated, torch.zeros(3, 8), 1.0, 0.0), -z.imag)
+
+
 def test_expanded_and_grad_tensors_are_accepted():
     base = torch.randn(1, 3, 4, 4, requires_grad=True)
     x = base.expand(5, 3, 4, 4)  # stride 0 in the batch dimension

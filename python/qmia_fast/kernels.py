@@ -174,7 +174,8 @@ def _check_tensor(name: str, value: Any) -> torch.Tensor:
         raise InputError(f"{name} must be a dense (strided) tensor; convert it with .to_dense()")
     if value.is_complex():
         raise InputError(f"{name} is complex ({value.dtype}); qmia-fast kernels take real tensors")
-    return value.detach()
+    # A lazily negated view (x.conj().imag) would hand its un-negated memory to the core.
+    return value.detach().resolve_neg()
 
 
 def _check_group(tensors: Dict[str, Any], codes: Dict[torch.dtype, int], dtype_names: str,
