@@ -117,6 +117,17 @@ def test_batched_training_equals_training_member_by_member():
     np.testing.assert_allclose(batched, looped, rtol=0, atol=2e-3)
 
 
+def test_members_that_stop_early_leave_the_group_without_changing_the_rest():
+    images, targets = brightness_data()
+    options = dict(epochs=8, patience=1, n_models=4, lr=0.05)  # a high rate makes validation loss bounce
+    batched = _fit(images, targets, batched=True, **options)
+    looped = _fit(images, targets, batched=False, **options)
+    assert len(set(batched.history.epochs_run)) > 1  # members did stop at different epochs
+    assert batched.history.epochs_run == looped.history.epochs_run
+    assert batched.history.best_epoch == looped.history.best_epoch
+    np.testing.assert_allclose(batched.predict(images), looped.predict(images), rtol=0, atol=2e-3)
+
+
 def test_same_seed_same_thresholds_other_seed_other_thresholds():
     images, targets = brightness_data()
     first = _fit(images, targets).predict(images)

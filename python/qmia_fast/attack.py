@@ -157,7 +157,7 @@ class QuantileAttack:
         images_t = regress.as_image_tensor(images)
         y = log_scores(scores, images_t.shape[0])
         alpha_index = self.levels.index(self.alpha)
-        quantiles = self.bag.predict(images_t, aux, batch_size=batch_size)  # [B, N, K]
+        quantiles = self.bag.predict(images_t, aux, batch_size=batch_size, threads=self.config.threads)  # [B, N, K]
         thresholds = np.ascontiguousarray(quantiles[:, :, alpha_index])
         votes, decision = majority_vote(y, thresholds)
         score = (pvalue_score(y, quantiles, self.levels) if self.score_kind == "pvalue"
@@ -167,7 +167,7 @@ class QuantileAttack:
         marginal = MethodResult(decision=marginal_score > 0, score=marginal_score)
         single = None
         if self.single is not None:
-            single_quantiles = self.single.predict(images_t, aux, batch_size=batch_size)
+            single_quantiles = self.single.predict(images_t, aux, batch_size=batch_size, threads=self.config.threads)
             single_thresholds = np.ascontiguousarray(single_quantiles[:, :, alpha_index])
             single_votes, single_decision = majority_vote(y, single_thresholds)
             single_score = (pvalue_score(y, single_quantiles, self.levels) if self.score_kind == "pvalue"

@@ -25,20 +25,27 @@ class RegressorConfig:
     depth: int = 2             # stages of one residual block; each stage after the first halves the resolution
     stem_stride: int | None = None  # patch size of the stem; None: the power of two that leaves >= 7 x 7
     head_width: int = 64       # hidden units of the MLP head
-    epochs: int = 30           # upper bound; early stopping usually ends sooner
+    epochs: int = 12           # upper bound; early stopping usually ends sooner
     batch_size: int = 128
     lr: float = 3e-3           # AdamW peak learning rate, cosine-decayed to zero over `epochs`
     weight_decay: float = 1e-4
     holdout_frac: float = 0.1  # share of the public set used for early stopping
-    patience: int = 6          # epochs without a better validation loss before a model stops
+    patience: int = 4          # epochs without a better validation loss before a model stops
     monotone: bool = True      # several levels: predict increments so quantiles never cross
     device: str = "cpu"
     batched: bool | None = None  # None: one grouped network for the bag where measured faster
+    # torch intra-op threads for training and prediction on CPU (None: torch's own setting).
+    # These convolutions are tiny: a second thread gains little on an idle machine, and on a
+    # shared one spinning threads were 3-15x slower than one (bench/bench_attack.py).
+    threads: int | None = 1
 
     def validate(self) -> "RegressorConfig":
         if self.stem_stride is not None and (not isinstance(self.stem_stride, (int, np.integer))
                                              or isinstance(self.stem_stride, bool) or self.stem_stride < 1):
             raise ConfigError(f"stem_stride must be None (automatic) or a positive integer, got {self.stem_stride!r}")
+        if self.threads is not None and (not isinstance(self.threads, (int, np.integer))
+                                         or isinstance(self.threads, bool) or self.threads < 1):
+            raise ConfigError(f"threads must be None (torch's setting) or a positive integer, got {self.threads!r}")
         for name in ("width", "depth", "head_width", "epochs", "batch_size", "patience"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
@@ -72,6 +79,19 @@ def resolve_device(device) -> torch.device:
     if resolved.type not in ("cpu", "cuda"):
         raise ConfigError(f"device must be 'cpu' or 'cuda[:index]', got {device!r}")
     return resolved
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run a block with `threads` torch intra-op threads (None: unchanged), restoring the setting after."""
+    previous = torch.get_num_threads()
+    if threads is not None and threads != previous:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
 
 
 def check_levels(levels: Sequence[float]) -> list[float]:
@@ -285,14 +305,6 @@ def stack_models(members: Sequence[BaggedResNet]) -> BaggedResNet:
     return stacked.to(next(members[0].parameters()).device)
 
 
-def _copy_member(dst: dict, src: dict, member: int, n_models: int) -> None:
-    # Every parameter and running statistic has the members' blocks stacked along dim 0.
-    for key, value in src.items():
-        if value.ndim == 0:
-            continue
-        dst[key].view(n_models, -1)[member].copy_(value.view(n_models, -1)[member])
-
-
 def pinball_loss(pred: torch.Tensor, target: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """rho_a(u) = max(a u, (a - 1) u) with u = target - pred, elementwise (levels broadcast on the last axis)."""
     residual = target - pred
@@ -382,9 +394,52 @@ def _init_member(seed: int, in_channels: int, n_levels: int, config: RegressorCo
     return member
 
 
+def _member_state(state: dict, position: int, n_models: int) -> dict:
+    """The state dict of one member of a grouped network, as a network of one."""
+    single = {}
+    for key, value in state.items():
+        if value.ndim == 0:  # BatchNorm's step counter
+            single[key] = value.clone()
+        else:
+            block = value.view(n_models, -1)[position]
+            single[key] = block.clone().view(value.shape[0] // n_models, *value.shape[1:])
+    return single
+
+
+def _keep_members(model: BaggedResNet, optimizer, positions: list[int], lr: float, weight_decay: float):
+    """A smaller grouped network (and its AdamW state) holding only the members at `positions`.
+
+    Stopped members would otherwise keep costing compute until the last one stops; the
+    optimizer moments are sliced along, so the survivors train on exactly as before.
+    """
+    n_models = model.n_models
+    state = model.state_dict()
+    members = []
+    for position in positions:
+        member = BaggedResNet(1, **model.arch)
+        member.load_state_dict(_member_state(state, position, n_models))
+        members.append(member)
+    kept = stack_models(members).to(next(model.parameters()).device)
+    kept_optimizer = torch.optim.AdamW(kept.parameters(), lr=lr, weight_decay=weight_decay)
+    index = torch.tensor(positions)
+    for old, new in zip(model.parameters(), kept.parameters()):
+        old_state = optimizer.state.get(old)
+        if not old_state:
+            continue
+        moved = {}
+        for key, value in old_state.items():
+            if torch.is_tensor(value) and value.shape == old.shape:
+                blocks = value.view(n_models, -1)[index.to(value.device)]
+                moved[key] = blocks.reshape(new.shape).clone()
+            else:
+                moved[key] = value.clone() if torch.is_tensor(value) else value
+        kept_optimizer.state[new] = moved
+    return kept, kept_optimizer
+
+
 def _train_group(batcher: _Batcher, plans, seeds, levels, config: RegressorConfig,
                  init_quantiles, on_epoch) -> tuple[BaggedResNet, TrainHistory]:
-    n_models = len(plans)
+    n_members = len(plans)
     device = batcher.device
     height, width = batcher.images.shape[2:]
     stem_stride = config.stem_stride or auto_stem_stride(height, width)
@@ -399,20 +454,24 @@ def _train_group(batcher: _Batcher, plans, seeds, levels, config: RegressorConfi
     batch_size = min(config.batch_size, n_train)
     steps_per_epoch = max(1, n_train // batch_size)  # the short last batch is dropped: tiny batches upset BatchNorm
     total_steps = config.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
     rngs = [np.random.default_rng(s) for s in seeds]
-    val_index = np.stack([p.val for p in plans]) if len(plans[0].val) else None
+    has_val = len(plans[0].val) > 0
 
-    best_state = {k: v.clone() for k, v in model.state_dict().items()}
-    best_loss = [math.inf] * n_models
-    best_epoch = [0] * n_models
-    stale = [0] * n_models
-    epochs_run = [0] * n_models
+    active = list(range(n_members))  # members still training, in the order the network holds them
+    best_state = [_member_state(model.state_dict(), j, n_members) for j in range(n_members)]
+    best_loss = [math.inf] * n_members
+    best_epoch = [0] * n_members
+    stale = [0] * n_members
+    epochs_run = [0] * n_members
+    step_count = 0
     for epoch in range(1, config.epochs + 1):
         model.train()
-        order = np.stack([plan.train[rng.permutation(n_train)] for plan, rng in zip(plans, rngs)])
+        order = np.stack([plans[j].train[rngs[j].permutation(n_train)] for j in active])
         for step in range(steps_per_epoch):
+            # Cosine decay of the learning rate over the planned steps, set by hand so that it
+            # survives rebuilding the optimizer when members stop.
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * step_count / total_steps))
             x, y = batcher.batch(order[:, step * batch_size:(step + 1) * batch_size])
             pred = model(x)
             # Summed over members so that each member's gradient is exactly its own mean loss's.
@@ -420,31 +479,32 @@ def _train_group(batcher: _Batcher, plans, seeds, levels, config: RegressorConfi
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            scheduler.step()
-        for j in range(n_models):
-            if stale[j] < config.patience:
-                epochs_run[j] = epoch
-        if val_index is None:
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
-            best_epoch = [epoch] * n_models
-        else:
-            val_loss = _validation_loss(model, batcher, val_index, levels_t, config.batch_size)
-            state = model.state_dict()
-            for j in range(n_models):
-                if stale[j] >= config.patience:
-                    continue
-                if val_loss[j] < best_loss[j]:
-                    best_loss[j], best_epoch[j], stale[j] = val_loss[j], epoch, 0
-                    _copy_member(best_state, state, j, n_models)
-                else:
-                    stale[j] += 1
+            step_count += 1
+        state = model.state_dict()
+        val_loss = (_validation_loss(model, batcher, np.stack([plans[j].val for j in active]), levels_t,
+                                     config.batch_size) if has_val else [-math.inf] * len(active))
+        for position, j in enumerate(active):
+            epochs_run[j] = epoch
+            if val_loss[position] < best_loss[j] or not has_val:
+                best_loss[j], best_epoch[j], stale[j] = val_loss[position], epoch, 0
+                best_state[j] = _member_state(state, position, len(active))
+            else:
+                stale[j] += 1
         on_epoch(epoch)
-        if all(s >= config.patience for s in stale):
+        still = [position for position, j in enumerate(active) if stale[j] < config.patience]
+        if not still:
             break
-    model.load_state_dict(best_state)
-    model.eval()
-    history = TrainHistory(epochs_run, best_epoch, [float(v) for v in best_loss])
-    return model, history
+        if len(still) < len(active):
+            model, optimizer = _keep_members(model, optimizer, still, config.lr, config.weight_decay)
+            active = [active[position] for position in still]
+    finished = []
+    for j in range(n_members):
+        member = BaggedResNet(1, **model.arch)
+        member.load_state_dict(best_state[j])
+        finished.append(member)
+    network = stack_models(finished).to(device).eval()
+    history = TrainHistory(epochs_run, best_epoch, [float(v) if has_val else math.nan for v in best_loss])
+    return network, history
 
 
 @torch.no_grad()
@@ -476,7 +536,8 @@ class QuantileBag:
         return self.network.n_models
 
     @torch.no_grad()
-    def predict(self, images, aux=None, batch_size: int = 1024, device=None) -> np.ndarray:
+    def predict(self, images, aux=None, batch_size: int = 1024, device=None, threads: int | None = None
+                ) -> np.ndarray:
         """Quantiles of log-score per member: float64 [n_models, N, n_levels]."""
         images_t = as_image_tensor(images)
         aux_t = as_aux_tensor(aux, images_t)
@@ -484,11 +545,12 @@ class QuantileBag:
         target = resolve_device(device) if device is not None else next(self.network.parameters()).device
         network = self.network.to(target).eval()
         chunks = []
-        for start in range(0, images_t.shape[0], batch_size):
-            stop = start + batch_size
-            x = self.scaler.transform(images_t[start:stop].to(target),
-                                      None if aux_t is None else aux_t[start:stop].to(target))
-            chunks.append(network(x).double().cpu())
+        with torch_threads(threads):
+            for start in range(0, images_t.shape[0], batch_size):
+                stop = start + batch_size
+                x = self.scaler.transform(images_t[start:stop].to(target),
+                                          None if aux_t is None else aux_t[start:stop].to(target))
+                chunks.append(network(x).double().cpu())
         standardised = torch.cat(chunks).permute(1, 0, 2).numpy()
         return standardised * self.target_std + self.target_mean
 
@@ -552,7 +614,7 @@ def fit_bag(images, targets, plans: Sequence[SamplePlan], seeds: Sequence[int], 
 
     batched = default_batched(device) if config.batched is None else bool(config.batched)
     groups = [list(range(len(plans)))] if batched else [[j] for j in range(len(plans))]
-    with _progress_bar(progress, len(groups) * config.epochs, label) as bar:
+    with _progress_bar(progress, len(groups) * config.epochs, label) as bar, torch_threads(config.threads):
         trained, histories = [], []
         for group in groups:
             done = [0]
@@ -573,7 +635,13 @@ def fit_bag(images, targets, plans: Sequence[SamplePlan], seeds: Sequence[int], 
 
 
 def default_batched(device: torch.device) -> bool:
-    """Train the bag as one grouped network? Measured in bench/bench_attack.py: faster on CPU and CUDA."""
+    """Train the bag as one grouped network rather than member by member?
+
+    On CPU (bench/bench_attack.py, 1 x 28 x 28, N = 2000, B = 7) the grouped network was
+    1.0-1.4x faster per epoch and, with stopped members leaving the group, as fast or
+    faster for a whole fit. On CUDA the members' small kernels are launch-bound, so one
+    network for all B does 1/B of the launches (not measured here: no GPU).
+    """
     return True
 
 
