@@ -106,3 +106,25 @@ def test_summary_table(results):
     assert f"{bag['auc']:.4f}" in lines[2]
     assert f"{100 * bag['decision']['fpr']:.2f}%" in lines[2]
     assert lines[4].rstrip().endswith("-")  # no fixed decision given for this row
+
+
+def test_report_from_attack(tmp_path):
+    from qmia_fast.attack import QuantileAttack, synthetic_problem
+
+    public = synthetic_problem(200, seed=0)
+    evaluation = synthetic_problem(100, 100, seed=1)
+    attack = QuantileAttack(n_models=3, seed=4, width=4, depth=1, head_width=8, epochs=2, batch_size=64)
+    result = attack.fit(public.images, public.scores).predict(evaluation.images, evaluation.scores)
+    built, arrays = report.report_from_attack(attack, result, evaluation.labels, raw_scores=evaluation.scores,
+                                              config={"method": "synthetic"}, timings={"predict_s": 0.1})
+    assert list(built["methods"]) == ["qmia_bag", "single_regressor", "marginal_threshold"]
+    assert built["config"]["method"] == "synthetic" and built["config"]["attack"]["n_models"] == 3
+    assert built["seed"] == 4 and built["alpha"] == 0.01
+    assert {"fit_bag_s", "fit_single_s", "predict_s"} <= set(built["timings_s"])
+    assert built["fit"]["n_public"] == 200
+    np.testing.assert_array_equal(arrays["votes"], result.votes)
+    np.testing.assert_array_equal(arrays["decision_qmia_bag"], result.decision)
+    written = report.write_report(tmp_path, built, arrays, plots=False)
+    assert sorted(p.name for p in written["files"]) == ["report.json", "scores.npz"]
+    json.loads((tmp_path / "report.json").read_text())
+    print(report.format_summary_table(built))

@@ -53,6 +53,10 @@ class AttackResult:
         out[MARGINAL] = self.marginal
         return out
 
+    def report_results(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """name -> (membership score, decision), the form report.build_report takes."""
+        return {name: (method.score, method.decision) for name, method in self.methods().items()}
+
 
 def log_scores(scores, n: int | None = None, name: str = "scores") -> np.ndarray:
     """Raw scores (positive, finite, [N]) -> float64 log-scores, the regression target."""

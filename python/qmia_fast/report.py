@@ -57,6 +57,24 @@ def build_report(results: Mapping[str, tuple], labels, *, config: Mapping | None
     return json_safe(report)
 
 
+def report_from_attack(attack, result, labels, *, raw_scores=None, indices=None, config: Mapping | None = None,
+                       timings: Mapping | None = None, extra: Mapping | None = None) -> tuple[dict, dict]:
+    """(report, arrays) for a fitted QuantileAttack and its AttackResult on labelled images.
+
+    The attack's resolved parameters go under config["attack"] and its fit facts under
+    "fit"; fit timings join `timings`. Pass both on to write_report(out_dir, report, arrays).
+    """
+    results = result.report_results()
+    merged_config = dict(config or {})
+    merged_config["attack"] = attack.params()
+    merged_timings = {**attack.fit_info.get("timings", {}), **dict(timings or {})}
+    fit_facts = {k: v for k, v in attack.fit_info.items() if k != "timings"}
+    built = build_report(results, labels, config=merged_config, seed=attack.seed, alpha=attack.alpha,
+                         timings=merged_timings, extra={"fit": fit_facts, **dict(extra or {})})
+    arrays = score_arrays(results, labels, raw_scores=raw_scores, indices=indices, votes=result.votes)
+    return built, arrays
+
+
 def versions() -> dict:
     """Versions of the pieces that determine the numbers in a report."""
     from . import __version__
