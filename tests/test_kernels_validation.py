@@ -87,14 +87,14 @@ def test_the_compiled_core_checks_again():
     # Called directly (bypassing the wrappers), the C++ side raises ValueError, not a crash.
     core = K._cpu
     with pytest.raises(ValueError, match="null pointer"):
-        core.philox_normal(0, 0, 5, 4, 0, 1, 1, 0, 0, 0)
+        core.philox_normal(0, 0, 5, 4, 0, 1, 1, 0, 0, 0, 0)
     out = torch.empty(20)
     with pytest.raises(ValueError, match="dtype code"):
-        core.philox_normal(out.data_ptr(), 9, 5, 4, 0, 1, 1, 0, 0, 0)
+        core.philox_normal(out.data_ptr(), 9, 5, 4, 0, 1, 1, 0, 0, 0, 0)
     with pytest.raises(ValueError, match=">= 0"):
-        core.philox_normal(out.data_ptr(), 0, -5, 4, 0, 1, 1, 0, 0, 0)
+        core.philox_normal(out.data_ptr(), 0, -5, 4, 0, 1, 1, 0, 0, 0, 0)
     with pytest.raises(ValueError, match="channels"):
-        core.eps_sq_error(out.data_ptr(), out.data_ptr(), 0, 1, 20, 1, 3, 5, 0, 0, 0)
+        core.eps_sq_error(out.data_ptr(), out.data_ptr(), 0, 1, 20, 1, 3, 5, 0, 0, 0, 0)
     with pytest.raises(ValueError, match="p must be"):
         core.pnorm_error(out.data_ptr(), out.data_ptr(), out.data_ptr(), 0, 1, 20, 0, 1, 1, -2.0)
     with pytest.raises(ValueError, match="null pointer"):

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "common/ddim_step.h"
+#include "common/philox.h"
 #include "common/qmia_common.h"
 #include "common/row_reduce.h"
 
@@ -25,6 +26,12 @@ T* as_pointer(uintptr_t address) {
 // A coefficient arrives as (address, value): address 0 means "value for every row".
 inline RowCoefficient make_coefficient(uintptr_t address, float value) {
   return RowCoefficient{as_pointer<const float>(address), value};
+}
+
+// Sample indices arrive as (address, offset): address 0 means "offset + row", otherwise
+// an int64 array with one global sample index per row.
+inline SampleIndex make_samples(uintptr_t address, uint64_t offset) {
+  return SampleIndex{as_pointer<const int64_t>(address), offset};
 }
 
 inline RowLayout make_layout(int64_t row_length, int32_t channels_last, int64_t channels, int64_t plane) {

@@ -59,43 +59,46 @@ PYBIND11_MODULE(_cpu, m) {
   m.def(
       "philox_normal",
       [](uintptr_t out, int32_t dtype, int64_t n_rows, int64_t row_length, int32_t channels_last, int64_t channels,
-         int64_t plane, uint64_t seed, uint64_t offset, uint32_t stream, int num_threads) {
+         int64_t plane, uint64_t seed, uint64_t offset, uintptr_t samples, uint32_t stream, int num_threads) {
         const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
         py::gil_scoped_release release;
-        qmia::cpu::philox_normal(as_pointer<void>(out), dtype, n_rows, layout, seed, offset, stream, num_threads);
+        qmia::cpu::philox_normal(as_pointer<void>(out), dtype, n_rows, layout, seed,
+                                 qmia::bindings::make_samples(samples, offset), stream, num_threads);
       },
       py::arg("out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"), py::arg("channels_last"),
-      py::arg("channels"), py::arg("plane"), py::arg("seed"), py::arg("offset"), py::arg("stream"),
+      py::arg("channels"), py::arg("plane"), py::arg("seed"), py::arg("offset"), py::arg("samples"), py::arg("stream"),
       py::arg("num_threads") = 0);
 
   m.def(
       "noise_inject",
       [](uintptr_t x0, uintptr_t a, float a_value, uintptr_t b, float b_value, uintptr_t x_t, uintptr_t eps_out,
          int32_t dtype, int64_t n_rows, int64_t row_length, int32_t channels_last, int64_t channels, int64_t plane,
-         uint64_t seed, uint64_t offset, uint32_t stream, int num_threads) {
+         uint64_t seed, uint64_t offset, uintptr_t samples, uint32_t stream, int num_threads) {
         const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
         py::gil_scoped_release release;
         qmia::cpu::noise_inject(as_pointer<const void>(x0), qmia::bindings::make_coefficient(a, a_value),
                                 qmia::bindings::make_coefficient(b, b_value), as_pointer<void>(x_t),
-                                as_pointer<void>(eps_out), dtype, n_rows, layout, seed, offset, stream, num_threads);
+                                as_pointer<void>(eps_out), dtype, n_rows, layout, seed,
+                                qmia::bindings::make_samples(samples, offset), stream, num_threads);
       },
       py::arg("x0"), py::arg("a"), py::arg("a_value"), py::arg("b"), py::arg("b_value"), py::arg("x_t"),
       py::arg("eps_out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"), py::arg("channels_last"),
-      py::arg("channels"), py::arg("plane"), py::arg("seed"), py::arg("offset"), py::arg("stream"),
+      py::arg("channels"), py::arg("plane"), py::arg("seed"), py::arg("offset"), py::arg("samples"), py::arg("stream"),
       py::arg("num_threads") = 0);
 
   m.def(
       "eps_sq_error",
       [](uintptr_t eps_pred, uintptr_t out, int32_t dtype, int64_t n_rows, int64_t row_length, int32_t channels_last,
-         int64_t channels, int64_t plane, uint64_t seed, uint64_t offset, uint32_t stream, int num_threads) {
+         int64_t channels, int64_t plane, uint64_t seed, uint64_t offset, uintptr_t samples, uint32_t stream,
+         int num_threads) {
         const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
         py::gil_scoped_release release;
         qmia::cpu::eps_sq_error(as_pointer<const void>(eps_pred), as_pointer<float>(out), dtype, n_rows, layout, seed,
-                                offset, stream, num_threads);
+                                qmia::bindings::make_samples(samples, offset), stream, num_threads);
       },
       py::arg("eps_pred"), py::arg("out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"),
       py::arg("channels_last"), py::arg("channels"), py::arg("plane"), py::arg("seed"), py::arg("offset"),
-      py::arg("stream"), py::arg("num_threads") = 0);
+      py::arg("samples"), py::arg("stream"), py::arg("num_threads") = 0);
 
   m.def(
       "ddim_step",

@@ -92,54 +92,59 @@ PYBIND11_MODULE(_cuda, m) {
   m.def(
       "philox_normal",
       [](uintptr_t out, int32_t dtype, int64_t n_rows, int64_t row_length, int32_t channels_last, int64_t channels,
-         int64_t plane, uint64_t seed, uint64_t offset, uint32_t stream_id, int device, uintptr_t stream) {
+         int64_t plane, uint64_t seed, uint64_t offset, uintptr_t samples, uint32_t stream_id, int device,
+         uintptr_t stream) {
         const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
         py::gil_scoped_release release;
         DeviceGuard guard(device);
-        throw_on_error(qmia::cuda::philox_normal(as_pointer<void>(out), dtype, n_rows, layout, seed, offset,
-                                                 stream_id, as_stream(stream)),
+        throw_on_error(qmia::cuda::philox_normal(as_pointer<void>(out), dtype, n_rows, layout, seed,
+                                                 qmia::bindings::make_samples(samples, offset), stream_id,
+                                                 as_stream(stream)),
                        "philox_normal");
       },
       py::arg("out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"), py::arg("channels_last"),
-      py::arg("channels"), py::arg("plane"), py::arg("seed"), py::arg("offset"), py::arg("stream_id"),
+      py::arg("channels"), py::arg("plane"), py::arg("seed"), py::arg("offset"), py::arg("samples"),
+      py::arg("stream_id"),
       py::arg("device"), py::arg("cuda_stream"));
 
   m.def(
       "noise_inject",
       [](uintptr_t x0, uintptr_t a, float a_value, uintptr_t b, float b_value, uintptr_t x_t, uintptr_t eps_out,
          int32_t dtype, int64_t n_rows, int64_t row_length, int32_t channels_last, int64_t channels, int64_t plane,
-         uint64_t seed, uint64_t offset, uint32_t stream_id, int device, uintptr_t stream) {
+         uint64_t seed, uint64_t offset, uintptr_t samples, uint32_t stream_id, int device, uintptr_t stream) {
         const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
         py::gil_scoped_release release;
         DeviceGuard guard(device);
         throw_on_error(
             qmia::cuda::noise_inject(as_pointer<const void>(x0), qmia::bindings::make_coefficient(a, a_value),
                                      qmia::bindings::make_coefficient(b, b_value), as_pointer<void>(x_t),
-                                     as_pointer<void>(eps_out), dtype, n_rows, layout, seed, offset, stream_id,
-                                     as_stream(stream)),
+                                     as_pointer<void>(eps_out), dtype, n_rows, layout, seed,
+                                     qmia::bindings::make_samples(samples, offset), stream_id, as_stream(stream)),
             "noise_inject");
       },
       py::arg("x0"), py::arg("a"), py::arg("a_value"), py::arg("b"), py::arg("b_value"), py::arg("x_t"),
       py::arg("eps_out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"), py::arg("channels_last"),
-      py::arg("channels"), py::arg("plane"), py::arg("seed"), py::arg("offset"), py::arg("stream_id"),
+      py::arg("channels"), py::arg("plane"), py::arg("seed"), py::arg("offset"), py::arg("samples"),
+      py::arg("stream_id"),
       py::arg("device"), py::arg("cuda_stream"));
 
   m.def(
       "eps_sq_error",
       [](uintptr_t eps_pred, uintptr_t out, uintptr_t workspace, int32_t dtype, int64_t n_rows, int64_t row_length,
-         int32_t channels_last, int64_t channels, int64_t plane, uint64_t seed, uint64_t offset, uint32_t stream_id,
-         int device, uintptr_t stream) {
+         int32_t channels_last, int64_t channels, int64_t plane, uint64_t seed, uint64_t offset, uintptr_t samples,
+         uint32_t stream_id, int device, uintptr_t stream) {
         const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
         py::gil_scoped_release release;
         DeviceGuard guard(device);
         throw_on_error(qmia::cuda::eps_sq_error(as_pointer<const void>(eps_pred), as_pointer<float>(out),
-                                                as_pointer<float>(workspace), dtype, n_rows, layout, seed, offset,
-                                                stream_id, as_stream(stream)),
+                                                as_pointer<float>(workspace), dtype, n_rows, layout, seed,
+                                                qmia::bindings::make_samples(samples, offset), stream_id,
+                                                as_stream(stream)),
                        "eps_sq_error");
       },
       py::arg("eps_pred"), py::arg("out"), py::arg("workspace"), py::arg("dtype"), py::arg("n_rows"),
       py::arg("row_length"), py::arg("channels_last"), py::arg("channels"), py::arg("plane"), py::arg("seed"),
-      py::arg("offset"), py::arg("stream_id"), py::arg("device"), py::arg("cuda_stream"));
+      py::arg("offset"), py::arg("samples"), py::arg("stream_id"), py::arg("device"), py::arg("cuda_stream"));
 
   m.def(
       "ddim_step",

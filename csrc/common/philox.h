@@ -9,7 +9,7 @@ namespace qmia {
 //
 //   key     = (seed mod 2^32, seed div 2^32)                  seed in [0, 2^64)
 //   counter = (group, stream, sample mod 2^32, sample div 2^32)
-//   sample  = offset + row                                    (global sample index)
+//   sample  = offset + row, or per_row[row]                  (global sample index, see SampleIndex)
 //   group   = e div 4, e = logical C-order element index within the row
 //
 // One Philox call gives words (w0, w1, w2, w3), turned into the normals of elements
@@ -130,6 +130,18 @@ struct PhiloxKey {
 };
 
 QMIA_HD PhiloxKey philox_key(uint64_t seed) { return PhiloxKey{uint32_t(seed), uint32_t(seed >> 32)}; }
+
+// The global sample index of each row of a noise kernel: offset + row, or one index per
+// row read from memory. The per-row form lets a CUDA graph replay with new sample
+// indices (a device array refilled between replays) where a scalar offset would be
+// frozen into the captured launch. Indices are int64 >= 0 (checked where readable).
+struct SampleIndex {
+  const int64_t* per_row;  // [n_rows] on the kernel's device, or null
+  uint64_t offset;         // used when per_row is null
+  QMIA_HD uint64_t at(int64_t row) const {
+    return per_row != nullptr ? uint64_t(per_row[row]) : offset + uint64_t(row);
+  }
+};
 
 // The four normals of elements 4*group .. 4*group + 3 of one sample's row.
 QMIA_HD void philox_normal4(PhiloxKey key, uint64_t sample, uint32_t stream, uint32_t group, float& n0,

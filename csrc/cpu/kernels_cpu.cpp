@@ -82,11 +82,18 @@ void for_each_run(const RowLayout& layout, int64_t begin, int64_t end, const Fn&
 #define QMIA_ALWAYS_INLINE inline
 #endif
 
-void check_noise_args(int64_t n_rows, const RowLayout& layout, uint64_t offset) {
+void check_noise_args(int64_t n_rows, const RowLayout& layout, const SampleIndex& samples) {
   check_size(n_rows, "n_rows");
   check_layout(layout);
   check_rows_times_length(n_rows, layout.row_length);
-  require(offset <= UINT64_MAX - uint64_t(n_rows), "offset + n_rows overflows the 64-bit sample index");
+  if (samples.per_row == nullptr) {
+    require(samples.offset <= UINT64_MAX - uint64_t(n_rows), "offset + n_rows overflows the 64-bit sample index");
+    return;
+  }
+  for (int64_t row = 0; row < n_rows; ++row) {
+    require(samples.per_row[row] >= 0, "sample index of row " + std::to_string(row) + " is negative (" +
+                                           std::to_string(samples.per_row[row]) + ")");
+  }
 }
 
 std::atomic<int> g_forced_simd{-1};  // -1: the best the CPU supports
@@ -186,40 +193,40 @@ void philox_uint32(uint32_t* out /* [n_rows, n_groups, 4] */, int64_t n_rows, in
 }
 
 void philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed,
-                   uint64_t offset, uint32_t stream, int num_threads) {
+                   SampleIndex samples, uint32_t stream, int num_threads) {
   check_dtype(dtype);
-  check_noise_args(n_rows, layout, offset);
+  check_noise_args(n_rows, layout, samples);
   const int64_t row_length = layout.row_length;
   check_pointer(out, n_rows * row_length, "out");
   if (n_rows == 0 || row_length == 0) return;
-  QMIA_CPU_DISPATCH(philox_normal_rows, out, dtype, n_rows, layout, philox_key(seed), offset, stream, num_threads);
+  QMIA_CPU_DISPATCH(philox_normal_rows, out, dtype, n_rows, layout, philox_key(seed), samples, stream, num_threads);
 }
 
 void noise_inject(const void* x0 /* [n_rows, D] */, RowCoefficient a /* [n_rows] or scalar */,
                   RowCoefficient b /* [n_rows] or scalar */, void* x_t /* [n_rows, D] */,
                   void* eps_out /* [n_rows, D] or null */, int32_t dtype, int64_t n_rows, RowLayout layout,
-                  uint64_t seed, uint64_t offset, uint32_t stream, int num_threads) {
+                  uint64_t seed, SampleIndex samples, uint32_t stream, int num_threads) {
   check_dtype(dtype);
-  check_noise_args(n_rows, layout, offset);
+  check_noise_args(n_rows, layout, samples);
   const int64_t row_length = layout.row_length;
   check_pointer(x0, n_rows * row_length, "x0");
   check_pointer(x_t, n_rows * row_length, "x_t");
   check_coefficient(a, "a");
   check_coefficient(b, "b");
   if (n_rows == 0 || row_length == 0) return;
-  QMIA_CPU_DISPATCH(noise_inject_rows, x0, a, b, x_t, eps_out, dtype, n_rows, layout, philox_key(seed), offset,
+  QMIA_CPU_DISPATCH(noise_inject_rows, x0, a, b, x_t, eps_out, dtype, n_rows, layout, philox_key(seed), samples,
                     stream, num_threads);
 }
 
 void eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [n_rows] */, int32_t dtype, int64_t n_rows,
-                  RowLayout layout, uint64_t seed, uint64_t offset, uint32_t stream, int num_threads) {
+                  RowLayout layout, uint64_t seed, SampleIndex samples, uint32_t stream, int num_threads) {
   check_dtype(dtype);
-  check_noise_args(n_rows, layout, offset);
+  check_noise_args(n_rows, layout, samples);
   const int64_t row_length = layout.row_length;
   check_pointer(eps_pred, n_rows * row_length, "eps_pred");
   check_pointer(out, n_rows, "out");
   if (n_rows == 0) return;
-  QMIA_CPU_DISPATCH(eps_sq_error_rows, eps_pred, out, dtype, n_rows, layout, philox_key(seed), offset, stream,
+  QMIA_CPU_DISPATCH(eps_sq_error_rows, eps_pred, out, dtype, n_rows, layout, philox_key(seed), samples, stream,
                     num_threads);
 }
 

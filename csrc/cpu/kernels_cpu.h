@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "common/ddim_step.h"
+#include "common/philox.h"
 #include "common/qmia_common.h"
 
 namespace qmia {
@@ -19,19 +20,21 @@ namespace cpu {
 void philox_uint32(uint32_t* out /* [n_rows, n_groups, 4] */, int64_t n_rows, int64_t n_groups, uint64_t seed,
                    uint64_t offset, uint32_t stream, int num_threads);
 
+// The noise kernels key row i by samples.at(i): offset + i, or a per-row index array
+// (host memory here), whose entries must be >= 0.
 void philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed,
-                   uint64_t offset, uint32_t stream, int num_threads);
+                   SampleIndex samples, uint32_t stream, int num_threads);
 
 // x_t = a[i] x0 + b[i] eps with eps generated in place; eps_out (may be null) gets eps
 // rounded to dtype. x_t uses the float32 eps.
 void noise_inject(const void* x0 /* [n_rows, D] */, RowCoefficient a /* [n_rows] or scalar */,
                   RowCoefficient b /* [n_rows] or scalar */, void* x_t /* [n_rows, D] */,
                   void* eps_out /* [n_rows, D] or null */, int32_t dtype, int64_t n_rows, RowLayout layout,
-                  uint64_t seed, uint64_t offset, uint32_t stream, int num_threads);
+                  uint64_t seed, SampleIndex samples, uint32_t stream, int num_threads);
 
 // out[i] = sum_e (eps_pred[i, e] - eps[i, e])^2 with eps regenerated from its key.
 void eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [n_rows] */, int32_t dtype, int64_t n_rows,
-                  RowLayout layout, uint64_t seed, uint64_t offset, uint32_t stream, int num_threads);
+                  RowLayout layout, uint64_t seed, SampleIndex samples, uint32_t stream, int num_threads);
 
 // out = c1[i] x + c2[i] eps, elementwise in memory order (all three share one layout).
 void ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */,

@@ -136,7 +136,7 @@ template <typename S, bool kInject>
 __global__ void noise_kernel(const S* x0 /* [n_rows, D] */, RowCoefficient a /* [n_rows] or scalar */,
                              RowCoefficient b /* [n_rows] or scalar */, S* out /* [n_rows, D] */,
                              S* eps_out /* [n_rows, D] or null */, int64_t n_rows, RowLayout layout,
-                             int64_t groups_per_row, PhiloxKey key, uint64_t offset, uint32_t stream_id) {
+                             int64_t groups_per_row, PhiloxKey key, SampleIndex samples, uint32_t stream_id) {
   const int64_t total = n_rows * groups_per_row;
   const int64_t row_length = layout.row_length;
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
@@ -145,7 +145,7 @@ __global__ void noise_kernel(const S* x0 /* [n_rows, D] */, RowCoefficient a /* 
     const int64_t group = idx - row * groups_per_row;
     const int64_t e0 = 4 * group;
     float eps[4];
-    philox_normal4(key, offset + uint64_t(row), stream_id, uint32_t(group), eps[0], eps[1], eps[2], eps[3]);
+    philox_normal4(key, samples.at(row), stream_id, uint32_t(group), eps[0], eps[1], eps[2], eps[3]);
     const int64_t base = row * row_length;
     if (kInject) {
       float x[4];
@@ -190,11 +190,11 @@ struct EpsSqTerms {
   const S* eps_pred;
   RowLayout layout;
   PhiloxKey key;
-  uint64_t offset;
+  SampleIndex samples;
   uint32_t stream_id;
   __device__ __forceinline__ void terms4(int64_t row, int64_t e0, float t[4]) const {
     float eps[4];
-    philox_normal4(key, offset + uint64_t(row), stream_id, uint32_t(e0 / 4), eps[0], eps[1], eps[2], eps[3]);
+    philox_normal4(key, samples.at(row), stream_id, uint32_t(e0 / 4), eps[0], eps[1], eps[2], eps[3]);
     load4(eps_pred + row * layout.row_length, layout, e0, t);
 #pragma unroll
     for (int j = 0; j < 4; ++j) t[j] = squared_difference(t[j], eps[j]);
@@ -352,11 +352,15 @@ cudaError_t dispatch_storage(int32_t dtype, const Fn& fn) {
   return cudaErrorInvalidValue;
 }
 
-void check_noise_args(int64_t n_rows, const RowLayout& layout, uint64_t offset) {
+void check_noise_args(int64_t n_rows, const RowLayout& layout, const SampleIndex& samples) {
   check_size(n_rows, "n_rows");
   check_layout(layout);
   check_rows_times_length(n_rows, layout.row_length);
-  require(offset <= UINT64_MAX - uint64_t(n_rows), "offset + n_rows overflows the 64-bit sample index");
+  // A per-row index array lives on the device: reading it here would synchronise (and
+  // break graph capture), so only the scalar form is checked.
+  if (samples.per_row == nullptr) {
+    require(samples.offset <= UINT64_MAX - uint64_t(n_rows), "offset + n_rows overflows the 64-bit sample index");
+  }
 }
 
 void check_workspace(const float* workspace /* [reduce_workspace_elements] */, int64_t n_rows, int64_t row_length) {
@@ -386,9 +390,9 @@ cudaError_t philox_uint32(uint32_t* out /* [n_rows, n_groups, 4] */, int64_t n_r
 }
 
 cudaError_t philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed,
-                          uint64_t offset, uint32_t stream_id, cudaStream_t stream) {
+                          SampleIndex samples, uint32_t stream_id, cudaStream_t stream) {
   check_dtype(dtype);
-  check_noise_args(n_rows, layout, offset);
+  check_noise_args(n_rows, layout, samples);
   check_pointer(out, n_rows * layout.row_length, "out");
   if (n_rows == 0 || layout.row_length == 0) return cudaSuccess;
   const int64_t groups_per_row = (layout.row_length + 3) / 4;
@@ -396,7 +400,7 @@ cudaError_t philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_
     using S = decltype(tag);
     noise_kernel<S, false><<<unsigned(blocks_for(n_rows * groups_per_row)), kBlock, 0, stream>>>(
         nullptr, RowCoefficient{nullptr, 0.0f}, RowCoefficient{nullptr, 0.0f}, static_cast<S*>(out), nullptr, n_rows,
-        layout, groups_per_row, philox_key(seed), offset, stream_id);
+        layout, groups_per_row, philox_key(seed), samples, stream_id);
     QMIA_LAUNCH_CHECK();
     return cudaSuccess;
   });
@@ -405,9 +409,9 @@ cudaError_t philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_
 cudaError_t noise_inject(const void* x0 /* [n_rows, D] */, RowCoefficient a /* [n_rows] or scalar */,
                          RowCoefficient b /* [n_rows] or scalar */, void* x_t /* [n_rows, D] */,
                          void* eps_out /* [n_rows, D] or null */, int32_t dtype, int64_t n_rows, RowLayout layout,
-                         uint64_t seed, uint64_t offset, uint32_t stream_id, cudaStream_t stream) {
+                         uint64_t seed, SampleIndex samples, uint32_t stream_id, cudaStream_t stream) {
   check_dtype(dtype);
-  check_noise_args(n_rows, layout, offset);
+  check_noise_args(n_rows, layout, samples);
   const int64_t n = n_rows * layout.row_length;
   check_pointer(x0, n, "x0");
   check_pointer(x_t, n, "x_t");
@@ -419,7 +423,7 @@ cudaError_t noise_inject(const void* x0 /* [n_rows, D] */, RowCoefficient a /* [
     using S = decltype(tag);
     noise_kernel<S, true><<<unsigned(blocks_for(n_rows * groups_per_row)), kBlock, 0, stream>>>(
         static_cast<const S*>(x0), a, b, static_cast<S*>(x_t), static_cast<S*>(eps_out), n_rows, layout,
-        groups_per_row, philox_key(seed), offset, stream_id);
+        groups_per_row, philox_key(seed), samples, stream_id);
     QMIA_LAUNCH_CHECK();
     return cudaSuccess;
   });
@@ -427,16 +431,17 @@ cudaError_t noise_inject(const void* x0 /* [n_rows, D] */, RowCoefficient a /* [
 
 cudaError_t eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [n_rows] */,
                          float* workspace /* [reduce_workspace_elements] */, int32_t dtype, int64_t n_rows,
-                         RowLayout layout, uint64_t seed, uint64_t offset, uint32_t stream_id, cudaStream_t stream) {
+                         RowLayout layout, uint64_t seed, SampleIndex samples, uint32_t stream_id,
+                         cudaStream_t stream) {
   check_dtype(dtype);
-  check_noise_args(n_rows, layout, offset);
+  check_noise_args(n_rows, layout, samples);
   check_pointer(eps_pred, n_rows * layout.row_length, "eps_pred");
   check_pointer(out, n_rows, "out");
   check_workspace(workspace, n_rows, layout.row_length);
   if (n_rows == 0) return cudaSuccess;
   return dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
-    const EpsSqTerms<S> terms{static_cast<const S*>(eps_pred), layout, philox_key(seed), offset, stream_id};
+    const EpsSqTerms<S> terms{static_cast<const S*>(eps_pred), layout, philox_key(seed), samples, stream_id};
     return launch_reduce(terms, out, workspace, n_rows, layout.row_length, stream);
   });
 }

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "common/ddim_step.h"
+#include "common/philox.h"
 #include "common/qmia_common.h"
 
 namespace qmia {
@@ -24,17 +25,21 @@ int64_t reduce_workspace_elements(int64_t n_rows, int64_t row_length);
 cudaError_t philox_uint32(uint32_t* out /* [n_rows, n_groups, 4] */, int64_t n_rows, int64_t n_groups, uint64_t seed,
                           uint64_t offset, uint32_t stream_id, cudaStream_t stream);
 
+// The noise kernels key row i by samples.at(i): offset + i, or samples.per_row[i] read
+// on the device (int64 >= 0, unchecked here: the array is device memory), which a
+// captured graph reads afresh at every replay.
 cudaError_t philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed,
-                          uint64_t offset, uint32_t stream_id, cudaStream_t stream);
+                          SampleIndex samples, uint32_t stream_id, cudaStream_t stream);
 
 cudaError_t noise_inject(const void* x0 /* [n_rows, D] */, RowCoefficient a /* [n_rows] or scalar */,
                          RowCoefficient b /* [n_rows] or scalar */, void* x_t /* [n_rows, D] */,
                          void* eps_out /* [n_rows, D] or null */, int32_t dtype, int64_t n_rows, RowLayout layout,
-                         uint64_t seed, uint64_t offset, uint32_t stream_id, cudaStream_t stream);
+                         uint64_t seed, SampleIndex samples, uint32_t stream_id, cudaStream_t stream);
 
 cudaError_t eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [n_rows] */,
                          float* workspace /* [reduce_workspace_elements] */, int32_t dtype, int64_t n_rows,
-                         RowLayout layout, uint64_t seed, uint64_t offset, uint32_t stream_id, cudaStream_t stream);
+                         RowLayout layout, uint64_t seed, SampleIndex samples, uint32_t stream_id,
+                         cudaStream_t stream);
 
 cudaError_t ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */,
                       RowCoefficient c1 /* [n_rows] or scalar */, RowCoefficient c2 /* [n_rows] or scalar */,

@@ -32,6 +32,9 @@ void check(bool ok, const std::string& what) {
 
 bool same_bits(float a, float b) { return float_bits(a) == float_bits(b); }
 
+// Rows keyed by offset + row (the scalar form of SampleIndex).
+SampleIndex at_offset(uint64_t offset) { return SampleIndex{nullptr, offset}; }
+
 // ---- storage of test data in any dtype ------------------------------------------------
 
 struct Buffer {
@@ -203,15 +206,20 @@ void test_storage_conversions() {
 void test_validation() {
   const RowLayout layout{8, 0, 1, 1};
   float out[8];
-  check(throws_invalid([&] { cpu::philox_normal(nullptr, kFloat32, 1, layout, 0, 0, 0, 1); }),
+  check(throws_invalid([&] { cpu::philox_normal(nullptr, kFloat32, 1, layout, 0, at_offset(0), 0, 1); }),
         "null output with elements throws");
-  check(throws_invalid([&] { cpu::philox_normal(out, 7, 1, layout, 0, 0, 0, 1); }), "unknown dtype throws");
-  check(throws_invalid([&] { cpu::philox_normal(out, kFloat32, -1, layout, 0, 0, 0, 1); }), "negative n_rows");
-  check(throws_invalid([&] { cpu::philox_normal(out, kFloat32, 1, RowLayout{-3, 0, 1, 1}, 0, 0, 0, 1); }),
+  check(throws_invalid([&] { cpu::philox_normal(out, 7, 1, layout, 0, at_offset(0), 0, 1); }),
+        "unknown dtype throws");
+  check(throws_invalid([&] { cpu::philox_normal(out, kFloat32, -1, layout, 0, at_offset(0), 0, 1); }),
+        "negative n_rows");
+  check(throws_invalid(
+            [&] { cpu::philox_normal(out, kFloat32, 1, RowLayout{-3, 0, 1, 1}, 0, at_offset(0), 0, 1); }),
         "negative row_length");
-  check(throws_invalid([&] { cpu::philox_normal(out, kFloat32, 1, RowLayout{8, 1, 3, 2}, 0, 0, 0, 1); }),
+  check(throws_invalid(
+            [&] { cpu::philox_normal(out, kFloat32, 1, RowLayout{8, 1, 3, 2}, 0, at_offset(0), 0, 1); }),
         "inconsistent channels_last layout");
-  check(throws_invalid([&] { cpu::philox_normal(out, kFloat32, 2, layout, 0, UINT64_MAX, 0, 1); }),
+  check(throws_invalid(
+            [&] { cpu::philox_normal(out, kFloat32, 2, layout, 0, at_offset(UINT64_MAX), 0, 1); }),
         "sample index overflow");
   check(throws_invalid([&] { cpu::pnorm_error(out, out, out, kFloat32, 1, layout, -1.0f, 1); }), "p <= 0");
   check(throws_invalid([&] {
@@ -223,9 +231,9 @@ void test_validation() {
   // n = 0: null pointers are fine and nothing is touched.
   bool quiet = true;
   try {
-    cpu::philox_normal(nullptr, kFloat16, 0, layout, 0, 0, 0, 1);
-    cpu::noise_inject(nullptr, kOne, kOne, nullptr, nullptr, kBFloat16, 0, layout, 1, 0, 0, 1);
-    cpu::eps_sq_error(nullptr, nullptr, kFloat32, 0, layout, 1, 0, 0, 1);
+    cpu::philox_normal(nullptr, kFloat16, 0, layout, 0, at_offset(0), 0, 1);
+    cpu::noise_inject(nullptr, kOne, kOne, nullptr, nullptr, kBFloat16, 0, layout, 1, at_offset(0), 0, 1);
+    cpu::eps_sq_error(nullptr, nullptr, kFloat32, 0, layout, 1, at_offset(0), 0, 1);
     cpu::ddim_step(nullptr, nullptr, kOne, kOne, nullptr, kFloat32, 0, 8, 1);
     cpu::ddim_step_sqerr(nullptr, nullptr, kOne, kOne, nullptr, nullptr, kFloat16, 0, layout, 1);
     cpu::pnorm_error(nullptr, nullptr, nullptr, kFloat32, 0, layout, 4.0f, 1);
@@ -252,9 +260,9 @@ void test_case(int32_t dtype, int64_t n_rows, int64_t row_length, std::mt19937& 
 
   // philox_normal and noise_inject: element for element.
   Buffer noise(dtype, n), x0 = random_buffer(dtype, n, rng), x_t(dtype, n), eps(dtype, n);
-  cpu::philox_normal(noise.data(), dtype, n_rows, layout, seed, offset, stream, 2);
+  cpu::philox_normal(noise.data(), dtype, n_rows, layout, seed, at_offset(offset), stream, 2);
   cpu::noise_inject(x0.data(), per_row(coef_a), per_row(coef_b), x_t.data(), eps.data(), dtype, n_rows, layout, seed,
-                    offset, stream, 2);
+                    at_offset(offset), stream, 2);
   bool noise_ok = true, inject_ok = true;
   for (int64_t i = 0; i < n_rows; ++i)
     for (int64_t e = 0; e < row_length; ++e) {
@@ -269,7 +277,7 @@ void test_case(int32_t dtype, int64_t n_rows, int64_t row_length, std::mt19937& 
 
   // eps_sq_error: the fixed order exactly, and close to a double sum.
   std::vector<float> sums(n_rows + 1);
-  cpu::eps_sq_error(x0.data(), sums.data(), dtype, n_rows, layout, seed, offset, stream, 2);
+  cpu::eps_sq_error(x0.data(), sums.data(), dtype, n_rows, layout, seed, at_offset(offset), stream, 2);
   bool order_ok = true, close_ok = true;
   for (int64_t i = 0; i < n_rows; ++i) {
     auto term = [&](int64_t e) {
@@ -326,8 +334,8 @@ void test_case(int32_t dtype, int64_t n_rows, int64_t row_length, std::mt19937& 
 
   // Thread count never changes a sum.
   std::vector<float> one_thread(n_rows + 1), two_threads(n_rows + 1);
-  cpu::eps_sq_error(x0.data(), one_thread.data(), dtype, n_rows, layout, seed, offset, stream, 1);
-  cpu::eps_sq_error(x0.data(), two_threads.data(), dtype, n_rows, layout, seed, offset, stream, 2);
+  cpu::eps_sq_error(x0.data(), one_thread.data(), dtype, n_rows, layout, seed, at_offset(offset), stream, 1);
+  cpu::eps_sq_error(x0.data(), two_threads.data(), dtype, n_rows, layout, seed, at_offset(offset), stream, 2);
   check(std::memcmp(one_thread.data(), two_threads.data(), sizeof(float) * n_rows) == 0,
         "eps_sq_error is independent of the thread count, " + tag);
 }
@@ -343,14 +351,15 @@ void test_channels_last(int32_t dtype, std::mt19937& rng) {
     for (int64_t e = 0; e < row_length; ++e)
       permuted.set(i * row_length + channels_last.memory_offset(e), logical.get(i * row_length + e));
   std::vector<float> a(n_rows), b(n_rows), c1(n_rows, 0.7f), c2(n_rows, 0.3f);
-  cpu::eps_sq_error(logical.data(), a.data(), dtype, n_rows, c_order, 5, 0, 0, 2);
-  cpu::eps_sq_error(permuted.data(), b.data(), dtype, n_rows, channels_last, 5, 0, 0, 2);
+  cpu::eps_sq_error(logical.data(), a.data(), dtype, n_rows, c_order, 5, at_offset(0), 0, 2);
+  cpu::eps_sq_error(permuted.data(), b.data(), dtype, n_rows, channels_last, 5, at_offset(0), 0, 2);
   check(std::memcmp(a.data(), b.data(), sizeof(float) * n_rows) == 0, "channels_last eps_sq_error, " +
                                                                            std::string(dtype_name(dtype)));
   Buffer out_c(dtype, n), out_cl(dtype, n);
-  cpu::noise_inject(logical.data(), per_row(c1), per_row(c2), out_c.data(), nullptr, dtype, n_rows, c_order, 5, 2, 1, 2);
+  cpu::noise_inject(logical.data(), per_row(c1), per_row(c2), out_c.data(), nullptr, dtype, n_rows, c_order, 5,
+                    at_offset(2), 1, 2);
   cpu::noise_inject(permuted.data(), per_row(c1), per_row(c2), out_cl.data(), nullptr, dtype, n_rows, channels_last, 5,
-                    2, 1, 2);
+                    at_offset(2), 1, 2);
   bool ok = true;
   for (int64_t i = 0; i < n_rows; ++i)
     for (int64_t e = 0; e < row_length; ++e)
@@ -401,8 +410,10 @@ void test_scalar_coefficients() {
   cpu::ddim_step(x.data(), eps.data(), per_row(c1), per_row(c2), by_row.data(), kFloat32, n_rows, row_length, 1);
   cpu::ddim_step(x.data(), eps.data(), s1, s2, by_scalar.data(), kFloat32, n_rows, row_length, 1);
   check(std::memcmp(by_row.data(), by_scalar.data(), sizeof(float) * n) == 0, "scalar ddim_step coefficients");
-  cpu::noise_inject(x.data(), per_row(c1), per_row(c2), by_row.data(), nullptr, kFloat32, n_rows, layout, 1, 0, 0, 1);
-  cpu::noise_inject(x.data(), s1, s2, by_scalar.data(), nullptr, kFloat32, n_rows, layout, 1, 0, 0, 1);
+  cpu::noise_inject(x.data(), per_row(c1), per_row(c2), by_row.data(), nullptr, kFloat32, n_rows, layout, 1,
+                    at_offset(0), 0, 1);
+  cpu::noise_inject(x.data(), s1, s2, by_scalar.data(), nullptr, kFloat32, n_rows, layout, 1, at_offset(0), 0,
+                    1);
   check(std::memcmp(by_row.data(), by_scalar.data(), sizeof(float) * n) == 0, "scalar noise_inject coefficients");
   std::vector<float> a(n_rows), b(n_rows);
   cpu::ddim_step_sqerr(x.data(), eps.data(), per_row(c1), per_row(c2), x.data(), a.data(), kFloat32, n_rows, layout, 1);
@@ -410,15 +421,62 @@ void test_scalar_coefficients() {
   check(a == b, "scalar ddim_step_sqerr coefficients");
 }
 
+// Per-row sample indices: offset + row spelled out gives the scalar form's bits, any other
+// index list gives each row the noise of its own index, and a negative index throws.
+void test_per_row_sample_indices() {
+  std::mt19937 rng(5);
+  const RowLayout layout{3 * 5 * 7, 0, 1, 1};
+  const int64_t n_rows = 4, n = n_rows * layout.row_length;
+  const uint64_t seed = 99, offset = (uint64_t(1) << 40) + 3;
+  const uint32_t stream = 2;
+  std::vector<int64_t> consecutive(n_rows), scattered = {7, 0, int64_t(offset), 7};
+  for (int64_t i = 0; i < n_rows; ++i) consecutive[i] = int64_t(offset) + i;
+  std::vector<float> by_offset(n), by_rows(n);
+  cpu::philox_normal(by_offset.data(), kFloat32, n_rows, layout, seed, at_offset(offset), stream, 2);
+  cpu::philox_normal(by_rows.data(), kFloat32, n_rows, layout, seed, SampleIndex{consecutive.data(), 0}, stream, 2);
+  check(std::memcmp(by_offset.data(), by_rows.data(), sizeof(float) * n) == 0,
+        "philox_normal: per-row indices offset + i equal the scalar offset");
+
+  Buffer x0 = random_buffer(kFloat32, n, rng), a(kFloat32, n), b(kFloat32, n);
+  const RowCoefficient half{nullptr, 0.5f};
+  cpu::noise_inject(x0.data(), half, half, a.data(), nullptr, kFloat32, n_rows, layout, seed, at_offset(offset), stream,
+                    1);
+  cpu::noise_inject(x0.data(), half, half, b.data(), nullptr, kFloat32, n_rows, layout, seed,
+                    SampleIndex{consecutive.data(), 0}, stream, 1);
+  check(std::memcmp(a.data(), b.data(), sizeof(float) * n) == 0, "noise_inject: per-row indices equal the offset");
+  std::vector<float> sum_offset(n_rows), sum_rows(n_rows);
+  cpu::eps_sq_error(x0.data(), sum_offset.data(), kFloat32, n_rows, layout, seed, at_offset(offset), stream, 2);
+  cpu::eps_sq_error(x0.data(), sum_rows.data(), kFloat32, n_rows, layout, seed, SampleIndex{consecutive.data(), 0},
+                    stream, 2);
+  check(sum_offset == sum_rows, "eps_sq_error: per-row indices equal the offset");
+
+  std::vector<float> scattered_noise(n), single(layout.row_length);
+  cpu::philox_normal(scattered_noise.data(), kFloat32, n_rows, layout, seed, SampleIndex{scattered.data(), 0}, stream,
+                     1);
+  bool rows_ok = true;
+  for (int64_t i = 0; i < n_rows; ++i) {
+    cpu::philox_normal(single.data(), kFloat32, 1, layout, seed, at_offset(uint64_t(scattered[i])), stream, 1);
+    rows_ok = rows_ok && std::memcmp(single.data(), scattered_noise.data() + i * layout.row_length,
+                                     sizeof(float) * layout.row_length) == 0;
+  }
+  check(rows_ok, "philox_normal: each row gets the noise of its own sample index");
+
+  std::vector<int64_t> negative = {0, -1};
+  check(throws_invalid([&] {
+          cpu::philox_normal(by_rows.data(), kFloat32, 2, layout, seed, SampleIndex{negative.data(), 0}, stream, 1);
+        }),
+        "a negative per-row sample index throws");
+}
+
 // The baseline and AVX2 builds of the noise loop give the same bits.
 void test_simd_builds() {
   const RowLayout layout{3 * 33 * 31, 0, 1, 1};
   const int64_t n_rows = 5, n = n_rows * layout.row_length;
   std::vector<float> best(n), baseline(n);
-  cpu::philox_normal(best.data(), kFloat32, n_rows, layout, 42, 3, 1, 2);
+  cpu::philox_normal(best.data(), kFloat32, n_rows, layout, 42, at_offset(3), 1, 2);
   cpu::force_simd_level(0);
   check(cpu::active_simd_level() == cpu::SimdLevel::kGeneric, "the SIMD level can be capped");
-  cpu::philox_normal(baseline.data(), kFloat32, n_rows, layout, 42, 3, 1, 2);
+  cpu::philox_normal(baseline.data(), kFloat32, n_rows, layout, 42, at_offset(3), 1, 2);
   cpu::force_simd_level(-1);
   check(std::memcmp(best.data(), baseline.data(), sizeof(float) * n) == 0,
         "baseline and AVX2 noise loops give the same bits");
@@ -436,6 +494,7 @@ int main() {
   test_vote();
   test_simd_builds();
   test_scalar_coefficients();
+  test_per_row_sample_indices();
   for (int32_t dtype : kDtypes) {
     for (int64_t row_length : {int64_t(1), int64_t(3), int64_t(7), int64_t(1023), int64_t(4097)})
       test_case(dtype, 3, row_length, rng);

@@ -19,7 +19,7 @@ Box-Muller transform, the same bits on CPU and CUDA::
 
     key     = (seed mod 2**32, seed // 2**32)                 seed in [0, 2**64)
     counter = (e // 4, stream, sample mod 2**32, sample // 2**32)
-    sample  = offset + i                                      offset >= 0, int64
+    sample  = offset + i, or samples[i]                       offset >= 0; samples int64 >= 0
     e       = logical C-order index of the element in its row (c*H*W + h*W + w)
 
 One Philox call yields words ``(w0, w1, w2, w3)`` for elements ``4g .. 4g+3``:
@@ -31,6 +31,13 @@ Box-Muller value except about once in 200,000 draws, where it is 1 ulp off. A
 sample's noise depends only on (seed, sample index, stream, logical shape): never on
 the batch it is in, the device, the thread count or the memory format.
 ``stream`` (0 .. 2**32-1) gives independent noise for the same (seed, sample).
+
+Instead of ``offset`` the noise kernels take ``samples``: an int64 tensor [N] on the
+data's device holding each row's global sample index. It exists for CUDA graphs: a
+scalar offset is frozen into a captured launch, while a graph reads the ``samples``
+tensor afresh at every replay, so refilling it (``samples.copy_(...)``) moves the batch
+without re-capturing. ``samples = offset + arange(N)`` gives exactly the bits of
+``offset``.
 
 Row sums are deterministic: the order is fixed by the element index (chunks of 4096,
 1024 lanes, a pairwise fold, chunk sums in float64; see ``csrc/common/row_reduce.h``),
@@ -165,6 +172,32 @@ def _check_offset(offset: Any, n_rows: int) -> int:
     if offset + n_rows > _SAMPLE_LIMIT:
         raise ConfigError(f"offset + N = {offset + n_rows} exceeds 2**63; sample indices are int64")
     return offset
+
+
+def _check_samples(samples: Any, offset: Any, n_rows: int, device: torch.device) -> Tuple[Optional[torch.Tensor], int]:
+    """(int64 [n_rows] tensor on `device` or None, offset) for the noise kernels.
+
+    With ``samples`` the offset must stay 0. Negative indices are an InputError; on CUDA
+    that check synchronises the stream once, and it is skipped while a graph is being
+    captured (the scorer's graphs fill the tensor themselves).
+    """
+    if samples is None:
+        return None, _check_offset(offset, n_rows)
+    if _as_int(offset, "offset") != 0:
+        raise ConfigError("pass either offset or samples (per-row sample indices), not both")
+    samples = _check_tensor("samples", samples)
+    if samples.dtype != torch.int64:
+        raise InputError(f"samples has dtype {samples.dtype}; sample indices are int64 (convert with .long())")
+    if samples.dim() != 1 or samples.shape[0] != n_rows:
+        raise InputError(f"samples has shape {tuple(samples.shape)}; it needs one sample index per row, "
+                         f"shape [{n_rows}]")
+    if samples.device != device:
+        raise InputError(f"samples is on {samples.device} but the data is on {device}; move it with "
+                         f"samples.to({str(device)!r})")
+    samples = samples.contiguous()
+    if n_rows and not _capturing(device) and bool((samples < 0).any()):
+        raise InputError("samples holds negative sample indices; global sample indices are >= 0")
+    return samples, 0
 
 
 def _check_tensor(name: str, value: Any) -> torch.Tensor:
@@ -303,7 +336,7 @@ def _device_args(device: torch.device) -> Tuple[int, int]:
     return index, torch.cuda.current_stream(index).cuda_stream
 
 
-def _threads() -> int:
+def _threads(elements: Optional[int] = None) -> int:
     return max(1, torch.get_num_threads())
 
 
@@ -385,9 +418,10 @@ def philox_uint32(n_rows: int, n_groups: int, seed: int, offset: int = 0, stream
 
 
 def philox_normal(shape: Any, seed: int, offset: int = 0, device: Any = None,
-                  dtype: torch.dtype = torch.float32, stream: int = 0) -> torch.Tensor:
+                  dtype: torch.dtype = torch.float32, stream: int = 0,
+                  samples: Optional[torch.Tensor] = None) -> torch.Tensor:
     """N(0, 1) noise of the given shape (C-contiguous): element e of row i is keyed by
-    (seed, sample offset + i, element e, stream), see the module docstring.
+    (seed, sample offset + i or samples[i], element e, stream), see the module docstring.
 
     The values are computed in float32 and rounded to ``dtype``.
     """
@@ -397,9 +431,9 @@ def philox_normal(shape: Any, seed: int, offset: int = 0, device: Any = None,
     seed = _check_seed(seed)
     stream = _check_stream(stream)
     n_rows = dims[0]
-    offset = _check_offset(offset, n_rows)
     dev = _parse_device(device)
     backend = _backend(dev, "device")
+    samples, offset = _check_samples(samples, offset, n_rows, dev)
     row_length = _row_length(dims)
     if row_length > _ROW_LENGTH_LIMIT:
         raise InputError(f"rows of {row_length} elements exceed the supported 2**34")
@@ -408,19 +442,20 @@ def philox_normal(shape: Any, seed: int, offset: int = 0, device: Any = None,
         return out
     code = _STORAGE_CODES[dtype]
     if backend is _cpu:
-        _cpu.philox_normal(out.data_ptr(), code, n_rows, row_length, 0, 1, 1, seed, offset, stream, _threads())
+        _cpu.philox_normal(out.data_ptr(), code, n_rows, row_length, 0, 1, 1, seed, offset, _address(samples),
+                           stream, _threads(out.numel()))
     else:
-        _cuda.philox_normal(out.data_ptr(), code, n_rows, row_length, 0, 1, 1, seed, offset, stream,
-                            *_device_args(dev))
+        _cuda.philox_normal(out.data_ptr(), code, n_rows, row_length, 0, 1, 1, seed, offset, _address(samples),
+                            stream, *_device_args(dev))
     return out
 
 
 def noise_inject(x0: torch.Tensor, a: Coefficient, b: Coefficient, seed: int, offset: int = 0,
-                 return_noise: bool = False, stream: int = 0):
+                 return_noise: bool = False, stream: int = 0, samples: Optional[torch.Tensor] = None):
     """Forward diffusion with in-kernel noise: ``x_t = a[i] * x0 + b[i] * eps``.
 
-    ``eps`` is ``philox_normal(x0.shape, seed, offset, stream=stream)`` in float32 (keyed by
-    the logical element index whatever x0's memory format). ``a`` and ``b`` are numbers or
+    ``eps`` is ``philox_normal(x0.shape, seed, offset, stream=stream, samples=samples)`` in
+    float32 (keyed by the logical element index whatever x0's memory format). ``a`` and ``b`` are numbers or
     per-sample tensors [N] of any float dtype on any device. Returns ``x_t`` (x0's dtype and
     memory format), or ``(x_t, eps)`` with ``eps`` rounded to x0's dtype when
     ``return_noise`` is true; ``x_t`` is computed from the float32 ``eps``.
@@ -430,7 +465,7 @@ def noise_inject(x0: torch.Tensor, a: Coefficient, b: Coefficient, seed: int, of
     n_rows = x0.shape[0]
     seed = _check_seed(seed)
     stream = _check_stream(stream)
-    offset = _check_offset(offset, n_rows)
+    samples, offset = _check_samples(samples, offset, n_rows, x0.device)
     coef_a = _coefficients("a", a, n_rows, x0.device)
     coef_b = _coefficients("b", b, n_rows, x0.device)
     dense, layout = _dense_rows({"x0": x0})
@@ -442,34 +477,35 @@ def noise_inject(x0: torch.Tensor, a: Coefficient, b: Coefficient, seed: int, of
         eps_ptr = eps.data_ptr() if eps is not None else 0
         if x0.device.type == "cpu":
             _cpu.noise_inject(x0.data_ptr(), *_coef_args(coef_a), *_coef_args(coef_b), x_t.data_ptr(), eps_ptr, code,
-                              n_rows, *layout, seed, offset, stream, _threads())
+                              n_rows, *layout, seed, offset, _address(samples), stream, _threads(x0.numel()))
         else:
             _cuda.noise_inject(x0.data_ptr(), *_coef_args(coef_a), *_coef_args(coef_b), x_t.data_ptr(), eps_ptr, code,
-                               n_rows, *layout, seed, offset, stream, *_device_args(x0.device))
+                               n_rows, *layout, seed, offset, _address(samples), stream, *_device_args(x0.device))
     return (x_t, eps) if return_noise else x_t
 
 
-def eps_sq_error(eps_pred: torch.Tensor, seed: int, offset: int = 0, stream: int = 0) -> torch.Tensor:
+def eps_sq_error(eps_pred: torch.Tensor, seed: int, offset: int = 0, stream: int = 0,
+                 samples: Optional[torch.Tensor] = None) -> torch.Tensor:
     """float32 [N]: ``sum_e (eps_pred[i, e] - eps[i, e])**2`` with ``eps`` regenerated from
-    its key (seed, offset + i, e, stream) instead of read from memory."""
+    its key (seed, offset + i or samples[i], e, stream) instead of read from memory."""
     tensors = _check_group({"eps_pred": eps_pred}, _STORAGE_CODES, _STORAGE_NAMES)
     eps_pred = tensors["eps_pred"]
     n_rows = eps_pred.shape[0]
     seed = _check_seed(seed)
     stream = _check_stream(stream)
-    offset = _check_offset(offset, n_rows)
+    samples, offset = _check_samples(samples, offset, n_rows, eps_pred.device)
     dense, layout = _dense_rows(tensors)
     eps_pred = dense["eps_pred"]
     out = torch.empty(n_rows, dtype=torch.float32, device=eps_pred.device)
     if n_rows:
         code = _STORAGE_CODES[eps_pred.dtype]
         if eps_pred.device.type == "cpu":
-            _cpu.eps_sq_error(eps_pred.data_ptr(), out.data_ptr(), code, n_rows, *layout, seed, offset, stream,
-                              _threads())
+            _cpu.eps_sq_error(eps_pred.data_ptr(), out.data_ptr(), code, n_rows, *layout, seed, offset,
+                              _address(samples), stream, _threads(eps_pred.numel()))
         else:
             workspace = _workspace(n_rows, layout[0], eps_pred.device)
             _cuda.eps_sq_error(eps_pred.data_ptr(), out.data_ptr(), _address(workspace), code, n_rows, *layout, seed,
-                               offset, stream, *_device_args(eps_pred.device))
+                               offset, _address(samples), stream, *_device_args(eps_pred.device))
     return out
 
 
@@ -492,7 +528,7 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, c1: Coefficient, c2: Coefficie
         code = _STORAGE_CODES[x.dtype]
         if x.device.type == "cpu":
             _cpu.ddim_step(x.data_ptr(), eps.data_ptr(), *_coef_args(coef1), *_coef_args(coef2), out.data_ptr(), code,
-                           n_rows, layout[0], _threads())
+                           n_rows, layout[0], _threads(x.numel()))
         else:
             _cuda.ddim_step(x.data_ptr(), eps.data_ptr(), *_coef_args(coef1), *_coef_args(coef2), out.data_ptr(),
                             code, n_rows, layout[0], *_device_args(x.device))
@@ -515,7 +551,7 @@ def ddim_step_sqerr(x: torch.Tensor, eps: torch.Tensor, c1: Coefficient, c2: Coe
         code = _STORAGE_CODES[x.dtype]
         if x.device.type == "cpu":
             _cpu.ddim_step_sqerr(x.data_ptr(), eps.data_ptr(), *_coef_args(coef1), *_coef_args(coef2), ref.data_ptr(),
-                                 out.data_ptr(), code, n_rows, *layout, _threads())
+                                 out.data_ptr(), code, n_rows, *layout, _threads(x.numel()))
         else:
             workspace = _workspace(n_rows, layout[0], x.device)
             _cuda.ddim_step_sqerr(x.data_ptr(), eps.data_ptr(), *_coef_args(coef1), *_coef_args(coef2),
@@ -545,7 +581,7 @@ def pnorm_error(a: torch.Tensor, b: torch.Tensor, p: float = 4.0) -> torch.Tenso
     if n_rows:
         code = _STORAGE_CODES[a.dtype]
         if a.device.type == "cpu":
-            _cpu.pnorm_error(a.data_ptr(), b.data_ptr(), out.data_ptr(), code, n_rows, *layout, p, _threads())
+            _cpu.pnorm_error(a.data_ptr(), b.data_ptr(), out.data_ptr(), code, n_rows, *layout, p, _threads(a.numel()))
         else:
             workspace = _workspace(n_rows, layout[0], a.device)
             _cuda.pnorm_error(a.data_ptr(), b.data_ptr(), out.data_ptr(), _address(workspace), code, n_rows, *layout, p,

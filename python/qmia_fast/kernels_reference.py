@@ -54,9 +54,16 @@ def philox4x32_10_reference(counter: Sequence[torch.Tensor], key: Tuple[int, int
     return c0, c1, c2, c3
 
 
-def philox_uint32_reference(n_rows: int, n_groups: int, seed: int, offset: int = 0, stream: int = 0) -> torch.Tensor:
-    """int64 [n_rows, n_groups, 4]: the words for counter (g, stream, sample low, sample high)."""
-    samples = torch.arange(n_rows, dtype=torch.int64).reshape(-1, 1) + offset
+def philox_uint32_reference(n_rows: int, n_groups: int, seed: int, offset: int = 0, stream: int = 0,
+                            samples: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """int64 [n_rows, n_groups, 4]: the words for counter (g, stream, sample low, sample high).
+
+    Row i's sample index is offset + i, or samples[i] when given.
+    """
+    if samples is None:
+        samples = torch.arange(n_rows, dtype=torch.int64).reshape(-1, 1) + offset
+    else:
+        samples = torch.as_tensor(samples, dtype=torch.int64).cpu().reshape(-1, 1)
     groups = torch.arange(n_groups, dtype=torch.int64).reshape(1, -1)
     counter = (groups, torch.full_like(groups, stream), samples & MASK32, samples >> 32)
     counter = [c.contiguous() for c in torch.broadcast_tensors(*counter)]
@@ -83,13 +90,15 @@ def box_muller_reference(radius_word: torch.Tensor, angle_word: torch.Tensor) ->
     return radius * cos_full, radius * sin_full
 
 
-def philox_normal_reference(shape: Sequence[int], seed: int, offset: int = 0, stream: int = 0) -> torch.Tensor:
-    """float64 noise of `shape` (C order) with the key/counter layout of qmia_fast.kernels."""
+def philox_normal_reference(shape: Sequence[int], seed: int, offset: int = 0, stream: int = 0,
+                            samples: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """float64 noise of `shape` (C order) with the key/counter layout of qmia_fast.kernels (row i keyed by
+    offset + i, or by samples[i] when given)."""
     shape = tuple(int(s) for s in shape)
     n_rows = shape[0]
     row_length = math.prod(shape[1:]) if len(shape) > 1 else 1
     n_groups = (row_length + 3) // 4
-    words = philox_uint32_reference(n_rows, n_groups, seed, offset, stream)
+    words = philox_uint32_reference(n_rows, n_groups, seed, offset, stream, samples)
     z0, z1 = box_muller_reference(words[..., 0], words[..., 1])
     z2, z3 = box_muller_reference(words[..., 2], words[..., 3])
     normals = torch.stack((z0, z1, z2, z3), dim=-1).reshape(n_rows, 4 * n_groups)[:, :row_length]
