@@ -4,7 +4,7 @@ Every public function takes and returns torch tensors, checks its arguments
 (dtype, device, shape, layout, ranges) and raises :class:`qmia_fast.errors.InputError`
 or :class:`qmia_fast.errors.ConfigError` naming the argument and the fix before any
 pointer reaches the compiled core. CPU tensors run on ``qmia_fast._cpu`` (OpenMP,
-``torch.get_num_threads()`` threads); CUDA tensors run on ``qmia_fast._cuda`` on
+``torch.get_num_threads()`` threads, one thread below 2**20 elements); CUDA tensors run on ``qmia_fast._cuda`` on
 ``torch.cuda.current_stream(device)``, without host synchronisation (so calls can
 be captured in CUDA graphs), except the finiteness check of CUDA coefficient
 tensors outside graph capture (see ``_coefficients``).
@@ -336,7 +336,18 @@ def _device_args(device: torch.device) -> Tuple[int, int]:
     return index, torch.cuda.current_stream(index).cuda_stream
 
 
+# Below this many elements a CPU kernel runs on the calling thread alone. Measured on a
+# busy 2-core machine (bench/README.md): a 50k-element ddim_step right after a torch op
+# took 0.06-0.5 ms on one thread and ~10 ms on two, because the parallel region waits for
+# a second core held by torch's still-spinning OpenMP pool (another OpenMP runtime) or
+# by another process. Up to this size one thread finishes in about a millisecond.
+_SERIAL_ELEMENTS = 1 << 20
+
+
 def _threads(elements: Optional[int] = None) -> int:
+    """OpenMP threads for a CPU kernel over `elements` elements: torch's count, or 1 for small jobs."""
+    if elements is not None and elements < _SERIAL_ELEMENTS:
+        return 1
     return max(1, torch.get_num_threads())
 
 

@@ -127,12 +127,20 @@ class Scorer:
     Scores are float64 numpy arrays, lower = more likely a member. A sample's noise is keyed
     by (seed, global sample index), so its score does not depend on how the data are batched
     or sharded; pass ``offset`` (the index of the first image) when scoring a slice.
+
+    Speed (measured by bench/bench_scoring.py): the UNet runs under inference mode with
+    cached timestep tensors; on CUDA each batch size's whole computation (upload
+    conversion, every UNet call, the fused steps and the reduction) is one CUDA graph,
+    the loss method's noise included (its sample indices live in a device tensor that
+    each replay refills); batches go up from pinned memory and results come back one
+    batch late, so the host never waits inside a batch. ``threads`` sets torch's
+    intra-op threads while scoring (None: leave them as they are).
     """
 
     def __init__(self, model, method: str = "secmi", *, t_sec: int = 100, k: int = 10, t: int = 200,
                  p: float = 4.0, n_draws: int = 1, seed: int = 0, batch_size: int | None = None,
                  device=None, precision: str = "fp32", channels_last: bool | None = None,
-                 cuda_graphs: bool = True, compile: bool = False):
+                 cuda_graphs: bool = True, compile: bool = False, threads: int | None = None):
         if not callable(model) or not hasattr(model, "schedule"):
             raise InputError("model must be an eps-model from qmia_fast.load_model (callable (x, t) -> eps with .schedule)")
         self.device = _resolve_device(device, model)
@@ -142,11 +150,14 @@ class Scorer:
         _check_config(self.config, model.schedule.T)
         if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
             raise ConfigError(f"batch_size = {batch_size} must be a positive integer (or omitted for the default)")
+        if threads is not None and (isinstance(threads, bool) or int(threads) < 1):
+            raise ConfigError(f"threads = {threads} must be a positive integer (or omitted to keep torch's setting)")
+        self.threads = None if threads is None else int(threads)
         self.batch_size = int(batch_size) if batch_size is not None else default_batch_size(self.device)
         self.model = model.to(self.device).eval()
         self.schedule = model.schedule
         if channels_last is None:
-            channels_last = self.device.type == "cuda" or resolved != "fp32"
+            channels_last = default_channels_last(self.device, resolved)
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -154,8 +165,9 @@ class Scorer:
         if compile:
             self._forward = torch.compile(self.model, dynamic=False)
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
-        self._graphs: dict[int, _GraphedBatch] = {}
+        self._graphs: dict[tuple, _GraphedBatch] = {}
         self._graph_warned = False
+        self._timesteps: dict[tuple[int, int], torch.Tensor] = {}
         self._steps = self._plan()
         self.unet_calls = 0  # counted per image-batch call, for tests and reports
 
@@ -177,7 +189,7 @@ class Scorer:
         n = len(images)
         starts = range(0, n, self.batch_size)
         bar = _progress(progress, len(starts), f"scoring {n} images ({self.config.method})")
-        with bar as ticker:
+        with bar as ticker, _torch_threads(self.threads):
             pending: list[tuple[int, torch.Tensor, Any]] = []
             for start in starts:
                 batch = images[start:start + self.batch_size]
@@ -193,7 +205,9 @@ class Scorer:
     def score_batch(self, batch, offset: int = 0) -> np.ndarray:
         """Scores of one batch whose first image has global index `offset`."""
         self.check_images(batch)
-        return _finish_download((offset, *_start_download(self._score_device_batch(self._upload(batch), offset))))[1]
+        with _torch_threads(self.threads):
+            result = self._score_device_batch(self._upload(batch), offset)
+            return _finish_download((offset, *_start_download(result)))[1]
 
     def check_images(self, images) -> None:
         from .models import check_image_shape
@@ -218,33 +232,39 @@ class Scorer:
         return steps + [up, down]
 
     def _upload(self, batch) -> torch.Tensor:
+        """The batch as it came (uint8 or float pixels) on the device; conversion happens in _prepare."""
         if not isinstance(batch, torch.Tensor):
             batch = torch.from_numpy(np.ascontiguousarray(batch))
         if self.device.type == "cuda" and batch.device.type == "cpu":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        else:
-            batch = batch.to(self.device)
-        x0 = to_model_range(batch)
+            # Pinned staging lets the copy run asynchronously; the caching host allocator
+            # keeps the buffer alive until the copy has finished.
+            return batch.contiguous().pin_memory().to(self.device, non_blocking=True)
+        return batch.to(self.device)
+
+    def _prepare(self, raw: torch.Tensor) -> torch.Tensor:
+        x0 = to_model_range(raw)
         if self.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         return x0
 
-    def _score_device_batch(self, x0: torch.Tensor, offset: int) -> torch.Tensor:
-        """float32 [n] scores on the device for one batch already in [-1, 1]."""
-        n = x0.shape[0]
+    def _score_device_batch(self, raw: torch.Tensor, offset: int) -> torch.Tensor:
+        """float32 [n] scores on the device for one uploaded batch (valid until the next batch is scored)."""
         self.unet_calls += self.config.unet_calls
-        # The loss method keys its noise by the batch's offset, which a graph would freeze.
-        if self.cuda_graphs and self.config.method != "loss":
-            graphed = self._graphs.get(n)
+        if self.cuda_graphs:
+            key = (tuple(raw.shape), raw.dtype)
+            graphed = self._graphs.get(key)
             if graphed is None:
-                graphed = self._capture(x0)
+                graphed = self._capture(raw)
             if graphed is not None:
-                return graphed.run(x0)
-        return self._compute(x0, offset)
+                return graphed.run(raw, offset)
+        return self._compute(self._prepare(raw), offset)
 
-    def _capture(self, x0: torch.Tensor):
+    def _capture(self, raw: torch.Tensor):
+        def whole_batch(static_raw: torch.Tensor, static_samples: torch.Tensor) -> torch.Tensor:
+            return self._compute(self._prepare(static_raw), 0, samples=static_samples)
+
         try:
-            graphed = _GraphedBatch(lambda x: self._compute(x, 0), x0)
+            graphed = _GraphedBatch(whole_batch, raw)
         except Exception as exc:  # noqa: BLE001 - any capture failure falls back to eager
             self.cuda_graphs = False
             if not self._graph_warned:
@@ -252,23 +272,35 @@ class Scorer:
                 warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); scoring eagerly instead",
                               RuntimeWarning, stacklevel=3)
             return None
-        self._graphs[x0.shape[0]] = graphed
+        self._graphs[(tuple(raw.shape), raw.dtype)] = graphed
         return graphed
 
+    def _timestep(self, n: int, t: int, device: torch.device) -> torch.Tensor:
+        # One int64 [n] tensor per (batch size, t), made once: no fill per UNet call, and a
+        # graph captures a tensor that stays alive.
+        key = (n, t)
+        ts = self._timesteps.get(key)
+        if ts is None:
+            self.schedule.check_timestep(t)
+            ts = torch.full((n,), t, dtype=torch.long, device=device)
+            self._timesteps[key] = ts
+        return ts
+
     def _eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        ts = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        with autocast_context(self.config.precision, x.device), torch.no_grad():
+        ts = self._timestep(x.shape[0], t, x.device)
+        with autocast_context(self.config.precision, x.device):
             eps = self._forward(x, ts)
         # The trajectory stays in float32 whatever precision the UNet runs in.
-        eps = eps.float()
+        if eps.dtype != torch.float32:
+            eps = eps.float()
         if eps.stride() != x.stride():
             eps = eps.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         return eps
 
-    @torch.no_grad()
-    def _compute(self, x0: torch.Tensor, offset: int) -> torch.Tensor:
+    def _compute(self, x0: torch.Tensor, offset: int, samples: torch.Tensor | None = None) -> torch.Tensor:
+        """float32 [n] scores of x0 (in [-1, 1]); the loss noise is keyed by offset + i, or samples[i] if given."""
         cfg = self.config
-        with exact_fp32_matmul(cfg.precision == "fp32"):
+        with torch.inference_mode(), exact_fp32_matmul(cfg.precision == "fp32"):
             if cfg.method == "secmi":
                 x = x0
                 *inversion, (t_up, _, c1_up, c2_up), (t_down, _, c1_dn, c2_dn) = self._steps
@@ -280,10 +312,11 @@ class Scorer:
             if cfg.method == "loss":
                 a = float(self.schedule.sqrt_abar_at(cfg.t))
                 b = float(self.schedule.sqrt_one_minus_abar_at(cfg.t))
+                keys = {"offset": offset} if samples is None else {"samples": samples}
                 total = None
                 for draw in range(cfg.n_draws):
-                    x_t = kernels.noise_inject(x0, a, b, cfg.seed, offset=offset, stream=draw)
-                    err = kernels.eps_sq_error(self._eps(x_t, cfg.t), cfg.seed, offset=offset, stream=draw)
+                    x_t = kernels.noise_inject(x0, a, b, cfg.seed, stream=draw, **keys)
+                    err = kernels.eps_sq_error(self._eps(x_t, cfg.t), cfg.seed, stream=draw, **keys)
                     total = err if total is None else total + err
                 return total / cfg.n_draws if cfg.n_draws > 1 else total
             # pia
@@ -295,25 +328,47 @@ class Scorer:
 
 
 class _GraphedBatch:
-    """One batch's whole computation captured as a CUDA graph, replayed with a new input copied in."""
+    """One batch's whole computation captured as a CUDA graph, replayed with a new batch and sample offset copied in.
+
+    fn(static_raw, static_samples) -> float32 [n]; static_samples holds the batch's global
+    sample indices (offset + i), refilled on the device before every replay.
+    """
 
     def __init__(self, fn, example: torch.Tensor):
-        self.static_input = example.clone()
-        side = torch.cuda.Stream(device=example.device)
-        side.wait_stream(torch.cuda.current_stream(example.device))
+        device = example.device
+        self.static_raw = example.clone()
+        self.rows = torch.arange(example.shape[0], dtype=torch.long, device=device)
+        self.static_samples = self.rows.clone()
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
-            for _ in range(2):  # warm-up: lazy module loading, cuDNN autotuning, allocator pools
-                fn(self.static_input)
-        torch.cuda.current_stream(example.device).wait_stream(side)
+            for _ in range(2):  # warm-up: lazy module loading, cuDNN autotuning, allocator pools, compilation
+                fn(self.static_raw, self.static_samples)
+        torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.static_output = fn(self.static_input)
+            self.static_output = fn(self.static_raw, self.static_samples)
 
-    def run(self, x0: torch.Tensor) -> torch.Tensor:
-        self.static_input.copy_(x0)
+    def run(self, raw: torch.Tensor, offset: int) -> torch.Tensor:
+        """The scores of `raw`, in a tensor that the next replay overwrites (stream order keeps a queued copy safe)."""
+        self.static_raw.copy_(raw)
+        torch.add(self.rows, offset, out=self.static_samples)
         self.graph.replay()
-        # The next replay overwrites the static output, so hand out a copy.
-        return self.static_output.clone()
+        return self.static_output
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """torch's intra-op thread count set to `threads` for the duration (None: unchanged)."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _start_download(result: torch.Tensor):
@@ -371,6 +426,11 @@ def _as_seed(seed) -> int:
 def default_batch_size(device: torch.device) -> int:
     """Batch size used when none is given (chosen by bench/bench_scoring.py on the reference machines)."""
     return 256 if device.type == "cuda" else 64
+
+
+def default_channels_last(device: torch.device, precision: str) -> bool:
+    """Memory format of the UNet's activations when the caller does not choose one."""
+    return device.type == "cuda" or precision != "fp32"
 
 
 def score(model, images, method: str = "secmi", t_sec: int = 100, k: int = 10, t: int = 200, p: float = 4.0,

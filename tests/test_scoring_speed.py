@@ -1,0 +1,108 @@
+"""The scorer's speed paths give the plain path's scores: thread settings, memory formats, cached timesteps, CUDA graphs with new offsets, no host sync."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from qmia_fast import kernels
+from qmia_fast.models import EpsModel, UNet
+from qmia_fast.precision import resolve_precision
+from qmia_fast.schedule import linear_schedule
+from qmia_fast.scoring import Scorer, default_batch_size, score
+
+
+def tiny_model(channels: int = 3, size: int = 8) -> EpsModel:
+    torch.manual_seed(0)
+    net = UNet(T=1000, ch=32, ch_mult=(1, 2), attn=(1,), num_res_blocks=1, dropout=0.0, in_ch=channels, img_size=size)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return EpsModel(net, linear_schedule(), (channels, size, size), {"kind": "test"}, format="test").eval()
+
+
+def images(n: int, channels: int = 3, size: int = 8, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, channels, size, size), dtype=np.uint8)
+
+
+def test_threads_option_sets_and_restores_torch_threads():
+    model = tiny_model()
+    before = torch.get_num_threads()
+    seen = []
+    original = model.forward
+
+    def spy(x, t):
+        seen.append(torch.get_num_threads())
+        return original(x, t)
+
+    model.forward = spy
+    score(model, images(2), t_sec=20, k=10, device="cpu", threads=1)
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == before
+    with pytest.raises(Exception, match="threads"):
+        Scorer(model, device="cpu", threads=0)
+
+
+@pytest.mark.parametrize("method", ["secmi", "loss", "pia"])
+def test_channels_last_gives_the_same_scores(method):
+    model = tiny_model()
+    imgs = images(5)
+    kwargs = dict(method=method, t_sec=30, k=10, seed=2, device="cpu", batch_size=5)
+    plain = score(model, imgs, channels_last=False, **kwargs)
+    cl = score(tiny_model(), imgs, channels_last=True, **kwargs)
+    # oneDNN picks other convolution kernels for the other layout: equal to float rounding.
+    np.testing.assert_allclose(cl, plain, rtol=1e-4)
+
+
+def test_timestep_tensors_are_made_once_per_batch_size_and_t():
+    model = tiny_model()
+    scorer = Scorer(model, "secmi", t_sec=30, k=10, batch_size=3, device="cpu")
+    scorer.score(images(7))  # batches of 3, 3, 1
+    assert set(scorer._timesteps) == {(n, t) for n in (3, 1) for t in (0, 10, 20, 30)}
+    first = scorer._timesteps[(3, 10)]
+    scorer.score(images(3))
+    assert scorer._timesteps[(3, 10)] is first
+
+
+def test_small_kernels_run_on_one_thread_and_big_ones_on_torchs():
+    assert kernels._threads(1000) == 1
+    assert kernels._threads(1 << 22) == max(1, torch.get_num_threads())
+    assert kernels._threads() == max(1, torch.get_num_threads())
+
+
+def test_defaults_per_device():
+    assert default_batch_size(torch.device("cpu")) >= 1
+    assert default_batch_size(torch.device("cuda")) >= default_batch_size(torch.device("cpu"))
+    assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("method", ["secmi", "loss", "pia"])
+def test_graphs_replay_at_new_offsets_and_match_eager(method):
+    model = tiny_model()
+    imgs = images(10)
+    kwargs = dict(method=method, t_sec=30, k=10, seed=4, batch_size=4, device="cuda")
+    eager = Scorer(model, cuda_graphs=False, **kwargs)
+    graphed = Scorer(model, cuda_graphs=True, **kwargs)
+    for offset in (0, 7, 2**40):
+        np.testing.assert_array_equal(graphed.score(imgs, offset=offset), eager.score(imgs, offset=offset))
+    # One graph per batch shape (4 and the last batch of 2), however many offsets were scored.
+    assert len(graphed._graphs) == 2
+    if method == "loss":
+        assert not np.array_equal(graphed.score(imgs, offset=0), graphed.score(imgs, offset=1))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("method", ["secmi", "loss"])
+def test_no_host_sync_inside_a_batch_once_captured(method):
+    model = tiny_model()
+    scorer = Scorer(model, method, t_sec=30, k=10, batch_size=4, device="cuda")
+    scorer.score(images(4))  # capture
+    raw = scorer._upload(images(4, seed=3))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        result = scorer._score_device_batch(raw, offset=12)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert result.shape == (4,)
