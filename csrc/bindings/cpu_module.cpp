@@ -3,6 +3,7 @@
 
 #include "bindings/binding_utils.h"
 #include "cpu/kernels_cpu.h"
+#include "cpu/unet_layers_cpu.h"
 
 #include "qmia_build_config.h"
 
@@ -99,6 +100,43 @@ PYBIND11_MODULE(_cpu, m) {
       py::arg("eps_pred"), py::arg("out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"),
       py::arg("channels_last"), py::arg("channels"), py::arg("plane"), py::arg("seed"), py::arg("offset"),
       py::arg("samples"), py::arg("stream"), py::arg("num_threads") = 0);
+
+  m.def("winograd_tiles", &qmia::cpu::winograd_tiles, py::arg("n"), py::arg("height"), py::arg("width"));
+
+  m.def(
+      "winograd_input_transform",
+      [](uintptr_t x, uintptr_t v, int64_t n, int64_t height, int64_t width, int64_t channels, int64_t p0, int64_t p1,
+         int num_threads) {
+        py::gil_scoped_release release;
+        qmia::cpu::winograd_input_transform(as_pointer<const float>(x), as_pointer<float>(v), n, height, width,
+                                            channels, p0, p1, num_threads);
+      },
+      py::arg("x"), py::arg("v"), py::arg("n"), py::arg("height"), py::arg("width"), py::arg("channels"),
+      py::arg("p0"), py::arg("p1"), py::arg("num_threads") = 0);
+
+  m.def(
+      "winograd_output_transform",
+      [](uintptr_t m_ptr, uintptr_t bias, uintptr_t y, int64_t n, int64_t height, int64_t width, int64_t out_channels,
+         int64_t p0, int64_t p1, int num_threads) {
+        py::gil_scoped_release release;
+        qmia::cpu::winograd_output_transform(as_pointer<const float>(m_ptr), as_pointer<const float>(bias),
+                                             as_pointer<float>(y), n, height, width, out_channels, p0, p1,
+                                             num_threads);
+      },
+      py::arg("m"), py::arg("bias"), py::arg("y"), py::arg("n"), py::arg("height"), py::arg("width"),
+      py::arg("out_channels"), py::arg("p0"), py::arg("p1"), py::arg("num_threads") = 0);
+
+  m.def(
+      "group_norm_nhwc",
+      [](uintptr_t x, uintptr_t gamma, uintptr_t beta, uintptr_t y, int64_t n, int64_t pixels, int64_t channels,
+         int64_t groups, float eps, int32_t silu, int num_threads) {
+        py::gil_scoped_release release;
+        qmia::cpu::group_norm_nhwc(as_pointer<const float>(x), as_pointer<const float>(gamma),
+                                   as_pointer<const float>(beta), as_pointer<float>(y), n, pixels, channels, groups,
+                                   eps, silu, num_threads);
+      },
+      py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("y"), py::arg("n"), py::arg("pixels"),
+      py::arg("channels"), py::arg("groups"), py::arg("eps"), py::arg("silu"), py::arg("num_threads") = 0);
 
   m.def(
       "ddim_step",

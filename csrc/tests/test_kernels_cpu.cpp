@@ -14,6 +14,7 @@
 #include "common/row_reduce.h"
 #include "common/storage_types.h"
 #include "cpu/kernels_cpu.h"
+#include "cpu/unet_layers_cpu.h"
 
 using namespace qmia;
 
@@ -468,6 +469,105 @@ void test_per_row_sample_indices() {
         "a negative per-row sample index throws");
 }
 
+// Winograd transforms around a plain GEMM give the 3x3 convolution (float64 loops as the
+// reference), in two tile chunks; the NHWC GroupNorm gives float64 GroupNorm.
+void test_unet_layers() {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int64_t n = 2, height = 5, width = 7, channels = 9, out_channels = 10;
+  std::vector<float> x(n * height * width * channels), g(out_channels * channels * 9), bias(out_channels);
+  for (float& v : x) v = normal(rng);
+  for (float& v : g) v = 0.2f * normal(rng);
+  for (float& v : bias) v = normal(rng);
+  // U[k][c][o] = (G g G^T)[k] for F(4x4, 3x3).
+  const double G[6][3] = {{0.25, 0, 0},           {-1.0 / 6, -1.0 / 6, -1.0 / 6}, {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                          {1.0 / 24, 1.0 / 12, 1.0 / 6}, {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+  std::vector<float> u(36 * channels * out_channels);
+  for (int r = 0; r < 6; ++r)
+    for (int s = 0; s < 6; ++s)
+      for (int64_t c = 0; c < channels; ++c)
+        for (int64_t o = 0; o < out_channels; ++o) {
+          double acc = 0.0;
+          for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) acc += G[r][i] * double(g[((o * channels + c) * 3 + i) * 3 + j]) * G[s][j];
+          u[((r * 6 + s) * channels + c) * out_channels + o] = float(acc);
+        }
+  const int64_t tiles = cpu::winograd_tiles(n, height, width);
+  check(tiles == n * 2 * 2, "winograd_tiles counts 4x4 output tiles");
+  std::vector<float> y(n * height * width * out_channels, -1.0f);
+  for (int64_t p0 : {int64_t(0), int64_t(3)}) {
+    const int64_t p1 = p0 == 0 ? 3 : tiles, count = p1 - p0;
+    std::vector<float> v(36 * count * channels), m(36 * count * out_channels);
+    cpu::winograd_input_transform(x.data(), v.data(), n, height, width, channels, p0, p1, 2);
+    for (int k = 0; k < 36; ++k)
+      for (int64_t q = 0; q < count; ++q)
+        for (int64_t o = 0; o < out_channels; ++o) {
+          float acc = 0.0f;
+          for (int64_t c = 0; c < channels; ++c)
+            acc += v[(k * count + q) * channels + c] * u[(k * channels + c) * out_channels + o];
+          m[(k * count + q) * out_channels + o] = acc;
+        }
+    cpu::winograd_output_transform(m.data(), bias.data(), y.data(), n, height, width, out_channels, p0, p1, 2);
+  }
+  double worst = 0.0, scale = 0.0;
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t h = 0; h < height; ++h)
+      for (int64_t w = 0; w < width; ++w)
+        for (int64_t o = 0; o < out_channels; ++o) {
+          double acc = bias[o];
+          for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) {
+              const int64_t yy = h + i - 1, xx = w + j - 1;
+              if (yy < 0 || yy >= height || xx < 0 || xx >= width) continue;
+              for (int64_t c = 0; c < channels; ++c)
+                acc += double(x[((b * height + yy) * width + xx) * channels + c]) *
+                       double(g[((o * channels + c) * 3 + i) * 3 + j]);
+            }
+          worst = std::max(worst, std::fabs(acc - double(y[((b * height + h) * width + w) * out_channels + o])));
+          scale = std::max(scale, std::fabs(acc));
+        }
+  check(worst <= 1e-5 * scale, "Winograd transforms + GEMM equal the direct convolution (float64) to 1e-5");
+  check(throws_invalid([&] { cpu::winograd_input_transform(x.data(), nullptr, n, height, width, channels, 0, 1, 1); }),
+        "winograd_input_transform rejects a null output");
+  check(throws_invalid(
+            [&] { cpu::winograd_output_transform(y.data(), nullptr, y.data(), n, height, width, 1, 2, 1, 1); }),
+        "winograd_output_transform rejects a reversed tile range");
+
+  const int64_t groups = 3, pixels = height * width;
+  std::vector<float> gamma(channels), beta(channels), normed(x.size());
+  for (int64_t c = 0; c < channels; ++c) {
+    gamma[c] = 1.0f + 0.1f * float(c);
+    beta[c] = -0.05f * float(c);
+  }
+  cpu::group_norm_nhwc(x.data(), gamma.data(), beta.data(), normed.data(), n, pixels, channels, groups, 1e-5f, 0, 2);
+  double gn_worst = 0.0;
+  const int64_t per_group = channels / groups;
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      double sum = 0.0, sq = 0.0;
+      for (int64_t p = 0; p < pixels; ++p)
+        for (int64_t c = grp * per_group; c < (grp + 1) * per_group; ++c) sum += x[(b * pixels + p) * channels + c];
+      const double mean = sum / double(pixels * per_group);
+      for (int64_t p = 0; p < pixels; ++p)
+        for (int64_t c = grp * per_group; c < (grp + 1) * per_group; ++c) {
+          const double d = x[(b * pixels + p) * channels + c] - mean;
+          sq += d * d;
+        }
+      const double inv_std = 1.0 / std::sqrt(sq / double(pixels * per_group) + 1e-5);
+      for (int64_t p = 0; p < pixels; ++p)
+        for (int64_t c = grp * per_group; c < (grp + 1) * per_group; ++c) {
+          const int64_t k = (b * pixels + p) * channels + c;
+          const double want = (x[k] - mean) * inv_std * gamma[c] + beta[c];
+          gn_worst = std::max(gn_worst, std::fabs(want - double(normed[k])));
+        }
+    }
+  check(gn_worst <= 2e-6, "group_norm_nhwc equals float64 GroupNorm");
+  check(throws_invalid([&] {
+          cpu::group_norm_nhwc(x.data(), nullptr, nullptr, normed.data(), n, pixels, channels, 4, 1e-5f, 0, 1);
+        }),
+        "group_norm_nhwc rejects groups that do not divide the channels");
+}
+
 // The baseline and AVX2 builds of the noise loop give the same bits.
 void test_simd_builds() {
   const RowLayout layout{3 * 33 * 31, 0, 1, 1};
@@ -495,6 +595,7 @@ int main() {
   test_simd_builds();
   test_scalar_coefficients();
   test_per_row_sample_indices();
+  test_unet_layers();
   for (int32_t dtype : kDtypes) {
     for (int64_t row_length : {int64_t(1), int64_t(3), int64_t(7), int64_t(1023), int64_t(4097)})
       test_case(dtype, 3, row_length, rng);

@@ -135,12 +135,20 @@ class Scorer:
     each replay refills); batches go up from pinned memory and results come back one
     batch late, so the host never waits inside a batch. ``threads`` sets torch's
     intra-op threads while scoring (None: leave them as they are).
+
+    ``fast_layers`` (CPU, float32): run the UNet's 3x3 convolutions as Winograd
+    F(4x4, 3x3) and its GroupNorms with our NHWC kernel, on channels_last activations
+    (qmia_fast.fastconv). None turns it on where it was measured faster: CPU at fp32.
+    Scores then differ from direct convolutions by float32 rounding (~1e-6 relative).
+    ``compile`` wraps the model in torch.compile (off by default: on a 2-core CPU the
+    compilation took longer than the demo's whole scoring job).
     """
 
     def __init__(self, model, method: str = "secmi", *, t_sec: int = 100, k: int = 10, t: int = 200,
                  p: float = 4.0, n_draws: int = 1, seed: int = 0, batch_size: int | None = None,
                  device=None, precision: str = "fp32", channels_last: bool | None = None,
-                 cuda_graphs: bool = True, compile: bool = False, threads: int | None = None):
+                 cuda_graphs: bool = True, compile: bool = False, threads: int | None = None,
+                 fast_layers: bool | None = None):
         if not callable(model) or not hasattr(model, "schedule"):
             raise InputError("model must be an eps-model from qmia_fast.load_model (callable (x, t) -> eps with .schedule)")
         self.device = _resolve_device(device, model)
@@ -156,6 +164,17 @@ class Scorer:
         self.batch_size = int(batch_size) if batch_size is not None else default_batch_size(self.device)
         self.model = model.to(self.device).eval()
         self.schedule = model.schedule
+        if fast_layers is None:
+            fast_layers = default_fast_layers(self.device, resolved) and not compile
+        if fast_layers and (self.device.type != "cpu" or resolved != "fp32"):
+            raise ConfigError("fast_layers applies to CPU scoring at fp32 only; leave it unset elsewhere")
+        self.fast_layers = bool(fast_layers)
+        self._layers = None
+        if self.fast_layers:
+            from .fastconv import WinogradConvs
+
+            self._layers = WinogradConvs()
+            channels_last = True  # the fast layers work on NHWC memory
         if channels_last is None:
             channels_last = default_channels_last(self.device, resolved)
         self.channels_last = bool(channels_last)
@@ -288,7 +307,7 @@ class Scorer:
 
     def _eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
         ts = self._timestep(x.shape[0], t, x.device)
-        with autocast_context(self.config.precision, x.device):
+        with autocast_context(self.config.precision, x.device), (self._layers or contextlib.nullcontext()):
             eps = self._forward(x, ts)
         # The trajectory stays in float32 whatever precision the UNet runs in.
         if eps.dtype != torch.float32:
@@ -431,6 +450,11 @@ def default_batch_size(device: torch.device) -> int:
 def default_channels_last(device: torch.device, precision: str) -> bool:
     """Memory format of the UNet's activations when the caller does not choose one."""
     return device.type == "cuda" or precision != "fp32"
+
+
+def default_fast_layers(device: torch.device, precision: str) -> bool:
+    """Whether the Winograd/NHWC-GroupNorm CPU layers are used when the caller does not choose."""
+    return device.type == "cpu" and precision == "fp32"
 
 
 def score(model, images, method: str = "secmi", t_sec: int = 100, k: int = 10, t: int = 200, p: float = 4.0,
