@@ -143,6 +143,17 @@ def test_same_seed_same_result(small_problem):
     np.testing.assert_array_equal(first.single.thresholds, again.single.thresholds)
 
 
+def test_calibrated_attack_round_trips(small_problem, tmp_path):
+    p = small_problem
+    attack = QuantileAttack(n_models=3, calibrate=True, **SMALL).fit(p.images, p.scores)
+    assert attack.bag.offsets.any() and attack.single.offsets.any()
+    assert len(attack.fit_info["calibration_offsets"]) == 3
+    result = attack.predict(p.images, p.scores)
+    attack.save(tmp_path / "a.pt")
+    again = QuantileAttack.load(tmp_path / "a.pt").predict(p.images, p.scores)
+    assert again.thresholds.tolist() == result.thresholds.tolist()
+
+
 def test_several_levels_and_pvalue_score(small_problem):
     p = small_problem
     attack = QuantileAttack(alpha=0.05, n_models=2, levels=[0.5, 0.2], score="pvalue", baselines=False, **SMALL)

@@ -155,6 +155,22 @@ def test_state_round_trip_predicts_the_same():
     np.testing.assert_array_equal(bag.predict(images), clone.predict(images))
 
 
+def test_calibration_puts_the_level_share_below_on_held_out_images():
+    images, targets = brightness_data(n=400)
+    bag = _fit(images, targets, n_models=2, levels=(0.1, 0.5))
+    held_out = [np.arange(0, 200), np.arange(100, 400)]
+    offsets = bag.calibrate(images, targets, held_out)
+    assert offsets.shape == (2, 2)
+    quantiles = bag.predict(images)
+    for member, index in enumerate(held_out):
+        below = (targets[index, None] < quantiles[member, index, :]).mean(axis=0)
+        np.testing.assert_allclose(below, [0.1, 0.5], atol=1.5 / len(index))
+    raw = bag.predict(images, calibrated=False)
+    np.testing.assert_allclose(quantiles, np.maximum.accumulate(raw + offsets[:, None, :], axis=2))
+    clone = regress.QuantileBag.from_state(bag.state())
+    np.testing.assert_array_equal(clone.predict(images), quantiles)
+
+
 def test_early_stopping_records_history():
     images, targets = brightness_data()
     bag = _fit(images, targets, epochs=6, patience=1)
