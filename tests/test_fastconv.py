@@ -131,3 +131,12 @@ def test_empty_batches():
     u = W.winograd_weights(torch.randn(32, 32, 3, 3))
     assert W.winograd_conv2d(torch.randn(0, 32, 4, 4), u).shape == (0, 32, 4, 4)
     assert W.group_norm_nhwc(torch.randn(0, 32, 4, 4), 32).shape == (0, 32, 4, 4)
+
+
+def test_group_norm_with_silu_matches_float64():
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(2, 64, 9, 7, generator=g) * 4).contiguous(memory_format=torch.channels_last)
+    gamma, beta = torch.randn(64, generator=g), torch.randn(64, generator=g)
+    ref = F.silu(F.group_norm(x.double(), 32, gamma.double(), beta.double()))
+    got = W.group_norm_nhwc(x, 32, gamma, beta, silu=True)
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-5)
