@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -99,7 +100,7 @@ class QuantileAttack:
     def __init__(self, alpha: float = 0.01, n_models: int = 7, levels: Sequence[float] | None = None,
                  seed: int = 0, *, score: str = "margin", calibrate: bool = False, baselines: bool = True,
                  progress: bool = False, **regressor_options):
-        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not (0.0 < alpha < 1.0):
+        if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not (0.0 < alpha < 1.0):
             raise ConfigError(f"alpha must be a number strictly between 0 and 1, got {alpha!r}")
         if not isinstance(n_models, (int, np.integer)) or isinstance(n_models, bool) or n_models < 1:
             raise ConfigError(f"n_models must be a positive integer, got {n_models!r}")
