@@ -209,3 +209,21 @@ def test_python_m_runs_the_same_cli():
     assert proc.returncode == 0
     for command in ("attack", "score", "train-target", "evaluate", "bench", "info"):
         assert command in proc.stdout
+
+
+def test_model_recommended_score_settings_apply_unless_given(workspace, tmp_path):
+    root = workspace["root"]
+    torch.manual_seed(1)
+    net = UNet(T=1000, ch=32, ch_mult=(1, 2), attn=(), num_res_blocks=1, dropout=0.0, in_ch=1, img_size=SIZE)
+    folder = save_model(net, tmp_path / "recommending", linear_schedule(),
+                        metadata={"recommended_score": {"method": "loss", "t": 300, "why": "test target"}})
+    base = ["score", "--model", folder, "--data", root / "gray_nchw.npy", "--device", "cpu", "--no-progress"]
+    result = run(*base, "--out", tmp_path / "rec.npz")
+    with np.load(tmp_path / "rec.npz") as f:
+        score_config = json.loads(str(f["config"]))["score"]
+    assert score_config["method"] == "loss" and score_config["t"] == 300
+    assert "recommended score settings (method=loss, t=300): test target" in result.stderr
+    run(*base, "--method", "secmi", "--t-sec", "20", "--out", tmp_path / "explicit.npz")
+    with np.load(tmp_path / "explicit.npz") as f:
+        score_config = json.loads(str(f["config"]))["score"]
+    assert score_config["method"] == "secmi" and score_config["t"] == 200  # the recommendation is for loss only

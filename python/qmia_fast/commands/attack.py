@@ -12,7 +12,7 @@ from .. import distributed
 from ..errors import ConfigError, DataError
 from .common import (
     check_seed, config_option, data_options, load_data_from_options, load_model_from_options, model_options,
-    scoring_options,
+    resolve_score_options, scoring_options,
 )
 
 DEFAULT_OUT = "qmia-out"
@@ -93,12 +93,17 @@ def run_attack(options: dict, trust_checkpoint: bool, progress: bool, overwrite:
             raise DataError(f"the {name} set has {len(idx)} images; the attack needs at least 10 in each set")
     target = load_model_from_options(options["model"], options["model_format"], options["model_config"],
                                      trust_checkpoint)
+    settings, note = resolve_score_options(target, {name: options[name] for name in
+                                                    ("method", "t_sec", "k", "t", "p", "n_draws")})
+    options.update(settings)
     scorer = Scorer(target, options["method"], t_sec=options["t_sec"], k=options["k"], t=options["t"],
                     p=options["p"], n_draws=options["n_draws"], seed=options["seed"],
                     batch_size=options["batch_size"], device=device, precision=options["precision"])
     scorer.check_images(images)
     timings["load_s"] = time.perf_counter() - started
     say(f"data: {loaded.description}")
+    if note:
+        say(note)
     say(f"target: {target.format} model, image {'x'.join(map(str, target.image_shape))}, T = {target.schedule.T}; "
         f"score {options['method']} on {scorer.device} ({scorer.config.precision}, batch {scorer.batch_size}, "
         f"{scorer.config.unet_calls} UNet calls per image)")
@@ -142,7 +147,8 @@ def run_attack(options: dict, trust_checkpoint: bool, progress: bool, overwrite:
     config = {**{key: value for key, value in options.items() if key != "config_file"},
               "config_file": options["config_file"], "precision_resolved": scorer.config.precision,
               "batch_size_resolved": scorer.batch_size, "device_resolved": str(scorer.device),
-              "attack": quantile_attack.params(), "world_size": ctx.world_size}
+              "attack": quantile_attack.params(), "world_size": ctx.world_size,
+              "score_settings_note": note}
     report = build_report(results, labels, config=config, seed=options["seed"], timings=timings,
                           alpha=options["alpha"],
                           extra={"model": target.config, "data": {"description": loaded.description,

@@ -58,16 +58,21 @@ def data_options(func):
     )(func)
 
 
+SCORE_DEFAULTS = {"method": "secmi", "t_sec": 100, "k": 10, "t": 200, "p": 4.0, "n_draws": 1}
+
+
 def scoring_options(func):
     return _compose(
-        click.option("--method", default="secmi", show_default=True, type=click.Choice(list(METHODS)),
-                     help="Score: secmi (SecMI t-error), loss (noise-prediction error) or pia (PIA)."),
-        click.option("--t-sec", default=100, show_default=True, type=int,
-                     help="secmi: timestep of the t-error (a multiple of --k)."),
-        click.option("--k", default=10, show_default=True, type=int, help="secmi: DDIM step size in timesteps."),
-        click.option("--t", "t", default=200, show_default=True, type=int, help="loss and pia: timestep."),
-        click.option("--p", "p", default=4.0, show_default=True, type=float, help="pia: exponent of the error norm."),
-        click.option("--n-draws", default=1, show_default=True, type=int, help="loss: noise draws averaged per image."),
+        click.option("--method", default=None, type=click.Choice(list(METHODS)),
+                     help="Score: secmi (SecMI t-error), loss (noise-prediction error) or pia (PIA) "
+                          "[default: secmi, or the score the model folder recommends]."),
+        click.option("--t-sec", default=None, type=int,
+                     help="secmi: timestep of the t-error, a multiple of --k [default: 100]."),
+        click.option("--k", default=None, type=int, help="secmi: DDIM step size in timesteps [default: 10]."),
+        click.option("--t", "t", default=None, type=int, help="loss and pia: timestep [default: 200]."),
+        click.option("--p", "p", default=None, type=float, help="pia: exponent of the error norm [default: 4]."),
+        click.option("--n-draws", default=None, type=int,
+                     help="loss: noise draws averaged per image [default: 1]."),
         click.option("--seed", default=0, show_default=True, type=int,
                      help="Seed of the noise (and of splits and regressors in attack)."),
         click.option("--batch-size", default=None, type=int,
@@ -79,6 +84,33 @@ def scoring_options(func):
         click.option("--progress/--no-progress", default=True, show_default=True,
                      help="Progress bars on stderr."),
     )(func)
+
+
+def resolve_score_options(target, given: dict) -> tuple[dict, str | None]:
+    """Score settings: the command line first, then the model folder's recommendation, then the defaults.
+
+    A model folder may record, under metadata.recommended_score, the score that shows its
+    membership signal (the shipped demo target does; see its model card). Only options
+    the user did not give are taken from it.
+    """
+    metadata = (getattr(target, "config", None) or {}).get("metadata") or {}
+    recommended = metadata.get("recommended_score") or {}
+    if not isinstance(recommended, dict):
+        recommended = {}
+    resolved, taken = {}, []
+    for name, default in SCORE_DEFAULTS.items():
+        if given.get(name) is not None:
+            resolved[name] = given[name]
+        elif name in recommended and (given.get("method") in (None, recommended.get("method"))):
+            resolved[name] = type(default)(recommended[name])
+            taken.append(f"{name}={recommended[name]}")
+        else:
+            resolved[name] = default
+    note = None
+    if taken:
+        why = recommended.get("why", "")
+        note = f"using the model's recommended score settings ({', '.join(taken)})" + (f": {why}" if why else "")
+    return resolved, note
 
 
 def load_model_from_options(model: str, model_format: str, model_config: str | None, trust_checkpoint: bool):

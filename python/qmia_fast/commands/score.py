@@ -12,7 +12,7 @@ from .. import atomic_io, distributed
 from ..errors import ConfigError
 from .common import (
     check_seed, config_option, data_options, load_data_from_options, load_model_from_options, model_options,
-    scoring_options,
+    resolve_score_options, scoring_options,
 )
 
 SUBSETS = ("all", "members", "public", "holdout", "nonmembers")
@@ -69,12 +69,16 @@ def run_score(model, model_format, model_config, trust_checkpoint, data, data_fo
     images, split = loaded
     indices = select_indices(subset, split, len(images))
     target = load_model_from_options(model, model_format, model_config, trust_checkpoint)
-    scorer = Scorer(target, method, t_sec=t_sec, k=k, t=t, p=p, n_draws=n_draws, seed=seed, batch_size=batch_size,
-                    device=device, precision=precision)
+    settings, note = resolve_score_options(target, dict(method=method, t_sec=t_sec, k=k, t=t, p=p, n_draws=n_draws))
+    scorer = Scorer(target, settings["method"], t_sec=settings["t_sec"], k=settings["k"], t=settings["t"],
+                    p=settings["p"], n_draws=settings["n_draws"], seed=seed, batch_size=batch_size, device=device,
+                    precision=precision)
     scorer.check_images(images)
     if ctx.is_main:
         click.echo(f"data: {loaded.description}", err=True)
-        click.echo(f"scoring {len(indices)} images with {method} on {scorer.device} ({scorer.config.precision}, "
+        if note:
+            click.echo(note, err=True)
+        click.echo(f"scoring {len(indices)} images with {scorer.config.method} on {scorer.device} ({scorer.config.precision}, "
                    f"batch {scorer.batch_size}, {scorer.config.unet_calls} UNet calls per image"
                    + (f", {ctx.world_size} ranks" if ctx.active else "") + ")", err=True)
     identity = {
