@@ -77,13 +77,15 @@ def test_csv_input_with_alpha_and_plots(tmp_path, data):
 
 def test_attack_scores_npz_is_read_per_method(tmp_path, data):
     raw, labels = data
-    np.savez(tmp_path / "scores.npz", labels=labels, membership_qmia_bag=-raw,
+    np.savez(tmp_path / "scores.npz", labels=labels, membership_qmia_bag=-raw, decision_qmia_bag=raw < 0.3,
              membership_marginal_threshold=-raw + 0.1 * np.arange(400))
     result = run(tmp_path / "scores.npz", "--out", tmp_path / "out", "--no-plots")
     assert result.exit_code == 0, result.output
     assert "QMIA-bag" in result.output and "marginal threshold" in result.output
     written = json.loads((tmp_path / "out" / "report.json").read_text())
     assert written["methods"]["qmia_bag"]["auc"] == pytest.approx(expected_auc(raw, labels))
+    assert written["methods"]["qmia_bag"]["decision"] == metrics.decision_rates(raw < 0.3, labels)
+    assert "decision" not in written["methods"]["marginal_threshold"]
 
 
 @pytest.mark.parametrize("make, fragment", [

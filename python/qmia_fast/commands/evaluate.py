@@ -31,7 +31,7 @@ def _pick(keys, candidates, path, what):
                     f"(found {', '.join(sorted(keys)) or 'nothing'})")
 
 
-def _load_npz(path: Path) -> tuple[dict, np.ndarray]:
+def _load_npz(path: Path) -> tuple[dict, np.ndarray, dict]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
@@ -39,11 +39,13 @@ def _load_npz(path: Path) -> tuple[dict, np.ndarray]:
         raise DataError(f"{str(path)!r} is not a readable .npz archive ({exc})") from None
     labels = arrays[_pick(arrays, _LABEL_KEYS, path, "labels")]
     if any(key in arrays for key in _SCORE_KEYS):
-        return {"scores": arrays[_pick(arrays, _SCORE_KEYS, path, "scores")]}, labels
+        return {"scores": arrays[_pick(arrays, _SCORE_KEYS, path, "scores")]}, labels, {}
     methods = {key[len(_METHOD_PREFIX):]: value for key, value in arrays.items() if key.startswith(_METHOD_PREFIX)}
     if not methods:
         _pick(arrays, _SCORE_KEYS, path, "scores")  # raises with the list of keys found
-    return methods, labels
+    # The attack's fixed decisions at alpha travel with its scores, so their rates can be recomputed.
+    decisions = {name: arrays[f"decision_{name}"] for name in methods if f"decision_{name}" in arrays}
+    return methods, labels, decisions
 
 
 def _load_csv(path: Path) -> tuple[dict, np.ndarray]:
@@ -64,17 +66,21 @@ def _load_csv(path: Path) -> tuple[dict, np.ndarray]:
                                     f"got {row.get(original[score_col])!r}, {row.get(original[label_col])!r}") from None
     except UnicodeDecodeError:
         raise DataError(f"{str(path)!r} is not a UTF-8 text CSV file") from None
-    return {"scores": np.asarray(scores, dtype=np.float64)}, np.asarray(labels, dtype=np.float64)
+    return {"scores": np.asarray(scores, dtype=np.float64)}, np.asarray(labels, dtype=np.float64), {}
 
 
-def load_scores_labels(paths) -> tuple[dict, np.ndarray]:
-    """One .npz, one .csv, one N x 2 .npy, or two .npy files (scores, labels) -> ({name: scores}, labels)."""
+def load_scores_labels(paths) -> tuple[dict, np.ndarray, dict]:
+    """One .npz, one .csv, one N x 2 .npy, or two .npy files (scores, labels).
+
+    Returns ({name: scores}, labels, {name: fixed decision}); decisions come only from a
+    scores.npz written by `qmia-fast attack`.
+    """
     paths = [Path(p) for p in paths]
     suffixes = [p.suffix.lower() for p in paths]
     if len(paths) == 2:
         if suffixes != [".npy", ".npy"]:
             raise InputError("two inputs must be two .npy files: scores first, then labels")
-        return {"scores": _load_npy(paths[0])}, _load_npy(paths[1])
+        return {"scores": _load_npy(paths[0])}, _load_npy(paths[1]), {}
     if len(paths) != 1:
         raise InputError("pass one file (.npz, .csv or an N x 2 .npy) or two .npy files (scores, labels)")
     path, suffix = paths[0], suffixes[0]
@@ -87,15 +93,15 @@ def load_scores_labels(paths) -> tuple[dict, np.ndarray]:
         if table.ndim != 2 or table.shape[1] != 2:
             raise InputError(f"a single .npy input must be an N x 2 array of (score, label) rows, "
                              f"got shape {table.shape}; or pass scores and labels as two .npy files")
-        return {"scores": table[:, 0]}, table[:, 1]
+        return {"scores": table[:, 0]}, table[:, 1], {}
     raise InputError(f"{str(path)!r}: unsupported file type {suffix or '(none)'}; use .npz, .npy or .csv")
 
 
 @click.command("evaluate")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--higher-is-member/--lower-is-member", default=True, show_default=True,
-              help="Direction of the scores. Raw t-errors and losses are lower = member; "
-                   "the attack's membership scores are higher = member.")
+              help="Direction of plain scores. Raw t-errors and losses are lower = member; "
+                   "the membership_* scores an attack writes are always higher = member.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Also report the fixed decision 'member iff score is above the threshold at this "
                    "FPR on the non-members', with its observed FPR and TPR.")
@@ -112,14 +118,14 @@ def evaluate(inputs, higher_is_member, alpha, out_dir, plots):
     from .. import metrics, report as reporting
 
     started = time.perf_counter()
-    methods, labels = load_scores_labels(inputs)
+    methods, labels, decisions = load_scores_labels(inputs)
     labels_arr = metrics.check_labels(labels)
     results = {}
     for name, scores in methods.items():
         values, _ = metrics.check_scores_labels(scores, labels_arr)
         if name == "scores" and not higher_is_member:
             values = -values
-        decision = None
+        decision = decisions.get(name)
         if alpha is not None and (labels_arr == 0).any():
             # The threshold a user of this score would set from non-members at FPR alpha.
             threshold = np.quantile(values[labels_arr == 0], 1.0 - alpha)
