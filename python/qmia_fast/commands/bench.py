@@ -78,7 +78,7 @@ def build_options(*, models: str, batch_sizes: str | None, precisions: str, devi
                    "trained) and cifar10 (the 35.7M-parameter CIFAR-10 DDPM architecture, random weights).")
 @click.option("--batch-sizes", default=None,
               help="Batch sizes: '16,64' for every model or 'demo=16,64;cifar10=16'. "
-                   "Default: demo 16..1024 and cifar10 16,32 (with --quick: demo 16,64 and cifar10 16).")
+                   "Default: demo 16..1024 and cifar10 16,32 (with --quick: demo 32 and cifar10 16).")
 @click.option("--precisions", default="auto,fp32,bf16", show_default=True,
               help="qmia-fast precisions to time beside the fp32 baseline.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
