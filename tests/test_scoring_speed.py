@@ -106,3 +106,38 @@ def test_no_host_sync_inside_a_batch_once_captured(method):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert result.shape == (4,)
+
+
+def test_auto_precision_on_a_cpu_follows_the_probe(monkeypatch):
+    from qmia_fast import precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: None)
+    assert precision.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 1.05)
+    assert precision.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 3.0)
+    assert precision.resolve_precision("auto", cpu) == "bf16"
+    assert precision.resolve_precision("fp32", cpu) == "fp32"
+
+
+def test_the_probe_measures_only_where_bf16_instructions_exist(monkeypatch):
+    from qmia_fast import precision
+
+    precision.cpu_bf16_speedup.cache_clear()
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    assert precision.cpu_bf16_speedup() is None
+    precision.cpu_bf16_speedup.cache_clear()
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    speedup = precision.cpu_bf16_speedup()  # runs the probe whatever the CPU really has
+    assert speedup is not None and speedup > 0
+    precision.cpu_bf16_speedup.cache_clear()
+
+
+def test_fast_layers_are_cpu_fp32_only():
+    model = tiny_model()
+    assert Scorer(model, device="cpu").fast_layers
+    assert not Scorer(model, device="cpu", precision="bf16").fast_layers
+    assert not Scorer(model, device="cpu", compile=True).fast_layers
+    with pytest.raises(Exception, match="fast_layers"):
+        Scorer(model, device="cpu", precision="bf16", fast_layers=True)
