@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import distributed
 from ..errors import ConfigError, DataError
+from ..regress import RegressorConfig
 from .common import (
     check_seed, config_option, data_options, load_data_from_options, load_model_from_options, model_options,
     resolve_score_options, scoring_options,
@@ -28,9 +29,11 @@ DEFAULT_OUT = "qmia-out"
 @click.option("--n-models", default=7, show_default=True, type=click.IntRange(min=1),
               help="Regressors in the bag (member iff more than half vote member).")
 @click.option("--reg-epochs", default=None, type=click.IntRange(min=1),
-              help="Regressor training epochs (upper bound; early stopping) [default: 30].")
-@click.option("--reg-width", default=None, type=click.IntRange(min=1), help="Regressor width [default: 16].")
-@click.option("--reg-depth", default=None, type=click.IntRange(min=1, max=6), help="Regressor depth [default: 2].")
+              help=f"Regressor training epochs (upper bound; early stopping) [default: {RegressorConfig.epochs}].")
+@click.option("--reg-width", default=None, type=click.IntRange(min=1),
+              help=f"Regressor width [default: {RegressorConfig.width}].")
+@click.option("--reg-depth", default=None, type=click.IntRange(min=1, max=6),
+              help=f"Regressor depth [default: {RegressorConfig.depth}].")
 @click.option("--max-per-set", default=None, type=click.IntRange(min=10),
               help="Use at most this many images of each set (members, public, holdout), seeded; for quick looks.")
 @click.option("--out", "out_dir", default=DEFAULT_OUT, show_default=True,
