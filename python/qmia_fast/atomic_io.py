@@ -76,11 +76,11 @@ def save_npy(final: str | os.PathLike, array) -> None:
         np.save(tmp, array)
 
 
-def save_npz(final: str | os.PathLike, **arrays) -> None:
+def save_npz(final: str | os.PathLike, compressed: bool = False, **arrays) -> None:
     import numpy as np
 
     with atomic_path(final, suffix=".npz") as tmp:
-        np.savez(tmp, **arrays)
+        (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
 
 
 def _json_default(obj: Any):

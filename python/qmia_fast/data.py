@@ -275,11 +275,12 @@ def _load_cifar(path: Path, found, part: str, layout: str) -> _Loaded:
     return _Loaded(images, "" if note.startswith("CIFAR") else note, "cifar", label, labels=labels, files=files)
 
 
-def save_data(path, images: np.ndarray, *, split: Split | None = None, labels=None) -> None:
+def save_data(path, images: np.ndarray, *, split: Split | None = None, labels=None,
+              compressed: bool = False) -> None:
     """Write images (+ split, labels) as the .npz that load_data and the built-in demo use.
 
     Keys: images (uint8 N x C x H x W), members/public/holdout (int64) when a split is given,
-    labels (int64) when given. Written atomically.
+    labels (int64) when given. Written atomically; `compressed` deflates it (smaller, slower).
     """
     checked, _ = to_uint8_nchw(np.asarray(images), "nchw", where="images", error=InputError)
     arrays = {"images": checked}
@@ -292,4 +293,4 @@ def save_data(path, images: np.ndarray, *, split: Split | None = None, labels=No
         if labels.ndim != 1 or len(labels) != len(checked) or labels.dtype.kind not in "iu":
             raise InputError(f"labels must be {len(checked)} integers, one per image")
         arrays["labels"] = labels.astype(np.int64)
-    atomic_io.save_npz(path, **arrays)
+    atomic_io.save_npz(path, compressed=compressed, **arrays)
