@@ -118,7 +118,7 @@ run_stage cuda_tests 110
 # download overlap), 2 rounds; the demo model at 256 and 1024.
 benchmark() {
   PYTHONPATH=python "$PYTHON" bench/bench_scoring.py --device cuda --models cifar10,demo \
-    --batch-sizes "cifar10=256,1024;demo=256,1024" --precisions auto,fp32,bf16 --rounds 2 \
+    --batch-sizes "cifar10=256,1024;demo=256,1024" --precisions auto,fp32,bf16,mixed --rounds 2 \
     --batches-per-job 2 --no-bag --out "$OUT/bench_gpu.json"
 }
 run_stage benchmark 160

@@ -244,6 +244,49 @@ def test_bf16_close_to_fp32():
     assert np.corrcoef(np.argsort(np.argsort(bf16)), np.argsort(np.argsort(fp32)))[0, 1] > 0.8
 
 
+class AutocastRecorder(CountingModel):
+    """Records, per UNet call, its timestep and whether it ran under CPU autocast (and in which dtype)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    def forward(self, x, t):
+        on = torch.is_autocast_enabled("cpu")
+        self.calls.append((int(t[0]), torch.get_autocast_dtype("cpu") if on else None))
+        return super().forward(x, t)
+
+
+def test_mixed_precision_runs_the_inversion_in_bf16_and_the_round_trip_in_fp32():
+    base = smooth_model()
+    model = AutocastRecorder(base.net, base.schedule, base.image_shape, {"kind": "test"}, format="test").eval()
+    imgs = images(5, channels=3, size=16)
+    got = score(model, imgs, method="secmi", t_sec=50, k=10, device="cpu", precision="mixed")
+    assert model.calls == [(0, torch.bfloat16), (10, torch.bfloat16), (20, torch.bfloat16), (30, torch.bfloat16),
+                           (40, None), (50, None)]
+
+    # The same procedure written out step by step: autocast bf16 for 0 -> ... -> 40, fp32 after.
+    x = as_model_input(imgs, torch.float32)
+    with torch.no_grad():
+        for t_c in range(0, 40, 10):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                x = ddim_singlestep(lambda v, t: base(v, t).float(), x, t_c, t_c + 10)
+        x_up = ddim_singlestep(base, x, 40, 50)
+        x_back = ddim_singlestep(base, x_up, 50, 40)
+    expected = ((x_back - x) ** 2).flatten(1).sum(1).double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    # and it is not simply the fp32 or the bf16 score
+    fp32 = score(base, imgs, method="secmi", t_sec=50, k=10, device="cpu", precision="fp32")
+    bf16 = score(base, imgs, method="secmi", t_sec=50, k=10, device="cpu", precision="bf16")
+    assert not np.allclose(got, bf16, rtol=1e-4) and not np.array_equal(got, fp32)
+
+
+@pytest.mark.parametrize("method", ["loss", "pia"])
+def test_mixed_precision_is_for_secmi_only(method):
+    with pytest.raises(ConfigError, match="secmi method only"):
+        Scorer(tiny_model(), method, precision="mixed", device="cpu")
+
+
 @pytest.mark.parametrize(
     "bad,kwargs,match",
     [

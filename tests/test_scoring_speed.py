@@ -118,6 +118,10 @@ def test_auto_precision_on_a_cpu_follows_the_probe(monkeypatch):
     assert precision.resolve_precision("auto", cpu) == "fp32"
     monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 3.0)
     assert precision.resolve_precision("auto", cpu) == "bf16"
+    # bf16 hardware: SecMI's t-error gets the mixed precision, the other scores bf16
+    assert precision.resolve_precision("auto", cpu, method="secmi") == "mixed"
+    assert precision.resolve_precision("auto", cpu, method="loss") == "bf16"
+    assert precision.resolve_precision("auto", cpu, method="pia") == "bf16"
     assert precision.resolve_precision("fp32", cpu) == "fp32"
 
 

@@ -308,13 +308,13 @@ def scoring_variants(options: BenchOptions, model_name: str, device: torch.devic
     from .precision import cpu_has_fast_bf16, resolve_precision
 
     variants, notes = {}, []
-    auto = resolve_precision("auto", device)
+    auto = resolve_precision("auto", device, method="secmi")
     for precision in options.precisions:
         if precision != "auto" and "auto" in options.precisions and precision == auto:
             notes.append(f"{precision}: the same as auto here")
             continue
-        resolved = resolve_precision(precision, device)
-        if (resolved == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16() and model_name != "demo"
+        resolved = resolve_precision(precision, device, method="secmi")
+        if (resolved in ("bf16", "mixed") and device.type == "cpu" and not cpu_has_fast_bf16() and model_name != "demo"
                 and not options.slow_bf16):
             notes.append("bf16: skipped, this CPU emulates bf16 (see the demo model's row)")
             continue
@@ -396,7 +396,7 @@ def bench_scoring(options: BenchOptions, log: Callable[[str], None] = lambda s: 
                 row["results"][key] = entry
             rows.append(row)
         rows.append({"model_info": {"model": name, "description": description, "baseline": baseline.description,
-                                    "auto_resolves_to": resolve_precision("auto", device), "notes": notes,
+                                    "auto_resolves_to": resolve_precision("auto", device, method="secmi"), "notes": notes,
                                     "unet_gflop_per_image": flops / 1e9}})
     return rows
 
@@ -452,7 +452,7 @@ def bench_bag(n: int = 1000, n_models: int = 7, epochs: int = 1, image_size: int
 # ---------------------------------------------------------------------------- accuracy
 
 def accuracy_check(precisions: Sequence[str] = ("auto",), device: str = "cpu", batch_size: int | None = None,
-                   seed: int = 0, n_models: int = 7, tolerance: float = 0.005,
+                   seed: int = 0, n_models: int = 7, tolerance: float = 0.005, method: str = "recommended",
                    log: Callable[[str], None] = lambda s: None) -> dict:
     """The demo attack on reference fp32 scores and on each precision's scores; AUC and TPR@1%FPR must agree.
 
@@ -460,7 +460,9 @@ def accuracy_check(precisions: Sequence[str] = ("auto",), device: str = "cpu", b
     the plain-PyTorch baseline computes; each entry of `precisions` is scored with the
     scorer's defaults at that precision (on a CPU at fp32 that includes the Winograd
     layers). Needs the trained demo target (assets/demo_target). The quantile bag is
-    fitted with the same seed each time, so only the scores differ.
+    fitted with the same seed each time, so only the scores differ. `method`: "recommended"
+    (the score the demo attack uses, from the model's metadata), "secmi" or "loss" with the
+    scorer's defaults.
     """
     from . import metrics
     from .attack import QuantileAttack
@@ -488,17 +490,25 @@ def accuracy_check(precisions: Sequence[str] = ("auto",), device: str = "cpu", b
                               "tpr_at_1%fpr": float(metrics.tpr_at_fpr(method.score, labels, 0.01))}
                 for method_name, method in result.methods().items()}
 
+    if method == "recommended":
+        recommended = dict((getattr(model, "config", None) or {}).get("metadata", {}).get("recommended_score") or {})
+        recommended.pop("why", None)
+        score_kwargs = recommended or {"method": "secmi"}
+    elif method in ("secmi", "loss", "pia"):
+        score_kwargs = {"method": method}
+    else:
+        raise ConfigError(f"method = {method!r} must be recommended, secmi, loss or pia")
     reference = "fp32-direct"
     variants = {reference: {"precision": "fp32", "fast_layers": False if device == "cpu" else None}}
     for precision in precisions:
         variants[precision] = {"precision": precision}
     step = (getattr(model, "config", None) or {}).get("metadata", {}).get("step")
     report: dict = {"model": "builtin demo target", "training_step": step, "images": int(len(union)),
-                    "tolerance": tolerance, "reference": reference, "runs": {}}
+                    "tolerance": tolerance, "reference": reference, "score": score_kwargs, "runs": {}}
     shape = tuple(images.shape[1:])
     scores = {}
     for label, kwargs in variants.items():
-        scorer = Scorer(model, "secmi", batch_size=batch_size, device=device, **kwargs)
+        scorer = Scorer(model, batch_size=batch_size, device=device, **score_kwargs, **kwargs)
         started = time.perf_counter()
         scores[label] = scorer.score(images[union])
         seconds = time.perf_counter() - started
@@ -507,7 +517,8 @@ def accuracy_check(precisions: Sequence[str] = ("auto",), device: str = "cpu", b
         rms = rms_per_pixel(scores[label], shape)
         report["runs"][label] = {"precision_resolved": scorer.config.precision, "fast_layers": scorer.fast_layers,
                                  "score_seconds": seconds, "score_rms_per_pixel": rms,
-                                 "scores_are_rounding_noise": rms < ROUNDING_RMS,
+                                 # Only a t-error can be a round trip's rounding noise.
+                                 "scores_are_rounding_noise": score_kwargs["method"] == "secmi" and rms < ROUNDING_RMS,
                                  "metrics": attack_metrics(scores[label])}
         log(f"accuracy: {label}: {report['runs'][label]['metrics']}")
     base = report["runs"][reference]["metrics"]
@@ -520,11 +531,19 @@ def accuracy_check(precisions: Sequence[str] = ("auto",), device: str = "cpu", b
         deltas = {method: {key: abs(run_metrics[method][key] - base[method][key]) for key in base[method]}
                   for method in base}
         verdicts[label] = {"max_rel_score_diff": float(rel.max()), "median_rel_score_diff": float(np.median(rel)),
+                           "spearman": _spearman(scores[label], scores[reference]),
                            "deltas": deltas,
                            "within_tolerance": all(d <= tolerance for m in deltas.values() for d in m.values())}
     report["comparison_to_reference"] = verdicts
     report["meaningful"] = not report["runs"][reference]["scores_are_rounding_noise"]
     return report
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (continuous scores: ties are measure-zero, ranks by argsort)."""
+    ranks_a = np.empty(len(a)); ranks_a[np.argsort(a, kind="stable")] = np.arange(len(a))
+    ranks_b = np.empty(len(b)); ranks_b[np.argsort(b, kind="stable")] = np.arange(len(b))
+    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
 
 
 # ---------------------------------------------------------------------------- driver and table
@@ -636,7 +655,8 @@ def format_table(report: dict) -> str:
 def format_accuracy(report: dict) -> str:
     """The accuracy check as readable lines."""
     lines = [f"demo attack on {report['images']} images ({report['model']}, training step "
-             f"{report.get('training_step')}), reference {report['reference']}, tolerance {report['tolerance']}"]
+             f"{report.get('training_step')}), score {report.get('score')}, reference {report['reference']}, "
+             f"tolerance {report['tolerance']}"]
     for precision, run in report["runs"].items():
         for method, values in run["metrics"].items():
             lines.append(f"  {precision:<11} ({run['precision_resolved']:<4}) {method:<18} AUC {values['auc']:.4f}  "
@@ -650,5 +670,6 @@ def format_accuracy(report: dict) -> str:
         lines.append(f"{precision} vs {report['reference']}: largest metric change {worst:.4f} "
                      f"({'within' if verdict['within_tolerance'] else 'OUTSIDE'} {report['tolerance']}); "
                      f"scores differ by {verdict['median_rel_score_diff']:.1e} (median) / "
-                     f"{verdict['max_rel_score_diff']:.1e} (max) relative")
+                     f"{verdict['max_rel_score_diff']:.1e} (max) relative; Spearman "
+                     f"{verdict.get('spearman', float('nan')):.6f}")
     return "\n".join(lines)

@@ -101,7 +101,9 @@ def winograd_conv2d(x: torch.Tensor, weights: torch.Tensor, bias: Optional[torch
         count = p1 - p0
         v = scratch.get("v", (36, count, channels))
         m = scratch.get("m", (36, count, out_channels))
-        threads = kernels._threads(36 * count * max(channels, out_channels))
+        # Not kernels._threads' 2**20 cut-off: a chunk's transforms are ~0.1-1 ms of work, worth
+        # torch's threads whenever the user gave it several (at one thread nothing changes).
+        threads = max(1, torch.get_num_threads()) if 36 * count * max(channels, out_channels) >= 1 << 16 else 1
         core.winograd_input_transform(x.data_ptr(), v.data_ptr(), n, height, width, channels, p0, p1, threads)
         torch.bmm(v, weights, out=m)
         core.winograd_output_transform(m.data_ptr(), 0 if bias is None else bias.data_ptr(), y.data_ptr(), n, height,

@@ -9,7 +9,13 @@ import torch
 
 from .errors import ConfigError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "mixed")
+# "mixed" (secmi only): SecMI's t_sec/k - 1 inversion calls in bf16, the two round-trip
+# calls whose difference is the t-error in fp32. Measured on the demo target (200 members,
+# 200 holdout, 2026-11-28): all-bf16 t-errors were 20% (median) off fp32 with Spearman
+# 0.984 and TPR at 1% FPR fell from 8.0% to 2.5%; mixed was 0.47% off, Spearman 0.9995,
+# AUC 0.6112 against 0.6104 and TPR 8.5% against 8.0% (README, "Precision").
+MIXED_INVERSION = "bf16"
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -70,29 +76,44 @@ def cpu_bf16_speedup() -> float | None:
     return fp32 / max(bf16, 1e-12)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device, method: str | None = None) -> str:
     """Map 'auto' to the fastest precision whose attack results match fp32 on this device.
 
-    CUDA: bf16 (fp16 on GPUs without bf16). CPU: bf16 where the CPU has bf16 instructions
-    and a probe convolution runs at least 1.15x faster in bf16 than in fp32 (AMX), else
-    fp32. bench_scoring.py accuracy checks that the demo attack's AUC and TPR at 1% FPR
-    on bf16 scores stay within 0.005 of fp32's.
+    Where bf16 is fast (CUDA with bf16; a CPU with bf16 instructions on which a probe
+    convolution runs at least 1.15x faster in bf16 than in fp32, i.e. AMX): 'mixed' for
+    the secmi method (a t-error is a small difference of two reconstructions, which bf16
+    rounding swamps; see MIXED_INVERSION), bf16 for loss and pia (and when no method is
+    given). A GPU without bf16: fp16 for loss and pia, fp32 for secmi. Elsewhere fp32.
+    `qmia-fast bench --accuracy` compares the demo attack on each precision with fp32.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision = {precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    speedup = cpu_bf16_speedup()
-    return "bf16" if speedup is not None and speedup >= _BF16_MIN_SPEEDUP else "fp32"
+        if not torch.cuda.is_bf16_supported():
+            return "fp32" if method == "secmi" else "fp16"
+        fast_bf16 = True
+    else:
+        speedup = cpu_bf16_speedup()
+        fast_bf16 = speedup is not None and speedup >= _BF16_MIN_SPEEDUP
+    if not fast_bf16:
+        return "fp32"
+    return "mixed" if method == "secmi" else "bf16"
 
 
 def autocast_context(precision: str, device: torch.device):
-    """Autocast for the UNet call at the given (resolved) precision; a no-op for fp32."""
+    """Autocast for the UNet call at the given (resolved) precision; a no-op for fp32.
+
+    The weight-cast cache is off: each weight is used once per UNet call, so it saves
+    nothing, and cast copies cached across a CUDA graph's capture boundary are what
+    torch's graph documentation warns about.
+    """
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+    if precision == "mixed":
+        raise ConfigError("precision 'mixed' is resolved per UNet call; pass bf16 or fp32 here")
+    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision], cache_enabled=False)
 
 
 @contextlib.contextmanager

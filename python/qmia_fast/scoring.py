@@ -14,7 +14,7 @@ import torch
 
 from . import kernels
 from .errors import ConfigError, InputError
-from .precision import autocast_context, resolve_precision, exact_fp32_matmul
+from .precision import MIXED_INVERSION, autocast_context, resolve_precision, exact_fp32_matmul
 
 __all__ = ["METHODS", "ScoreConfig", "Scorer", "score", "validate_images", "to_model_range"]
 
@@ -66,6 +66,9 @@ def _check_config(cfg: ScoreConfig, T: int) -> None:
     else:
         if not 0 <= cfg.t < T:
             raise ConfigError(f"t = {cfg.t} is outside the schedule's timesteps [0, {T}); use 0 <= t < {T}")
+    if cfg.precision == "mixed" and cfg.method != "secmi":
+        raise ConfigError(f"precision 'mixed' (bf16 inversion, fp32 round trip) applies to the secmi method only; "
+                          f"use bf16 or fp32 for {cfg.method}")
     if cfg.method == "loss" and cfg.n_draws < 1:
         raise ConfigError(f"n_draws = {cfg.n_draws} must be at least 1")
     if cfg.method == "pia" and not (math.isfinite(cfg.p) and cfg.p > 0):
@@ -136,6 +139,11 @@ class Scorer:
     batch late, so the host never waits inside a batch. ``threads`` sets torch's
     intra-op threads while scoring (None: leave them as they are).
 
+    ``precision``: fp32 (exact float32: TF32 off), bf16 or fp16 (the UNet under autocast;
+    all arithmetic between UNet calls stays float32), mixed (secmi only: bf16 inversion,
+    fp32 round trip), or auto (precision.resolve_precision: mixed for secmi and bf16 for
+    loss/pia where bf16 hardware is fast, else fp32).
+
     ``fast_layers`` (CPU, float32): run the UNet's 3x3 convolutions as Winograd
     F(4x4, 3x3) and its GroupNorms with our NHWC kernel, on channels_last activations
     (qmia_fast.fastconv). None turns it on where it was measured faster: CPU at fp32.
@@ -152,7 +160,7 @@ class Scorer:
         if not callable(model) or not hasattr(model, "schedule"):
             raise InputError("model must be an eps-model from qmia_fast.load_model (callable (x, t) -> eps with .schedule)")
         self.device = _resolve_device(device, model)
-        resolved = resolve_precision(precision, self.device)
+        resolved = resolve_precision(precision, self.device, method=str(method))
         self.config = ScoreConfig(method=str(method), t_sec=int(t_sec), k=int(k), t=int(t), p=float(p),
                                   n_draws=int(n_draws), seed=_as_seed(seed), precision=resolved)
         _check_config(self.config, model.schedule.T)
@@ -305,9 +313,10 @@ class Scorer:
             self._timesteps[key] = ts
         return ts
 
-    def _eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
+    def _eps(self, x: torch.Tensor, t: int, precision: str | None = None) -> torch.Tensor:
         ts = self._timestep(x.shape[0], t, x.device)
-        with autocast_context(self.config.precision, x.device), (self._layers or contextlib.nullcontext()):
+        precision = precision or self.config.precision
+        with autocast_context(precision, x.device), (self._layers or contextlib.nullcontext()):
             eps = self._forward(x, ts)
         # The trajectory stays in float32 whatever precision the UNet runs in.
         if eps.dtype != torch.float32:
@@ -319,15 +328,21 @@ class Scorer:
     def _compute(self, x0: torch.Tensor, offset: int, samples: torch.Tensor | None = None) -> torch.Tensor:
         """float32 [n] scores of x0 (in [-1, 1]); the loss noise is keyed by offset + i, or samples[i] if given."""
         cfg = self.config
-        with torch.inference_mode(), exact_fp32_matmul(cfg.precision == "fp32"):
+        with torch.inference_mode(), exact_fp32_matmul(cfg.precision in ("fp32", "mixed")):
             if cfg.method == "secmi":
+                # mixed: the inversion only has to land near x~; the round trip's two calls,
+                # whose difference is the score, run in fp32.
+                mixed = cfg.precision == "mixed"
+                inversion_precision = MIXED_INVERSION if mixed else None
+                round_trip_precision = "fp32" if mixed else None
                 x = x0
                 *inversion, (t_up, _, c1_up, c2_up), (t_down, _, c1_dn, c2_dn) = self._steps
                 for t_cur, _t_next, c1, c2 in inversion:
-                    x = kernels.ddim_step(x, self._eps(x, t_cur), c1, c2)
+                    x = kernels.ddim_step(x, self._eps(x, t_cur, inversion_precision), c1, c2)
                 x_tilde = x
-                x_up = kernels.ddim_step(x_tilde, self._eps(x_tilde, t_up), c1_up, c2_up)
-                return kernels.ddim_step_sqerr(x_up, self._eps(x_up, t_down), c1_dn, c2_dn, x_tilde)
+                x_up = kernels.ddim_step(x_tilde, self._eps(x_tilde, t_up, round_trip_precision), c1_up, c2_up)
+                eps_down = self._eps(x_up, t_down, round_trip_precision)
+                return kernels.ddim_step_sqerr(x_up, eps_down, c1_dn, c2_dn, x_tilde)
             if cfg.method == "loss":
                 a = float(self.schedule.sqrt_abar_at(cfg.t))
                 b = float(self.schedule.sqrt_one_minus_abar_at(cfg.t))

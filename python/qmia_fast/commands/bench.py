@@ -100,9 +100,13 @@ def build_options(*, models: str, batch_sizes: str | None, precisions: str, devi
 @click.option("--accuracy", is_flag=True, default=False,
               help="Instead: run the demo attack on fp32 scores and on each --precisions' scores and compare "
                    "AUC and TPR at 1%% FPR (needs the trained demo target).")
+@click.option("--accuracy-method", default="recommended", show_default=True,
+              type=click.Choice(["recommended", "secmi", "loss", "pia"]),
+              help="Score used by --accuracy: the demo target's recommended one (what `qmia-fast attack` uses) "
+                   "or a method with its defaults.")
 @click.option("--out", "out_path", default=None, help="Write the JSON report here.")
 def bench(models, batch_sizes, precisions, device, threads, rounds, batches_per_job, quick, direct, slow_bf16, vote,
-          bag, matmul, accuracy, out_path):
+          bag, matmul, accuracy, accuracy_method, out_path):
     """Measure SecMI scoring throughput against a plain-PyTorch baseline in the same run (JSON + table).
 
     Nothing is asserted: the table reports images per second (wall and process CPU time),
@@ -124,7 +128,7 @@ def bench(models, batch_sizes, precisions, device, threads, rounds, batches_per_
         if threads is not None:
             torch.set_num_threads(threads)
         report = benchmark.accuracy_check([p for p in options.precisions if p != "fp32"] or ["auto"],
-                                          device=device, log=log)
+                                          device=device, method=accuracy_method, log=log)
         text = benchmark.format_accuracy(report)
     else:
         report = benchmark.run(options, log=log)

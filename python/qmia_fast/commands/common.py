@@ -79,8 +79,9 @@ def scoring_options(func):
                      help="Images per batch [default: 64 on CPU, 256 on CUDA]."),
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto."),
         click.option("--precision", default="auto", show_default=True, type=click.Choice(list(PRECISIONS)),
-                     help="UNet precision; auto picks the fastest whose attack results match fp32 "
-                          "(bf16 on GPUs and AMX/AVX512-BF16 CPUs, else fp32)."),
+                     help="UNet precision. mixed (secmi only): bf16 inversion, fp32 round trip. auto picks "
+                          "the fastest whose attack results match fp32: where bf16 is fast (GPUs, AMX CPUs) "
+                          "mixed for secmi and bf16 for loss/pia, else fp32."),
         click.option("--progress/--no-progress", default=True, show_default=True,
                      help="Progress bars on stderr."),
     )(func)
