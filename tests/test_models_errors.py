@@ -195,11 +195,17 @@ def test_corrupt_torchscript(tmp_path):
         load_model(path, config={"image_shape": [3, 8, 8], "schedule": {"T": 20}})
 
 
-def test_builtin_target_missing_is_reported():
-    if (BUILTIN_TARGET_DIR / "config.json").exists():
-        pytest.skip("the demo target is installed")
+def test_builtin_target_missing_is_reported(tmp_path, monkeypatch):
+    # As in an install whose assets were stripped: point the loader at an empty folder.
+    monkeypatch.setattr("qmia_fast.models.loader.BUILTIN_TARGET_DIR", tmp_path / "demo_target")
     with pytest.raises(ModelLoadError, match="demo target is not installed"):
         load_model("builtin")
+
+
+def test_builtin_target_loads_and_is_a_ddpm_unet():
+    assert (BUILTIN_TARGET_DIR / "config.json").exists(), "the shipped demo target is missing from the package"
+    model = load_model("builtin")
+    assert model.image_shape == (1, 28, 28) and model.schedule.T == 1000
 
 
 def test_every_error_is_a_qmia_error():
