@@ -35,9 +35,11 @@ class RegressorConfig:
     device: str = "cpu"
     batched: bool | None = None  # None: one grouped network for the bag where measured faster
     # torch intra-op threads for training and prediction on CPU (None: torch's own setting).
-    # These convolutions are tiny: a second thread gains little on an idle machine, and on a
-    # shared one spinning threads were 3-15x slower than one (bench/bench_attack.py).
-    threads: int | None = 1
+    # On the idle 2-core development machine the demo bag fit took 17 s with torch's 2
+    # threads against 29 s with one (2026-11-28); on a machine shared with other jobs,
+    # spinning threads were 3-15x slower than one, so pass threads=1 (or set
+    # OMP_NUM_THREADS=1) there.
+    threads: int | None = None
 
     def validate(self) -> "RegressorConfig":
         if self.stem_stride is not None and (not isinstance(self.stem_stride, (int, np.integer))

@@ -168,7 +168,8 @@ def run_attack(options: dict, trust_checkpoint: bool, progress: bool, overwrite:
     if written["note"]:
         say(written["note"])
     click.echo(format_summary_table(report))
-    click.echo(f"\nwrote {', '.join(p.name for p in written['files'])} to {out}/ in {timings['total_s']:.0f} s "
+    names = [p.name for p in written["files"]] + ["attack.pt"]
+    click.echo(f"\nwrote {', '.join(names)} to {out}/ in {timings['total_s']:.0f} s "
                f"(scoring {timings['score_s']:.0f} s, bag fit {timings['fit_s']:.0f} s)")
 
 
