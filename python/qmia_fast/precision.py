@@ -13,8 +13,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16", "mixed")
 # "mixed" (secmi only): SecMI's t_sec/k - 1 inversion calls in bf16, the two round-trip
 # calls whose difference is the t-error in fp32. Measured on the demo target (200 members,
 # 200 holdout, 2026-11-28): all-bf16 t-errors were 20% (median) off fp32 with Spearman
-# 0.984 and TPR at 1% FPR fell from 8.0% to 2.5%; mixed was 0.47% off, Spearman 0.9995,
-# AUC 0.6112 against 0.6104 and TPR 8.5% against 8.0% (README, "Precision").
+# 0.984 and TPR at 1% FPR fell from 8.0% to 2.5%; mixed was 0.46% off, Spearman 0.9995,
+# AUC 0.6112 against 0.6104 and the same TPR, 8.0% (bench/bench_secmi_precision.py).
 MIXED_INVERSION = "bf16"
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
