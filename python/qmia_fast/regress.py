@@ -674,10 +674,10 @@ def fit_bag(images, targets, plans: Sequence[SamplePlan], seeds: Sequence[int], 
 def default_batched(device: torch.device) -> bool:
     """Train the bag as one grouped network rather than member by member?
 
-    On CPU (bench/bench_attack.py, one thread, B = 7) at the demo size, 1 x 28 x 28 and
-    N = 2000, the grouped network was 1.2x faster per epoch and a whole fit with early
-    stopping took 34 s against 40 s; at 3 x 32 x 32, N = 5000, the loop was 1.1x faster
-    per epoch. On CUDA the members' small kernels are launch-bound, so one network for all
+    On CPU (bench/bench_attack.py, B = 7, torch's 2 threads on an idle 2-core machine,
+    2026-11-28) the grouped network was 1.70x faster per epoch at the demo size
+    (1 x 28 x 28, N = 2000) and 1.32x at 3 x 32 x 32, N = 5000. (At one thread on a busy
+    machine it had been 1.2x and 0.9x.) On CUDA the members' small kernels are launch-bound, so one network for all
     B does 1/B of the launches (not measured: no GPU was available).
     """
     return True
