@@ -5,9 +5,6 @@
 #include <atomic>
 #include <vector>
 
-#if defined(QMIA_HAVE_OPENMP)
-#include <omp.h>
-#endif
 #if QMIA_X86_DISPATCH
 #include <immintrin.h>
 #endif
@@ -17,6 +14,7 @@
 #include "common/row_reduce.h"
 #include "common/storage_types.h"
 #include "common/vote.h"
+#include "cpu/cpu_dispatch.h"
 
 namespace qmia {
 namespace cpu {
@@ -29,17 +27,7 @@ constexpr int64_t kElementwiseChunk = 1 << 14;
 
 template <typename Fn>
 void parallel_tasks(int64_t n_tasks, int64_t elements_per_task, int num_threads, const Fn& fn) {
-#if defined(QMIA_HAVE_OPENMP)
-  const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
-  if (threads > 1 && n_tasks > 1 && n_tasks * elements_per_task >= kParallelMinElements) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t task = 0; task < n_tasks; ++task) fn(task);
-    return;
-  }
-#else
-  (void)num_threads;
-#endif
-  for (int64_t task = 0; task < n_tasks; ++task) fn(task);
+  parallel_for(n_tasks, n_tasks * elements_per_task >= kParallelMinElements ? num_threads : 1, fn);
 }
 
 // Calls fn(ptr_type_tag) with the storage type named by dtype.
@@ -75,12 +63,6 @@ void for_each_run(const RowLayout& layout, int64_t begin, int64_t end, const Fn&
     e += length;
   }
 }
-
-#if defined(__GNUC__)
-#define QMIA_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define QMIA_ALWAYS_INLINE inline
-#endif
 
 void check_noise_args(int64_t n_rows, const RowLayout& layout, const SampleIndex& samples) {
   check_size(n_rows, "n_rows");
@@ -120,31 +102,13 @@ namespace isa_generic {
 }  // namespace isa_generic
 
 #if QMIA_X86_DISPATCH
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2")
-#endif
+QMIA_BEGIN_AVX2
 namespace isa_avx2 {
 #define QMIA_CPU_ISA_AVX2 1
 #include "cpu/kernels_cpu_loops.inc"
 #undef QMIA_CPU_ISA_AVX2
 }  // namespace isa_avx2
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-#endif
-
-// Runs isa_avx2::name(args) or isa_generic::name(args), whichever the CPU (and any cap
-// set by force_simd_level) allows.
-#if QMIA_X86_DISPATCH
-#define QMIA_CPU_DISPATCH(name, ...)                                                   \
-  (active_simd_level() == SimdLevel::kAvx2 ? isa_avx2::name(__VA_ARGS__) : isa_generic::name(__VA_ARGS__))
-#else
-#define QMIA_CPU_DISPATCH(name, ...) isa_generic::name(__VA_ARGS__)
+QMIA_END_AVX2
 #endif
 
 }  // namespace
@@ -199,7 +163,7 @@ void philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, R
   const int64_t row_length = layout.row_length;
   check_pointer(out, n_rows * row_length, "out");
   if (n_rows == 0 || row_length == 0) return;
-  QMIA_CPU_DISPATCH(philox_normal_rows, out, dtype, n_rows, layout, philox_key(seed), samples, stream, num_threads);
+  QMIA_SIMD_DISPATCH(philox_normal_rows, out, dtype, n_rows, layout, philox_key(seed), samples, stream, num_threads);
 }
 
 void noise_inject(const void* x0 /* [n_rows, D] */, RowCoefficient a /* [n_rows] or scalar */,
@@ -214,7 +178,7 @@ void noise_inject(const void* x0 /* [n_rows, D] */, RowCoefficient a /* [n_rows]
   check_coefficient(a, "a");
   check_coefficient(b, "b");
   if (n_rows == 0 || row_length == 0) return;
-  QMIA_CPU_DISPATCH(noise_inject_rows, x0, a, b, x_t, eps_out, dtype, n_rows, layout, philox_key(seed), samples,
+  QMIA_SIMD_DISPATCH(noise_inject_rows, x0, a, b, x_t, eps_out, dtype, n_rows, layout, philox_key(seed), samples,
                     stream, num_threads);
 }
 
@@ -226,7 +190,7 @@ void eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [n_rows]
   check_pointer(eps_pred, n_rows * row_length, "eps_pred");
   check_pointer(out, n_rows, "out");
   if (n_rows == 0) return;
-  QMIA_CPU_DISPATCH(eps_sq_error_rows, eps_pred, out, dtype, n_rows, layout, philox_key(seed), samples, stream,
+  QMIA_SIMD_DISPATCH(eps_sq_error_rows, eps_pred, out, dtype, n_rows, layout, philox_key(seed), samples, stream,
                     num_threads);
 }
 
@@ -243,7 +207,7 @@ void ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] *
   check_coefficient(c1, "c1");
   check_coefficient(c2, "c2");
   if (n_rows == 0 || row_length == 0) return;
-  QMIA_CPU_DISPATCH(ddim_step_rows, x, eps, c1, c2, out, dtype, n_rows, row_length, num_threads);
+  QMIA_SIMD_DISPATCH(ddim_step_rows, x, eps, c1, c2, out, dtype, n_rows, row_length, num_threads);
 }
 
 void ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */,
@@ -262,7 +226,7 @@ void ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* [n_rows
   check_coefficient(c2, "c2");
   check_pointer(out, n_rows, "out");
   if (n_rows == 0) return;
-  QMIA_CPU_DISPATCH(ddim_step_sqerr_rows, x, eps, c1, c2, ref, out, dtype, n_rows, layout, num_threads);
+  QMIA_SIMD_DISPATCH(ddim_step_sqerr_rows, x, eps, c1, c2, ref, out, dtype, n_rows, layout, num_threads);
 }
 
 void pnorm_error(const void* a /* [n_rows, D] */, const void* b /* [n_rows, D] */, float* out /* [n_rows] */,
@@ -277,7 +241,7 @@ void pnorm_error(const void* a /* [n_rows, D] */, const void* b /* [n_rows, D] *
   check_pointer(b, n_rows * row_length, "b");
   check_pointer(out, n_rows, "out");
   if (n_rows == 0) return;
-  QMIA_CPU_DISPATCH(pnorm_error_rows, a, b, out, dtype, n_rows, layout, p, num_threads);
+  QMIA_SIMD_DISPATCH(pnorm_error_rows, a, b, out, dtype, n_rows, layout, p, num_threads);
 }
 
 void vote(const void* scores /* [n_samples] strided */, const void* thresholds /* [n_models, n_samples] strided */,

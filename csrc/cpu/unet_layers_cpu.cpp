@@ -6,11 +6,8 @@
 #include <cstring>
 #include <vector>
 
-#if defined(QMIA_HAVE_OPENMP)
-#include <omp.h>
-#endif
-
 #include "common/qmia_common.h"
+#include "cpu/cpu_dispatch.h"
 #include "cpu/kernels_cpu.h"
 
 namespace qmia {
@@ -22,50 +19,16 @@ namespace {
 constexpr int64_t kChannelBlock = 64;
 alignas(64) const float kZeros[kChannelBlock] = {};
 
-#if defined(__GNUC__)
-#define QMIA_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define QMIA_ALWAYS_INLINE inline
-#endif
-
-template <typename Fn>
-void parallel_for(int64_t n, int num_threads, const Fn& fn) {
-#if defined(QMIA_HAVE_OPENMP)
-  const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
-  if (threads > 1 && n > 1) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t i = 0; i < n; ++i) fn(i);
-    return;
-  }
-#else
-  (void)num_threads;
-#endif
-  for (int64_t i = 0; i < n; ++i) fn(i);
-}
-
 namespace isa_generic {
 #include "cpu/unet_layers_cpu_loops.inc"
 }  // namespace isa_generic
 
 #if QMIA_X86_DISPATCH
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2")
-#endif
+QMIA_BEGIN_AVX2
 namespace isa_avx2 {
 #include "cpu/unet_layers_cpu_loops.inc"
 }  // namespace isa_avx2
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-#define QMIA_LAYERS_DISPATCH(name, ...) \
-  (active_simd_level() == SimdLevel::kAvx2 ? isa_avx2::name(__VA_ARGS__) : isa_generic::name(__VA_ARGS__))
-#else
-#define QMIA_LAYERS_DISPATCH(name, ...) isa_generic::name(__VA_ARGS__)
+QMIA_END_AVX2
 #endif
 
 void check_geometry(int64_t n, int64_t height, int64_t width, int64_t channels, int64_t p0, int64_t p1) {
@@ -99,7 +62,7 @@ void winograd_input_transform(const float* x /* [n, height, width, channels] */,
   check_pointer(x, n * height * width * channels, "x");
   check_pointer(v, 36 * (p1 - p0) * channels, "v");
   if (p1 == p0 || channels == 0) return;
-  QMIA_LAYERS_DISPATCH(input_tiles, x, v, height, width, channels, p0, p1, num_threads);
+  QMIA_SIMD_DISPATCH(input_tiles, x, v, height, width, channels, p0, p1, num_threads);
 }
 
 void winograd_output_transform(const float* m /* [36, p1 - p0, out_channels] */,
@@ -110,7 +73,7 @@ void winograd_output_transform(const float* m /* [36, p1 - p0, out_channels] */,
   check_pointer(m, 36 * (p1 - p0) * out_channels, "m");
   check_pointer(y, n * height * width * out_channels, "y");
   if (p1 == p0 || out_channels == 0) return;
-  QMIA_LAYERS_DISPATCH(output_tiles, m, bias, y, height, width, out_channels, p0, p1, num_threads);
+  QMIA_SIMD_DISPATCH(output_tiles, m, bias, y, height, width, out_channels, p0, p1, num_threads);
 }
 
 void group_norm_nhwc(const float* x /* [n, pixels, channels] */, const float* gamma /* [channels] or null */,
@@ -127,7 +90,7 @@ void group_norm_nhwc(const float* x /* [n, pixels, channels] */, const float* ga
   check_pointer(x, n * pixels * channels, "x");
   check_pointer(y, n * pixels * channels, "y");
   if (n == 0 || pixels == 0 || channels == 0) return;
-  QMIA_LAYERS_DISPATCH(group_norm_images, x, gamma, beta, y, n, pixels, channels, groups, eps, silu, num_threads);
+  QMIA_SIMD_DISPATCH(group_norm_images, x, gamma, beta, y, n, pixels, channels, groups, eps, silu, num_threads);
 }
 
 }  // namespace cpu

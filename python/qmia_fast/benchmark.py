@@ -466,6 +466,7 @@ def accuracy_check(precisions: Sequence[str] = ("auto",), device: str = "cpu", b
     """
     from . import metrics
     from .attack import QuantileAttack
+    from .commands.common import resolve_score_options
     from .data import load_data
     from .models import BUILTIN_TARGET_DIR, load_model
     from .scoring import Scorer
@@ -490,14 +491,10 @@ def accuracy_check(precisions: Sequence[str] = ("auto",), device: str = "cpu", b
                               "tpr_at_1%fpr": float(metrics.tpr_at_fpr(method.score, labels, 0.01))}
                 for method_name, method in result.methods().items()}
 
-    if method == "recommended":
-        recommended = dict((getattr(model, "config", None) or {}).get("metadata", {}).get("recommended_score") or {})
-        recommended.pop("why", None)
-        score_kwargs = recommended or {"method": "secmi"}
-    elif method in ("secmi", "loss", "pia"):
-        score_kwargs = {"method": method}
-    else:
+    if method not in ("recommended", "secmi", "loss", "pia"):
         raise ConfigError(f"method = {method!r} must be recommended, secmi, loss or pia")
+    # The settings `qmia-fast attack` would use: the model's recommendation unless a method is named.
+    score_kwargs, _ = resolve_score_options(model, {"method": None if method == "recommended" else method})
     reference = "fp32-direct"
     variants = {reference: {"precision": "fp32", "fast_layers": False if device == "cpu" else None}}
     for precision in precisions:
