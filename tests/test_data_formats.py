@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qmia_fast import data as data_module
+from qmia_fast.data import loader as data_module
 from qmia_fast.data import BUILTIN_DATA, LoadedData, load_data, save_data
 from qmia_fast.errors import ConfigError, DataError, InputError, QmiaError
-from qmia_fast.split import Split
+from qmia_fast.data.split import Split
 
 from test_data_helpers import cifar_pickle, idx_bytes, npz_bytes, png_bytes, py2_cifar_pickle
 
@@ -520,7 +520,7 @@ def test_save_data_validates(tmp_path):
 def test_data_module_does_not_import_torch():
     import subprocess
 
-    code = ("import sys; import qmia_fast.data, qmia_fast.split, qmia_fast.safe_pickle; "
+    code = ("import sys; import qmia_fast.data, qmia_fast.data.split, qmia_fast.data.safe_pickle; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     subprocess.run([sys.executable, "-c", code], check=True, env=env)

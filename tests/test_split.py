@@ -9,7 +9,7 @@ import pytest
 
 from qmia_fast.data import load_data
 from qmia_fast.errors import ConfigError, SplitError
-from qmia_fast.split import (
+from qmia_fast.data.split import (
     Split, load_split, partition_nonmembers, read_index_file, save_split, split_from_members, split_from_secmi,
 )
 

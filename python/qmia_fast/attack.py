@@ -14,6 +14,7 @@ import torch
 from . import regress
 from .atomic_io import atomic_path
 from .errors import ConfigError, DataError, InputError
+from .runtime import resolve_device
 
 # Method names as they appear in reports, in display order.
 BAG, SINGLE, MARGINAL = "qmia_bag", "single_regressor", "marginal_threshold"
@@ -237,7 +238,7 @@ class QuantileAttack:
         attack = cls(params["alpha"], params["n_models"], params["levels"], params["seed"],
                      score=params["score"], calibrate=params["calibrate"], baselines=params["baselines"],
                      **options)
-        target = regress.resolve_device(options["device"])
+        target = resolve_device(options["device"], default="cpu")
         attack.bag = regress.QuantileBag.from_state(state["bag"])
         attack.bag.network.to(target)
         if state["single"] is not None:

@@ -5,7 +5,7 @@ from typing import Type
 
 import numpy as np
 
-from .errors import DataError, QmiaError
+from ..errors import DataError, QmiaError
 
 __all__ = ["LAYOUTS", "CHANNEL_COUNTS", "resolve_layout", "to_uint8_nchw"]
 

@@ -9,9 +9,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import atomic_io
-from .data_formats import NpzReader, read_npy, sniff_format
-from .errors import ConfigError, QmiaError, SplitError
+from .. import atomic_io
+from .formats import NpzReader, read_npy, sniff_format
+from ..errors import ConfigError, QmiaError, SplitError
 
 __all__ = [
     "Split", "load_split", "save_split", "split_from_secmi", "split_from_members",

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 import numpy as np
 
-from .errors import DataError, QmiaError, require_extra
+from ..errors import DataError, QmiaError, require_extra
 from .safe_pickle import checked_element_count, materialize_array, safe_unpickle
 
 __all__ = [

@@ -7,26 +7,19 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import atomic_io
-from .data_formats import (
+from .. import atomic_io
+from .formats import (
     NpzReader, cifar_rows_to_nchw, find_cifar_batches, find_idx_images, idx_labels_path, read_cifar_batch,
     read_idx, read_image_folder, read_npy, sniff_format,
 )
-from .data_layout import resolve_layout, to_uint8_nchw
-from .errors import ConfigError, DataError, InputError
-from .split import (
-    Split, load_split, partition_nonmembers, read_index_file, save_split, split_from_arrays, split_from_members,
-    split_from_secmi,
-)
+from .layout import to_uint8_nchw
+from ..errors import ConfigError, DataError, InputError
+from .split import Split, load_split, split_from_arrays, split_from_members
 
-__all__ = [
-    "load_data", "LoadedData", "save_data", "BUILTIN_DATA", "FORMATS", "PARTS", "to_uint8_nchw",
-    "resolve_layout", "Split", "load_split", "save_split", "split_from_secmi", "split_from_members",
-    "partition_nonmembers", "read_index_file",
-]
+__all__ = ["load_data", "LoadedData", "save_data", "BUILTIN_DATA", "FORMATS", "PARTS"]
 
 # The shipped demo: images uint8 N x C x H x W, members/public/holdout int64, optional labels.
-BUILTIN_DATA = Path(__file__).resolve().parent / "assets" / "demo_data.npz"
+BUILTIN_DATA = Path(__file__).resolve().parent.parent / "assets" / "demo_data.npz"
 FORMATS = ("auto", "npy", "npz", "idx", "cifar", "images")
 PARTS = ("train", "test", "all")
 _IMAGE_KEYS = ("images", "x")

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 __all__ = ["safe_unpickle", "materialize_array", "checked_element_count"]
 
