@@ -258,11 +258,13 @@ def test_vote_matches_numpy_with_many_ties(dtype, n_models, device):
     scores = torch.randint(0, 5, (1001,), generator=g).to(dtype)
     thresholds = torch.randint(0, 5, (n_models, 1001), generator=g).to(dtype)
     votes, decision, margin = (t.cpu() for t in K.vote(scores.to(device), thresholds.to(device)))
-    assert votes.dtype == torch.int32 and decision.dtype == torch.bool and margin.dtype == torch.float32
+    # The margin is the bag's membership score: float64 for float64 inputs, float32 for the rest.
+    margin_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    assert votes.dtype == torch.int32 and decision.dtype == torch.bool and margin.dtype == margin_dtype
     ref_votes, ref_decision, ref_margin = _numpy_vote(scores, thresholds)
     assert np.array_equal(votes.numpy(), ref_votes)
     assert np.array_equal(decision.numpy(), ref_decision)
-    assert np.array_equal(margin.numpy(), ref_margin.astype(np.float32))
+    assert np.array_equal(margin.numpy(), ref_margin.astype(margin.numpy().dtype))
 
 
 def test_vote_compares_in_the_promoted_dtype_and_takes_any_strides():
@@ -272,7 +274,7 @@ def test_vote_compares_in_the_promoted_dtype_and_takes_any_strides():
     assert votes.tolist() == [1, 0, 0] and decision.tolist() == [True, False, False]
     mixed = K.vote(scores.float(), torch.tensor([[1.5, 1.5, 1.5]], dtype=torch.float64))
     assert mixed[0].tolist() == [1, 1, 0]
-    assert torch.allclose(mixed[2], torch.tensor([0.5, 0.5, -0.5]))
+    assert mixed[2].dtype == torch.float64 and mixed[2].tolist() == [0.5, 0.5, -0.5]
 
 
 def test_vote_edge_cases():
@@ -284,6 +286,15 @@ def test_vote_edge_cases():
     votes, decision, margin = K.vote(scores, torch.tensor([[1.0, 1.0, float("nan")]]))
     assert votes.tolist() == [1, 0, 0] and decision.tolist() == [True, False, False]
     assert margin[0].item() == 1.0 and math.isnan(margin[1].item()) and math.isnan(margin[2].item())
+
+
+def test_vote_margin_of_float64_inputs_is_float64():
+    # Scores 1e-12 apart: a float32 margin would make them one tie and move the exact ROC.
+    scores = torch.tensor([0.5, 0.5 + 1e-12, 0.5 + 2e-12], dtype=torch.float64)
+    thresholds = torch.tensor([[1.0, 1.0, 1.0], [0.25, 0.25, 0.25], [2.0 / 3.0] * 3], dtype=torch.float64)
+    _, _, margin = K.vote(scores, thresholds)
+    assert margin.dtype == torch.float64 and margin.unique().numel() == 3
+    torch.testing.assert_close(margin, (thresholds - scores).mean(dim=0), rtol=0, atol=1e-15)
 
 
 def test_vote_margin_accumulates_in_float64():

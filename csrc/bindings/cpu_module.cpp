@@ -187,7 +187,7 @@ PYBIND11_MODULE(_cpu, m) {
         py::gil_scoped_release release;
         qmia::cpu::vote(as_pointer<const void>(scores), as_pointer<const void>(thresholds), dtype, n_samples,
                         n_models, score_stride, model_stride, sample_stride, as_pointer<int32_t>(votes),
-                        as_pointer<uint8_t>(decision), as_pointer<float>(margin), num_threads);
+                        as_pointer<uint8_t>(decision), as_pointer<void>(margin), num_threads);
       },
       py::arg("scores"), py::arg("thresholds"), py::arg("dtype"), py::arg("n_samples"), py::arg("n_models"),
       py::arg("score_stride"), py::arg("model_stride"), py::arg("sample_stride"), py::arg("votes"),

@@ -130,9 +130,9 @@ PYBIND11_MODULE(_cuda, m) {
 
   m.def(
       "eps_sq_error",
-      [](uintptr_t eps_pred, uintptr_t out, uintptr_t workspace, int32_t dtype, int64_t n_rows, int64_t row_length,
-         int32_t channels_last, int64_t channels, int64_t plane, uint64_t seed, uint64_t offset, uintptr_t samples,
-         uint32_t stream_id, int device, uintptr_t stream) {
+      [](uintptr_t eps_pred, uintptr_t out, int32_t dtype, int64_t n_rows, int64_t row_length, int32_t channels_last,
+         int64_t channels, int64_t plane, uint64_t seed, uint64_t offset, uintptr_t samples, uint32_t stream_id,
+         uintptr_t workspace, int device, uintptr_t stream) {
         const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
         py::gil_scoped_release release;
         DeviceGuard guard(device);
@@ -142,9 +142,9 @@ PYBIND11_MODULE(_cuda, m) {
                                                 as_stream(stream)),
                        "eps_sq_error");
       },
-      py::arg("eps_pred"), py::arg("out"), py::arg("workspace"), py::arg("dtype"), py::arg("n_rows"),
-      py::arg("row_length"), py::arg("channels_last"), py::arg("channels"), py::arg("plane"), py::arg("seed"),
-      py::arg("offset"), py::arg("samples"), py::arg("stream_id"), py::arg("device"), py::arg("cuda_stream"));
+      py::arg("eps_pred"), py::arg("out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"),
+      py::arg("channels_last"), py::arg("channels"), py::arg("plane"), py::arg("seed"), py::arg("offset"),
+      py::arg("samples"), py::arg("stream_id"), py::arg("workspace"), py::arg("device"), py::arg("cuda_stream"));
 
   m.def(
       "ddim_step",
@@ -165,8 +165,8 @@ PYBIND11_MODULE(_cuda, m) {
   m.def(
       "ddim_step_sqerr",
       [](uintptr_t x, uintptr_t eps, uintptr_t c1, float c1_value, uintptr_t c2, float c2_value, uintptr_t ref,
-         uintptr_t out, uintptr_t workspace, int32_t dtype, int64_t n_rows, int64_t row_length, int32_t channels_last,
-         int64_t channels, int64_t plane, int device, uintptr_t stream) {
+         uintptr_t out, int32_t dtype, int64_t n_rows, int64_t row_length, int32_t channels_last, int64_t channels,
+         int64_t plane, uintptr_t workspace, int device, uintptr_t stream) {
         const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
         py::gil_scoped_release release;
         DeviceGuard guard(device);
@@ -179,14 +179,14 @@ PYBIND11_MODULE(_cuda, m) {
                        "ddim_step_sqerr");
       },
       py::arg("x"), py::arg("eps"), py::arg("c1"), py::arg("c1_value"), py::arg("c2"), py::arg("c2_value"),
-      py::arg("ref"), py::arg("out"), py::arg("workspace"), py::arg("dtype"), py::arg("n_rows"),
-      py::arg("row_length"), py::arg("channels_last"), py::arg("channels"), py::arg("plane"), py::arg("device"),
+      py::arg("ref"), py::arg("out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"),
+      py::arg("channels_last"), py::arg("channels"), py::arg("plane"), py::arg("workspace"), py::arg("device"),
       py::arg("cuda_stream"));
 
   m.def(
       "pnorm_error",
-      [](uintptr_t a, uintptr_t b, uintptr_t out, uintptr_t workspace, int32_t dtype, int64_t n_rows,
-         int64_t row_length, int32_t channels_last, int64_t channels, int64_t plane, float p, int device,
+      [](uintptr_t a, uintptr_t b, uintptr_t out, int32_t dtype, int64_t n_rows, int64_t row_length,
+         int32_t channels_last, int64_t channels, int64_t plane, float p, uintptr_t workspace, int device,
          uintptr_t stream) {
         const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
         py::gil_scoped_release release;
@@ -196,8 +196,8 @@ PYBIND11_MODULE(_cuda, m) {
                                                layout, p, as_stream(stream)),
                        "pnorm_error");
       },
-      py::arg("a"), py::arg("b"), py::arg("out"), py::arg("workspace"), py::arg("dtype"), py::arg("n_rows"),
-      py::arg("row_length"), py::arg("channels_last"), py::arg("channels"), py::arg("plane"), py::arg("p"),
+      py::arg("a"), py::arg("b"), py::arg("out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"),
+      py::arg("channels_last"), py::arg("channels"), py::arg("plane"), py::arg("p"), py::arg("workspace"),
       py::arg("device"), py::arg("cuda_stream"));
 
   m.def(
@@ -210,7 +210,7 @@ PYBIND11_MODULE(_cuda, m) {
         throw_on_error(qmia::cuda::vote(as_pointer<const void>(scores), as_pointer<const void>(thresholds), dtype,
                                         n_samples, n_models, score_stride, model_stride, sample_stride,
                                         as_pointer<int32_t>(votes), as_pointer<uint8_t>(decision),
-                                        as_pointer<float>(margin), as_stream(stream)),
+                                        as_pointer<void>(margin), as_stream(stream)),
                        "vote");
       },
       py::arg("scores"), py::arg("thresholds"), py::arg("dtype"), py::arg("n_samples"), py::arg("n_models"),

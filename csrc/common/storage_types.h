@@ -90,4 +90,25 @@ QMIA_HD uint32_t store_float_bits<bf16_t>(float value) { return float_to_bf16(va
 template <>
 QMIA_HD uint32_t store_float_bits<f16_t>(float value) { return float_to_f16(value).bits; }
 
+// Calls fn(TypeTag<S>{}) with the storage type S that dtype names (double for kFloat64
+// where kAllowFloat64) and returns its result; an unknown code throws.
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+template <bool kAllowFloat64 = false, typename Fn>
+auto dispatch_storage(int32_t dtype, const Fn& fn) -> decltype(fn(TypeTag<float>{})) {
+  switch (dtype) {
+    case kFloat32: return fn(TypeTag<float>{});
+    case kBFloat16: return fn(TypeTag<bf16_t>{});
+    case kFloat16: return fn(TypeTag<f16_t>{});
+    default:
+      if constexpr (kAllowFloat64) {
+        if (dtype == kFloat64) return fn(TypeTag<double>{});
+      }
+  }
+  throw std::invalid_argument("qmia_fast core: unknown dtype code " + std::to_string(dtype));
+}
+
 }  // namespace qmia

@@ -10,6 +10,7 @@
 #endif
 
 #include "common/ddim_step.h"
+#include "common/kernel_checks.h"
 #include "common/philox.h"
 #include "common/row_reduce.h"
 #include "common/storage_types.h"
@@ -30,22 +31,6 @@ void parallel_tasks(int64_t n_tasks, int64_t elements_per_task, int num_threads,
   parallel_for(n_tasks, n_tasks * elements_per_task >= kParallelMinElements ? num_threads : 1, fn);
 }
 
-// Calls fn(ptr_type_tag) with the storage type named by dtype.
-template <typename T>
-struct TypeTag {
-  using type = T;
-};
-
-template <typename Fn>
-void dispatch_storage(int32_t dtype, const Fn& fn) {
-  switch (dtype) {
-    case kFloat32: fn(TypeTag<float>{}); return;
-    case kBFloat16: fn(TypeTag<bf16_t>{}); return;
-    case kFloat16: fn(TypeTag<f16_t>{}); return;
-    default: require(false, "unknown dtype code " + std::to_string(dtype));
-  }
-}
-
 // Visits the logical range [begin, end) of a row as runs that are evenly strided in
 // memory: one run in C order; one run per channel plane in channels_last.
 template <typename Fn>
@@ -64,20 +49,6 @@ void for_each_run(const RowLayout& layout, int64_t begin, int64_t end, const Fn&
   }
 }
 
-void check_noise_args(int64_t n_rows, const RowLayout& layout, const SampleIndex& samples) {
-  check_size(n_rows, "n_rows");
-  check_layout(layout);
-  check_rows_times_length(n_rows, layout.row_length);
-  if (samples.per_row == nullptr) {
-    require(samples.offset <= UINT64_MAX - uint64_t(n_rows), "offset + n_rows overflows the 64-bit sample index");
-    return;
-  }
-  for (int64_t row = 0; row < n_rows; ++row) {
-    require(samples.per_row[row] >= 0, "sample index of row " + std::to_string(row) + " is negative (" +
-                                           std::to_string(samples.per_row[row]) + ")");
-  }
-}
-
 std::atomic<int> g_forced_simd{-1};  // -1: the best the CPU supports
 
 SimdLevel best_simd_level() {
@@ -91,7 +62,7 @@ SimdLevel best_simd_level() {
 
 // ---- the chunk loops, once per instruction set ------------------------------------------
 // The wheel is built for baseline x86-64; the AVX2 copy is picked at run time. Helpers
-// defined above (parallel_tasks, dispatch_storage, for_each_run) stay baseline code and
+// defined outside (parallel_tasks, dispatch_storage, for_each_run) stay baseline code and
 // only call into the per-ISA lambdas, so no AVX2 instruction can leak into a path that
 // runs on a CPU without it.
 
@@ -135,11 +106,7 @@ int max_threads() {
 
 void philox_uint32(uint32_t* out /* [n_rows, n_groups, 4] */, int64_t n_rows, int64_t n_groups, uint64_t seed,
                    uint64_t offset, uint32_t stream, int num_threads) {
-  check_size(n_rows, "n_rows");
-  check_size(n_groups, "n_groups");
-  require(n_groups <= (int64_t(1) << 32), "n_groups above 2^32");
-  check_rows_times_length(n_rows, 4 * n_groups);
-  check_pointer(out, n_rows * n_groups, "out");
+  check_philox_uint32(out, n_rows, n_groups);
   if (n_rows == 0 || n_groups == 0) return;
   const PhiloxKey key = philox_key(seed);
   parallel_tasks(n_rows, 4 * n_groups, num_threads, [&](int64_t row) {
@@ -158,11 +125,8 @@ void philox_uint32(uint32_t* out /* [n_rows, n_groups, 4] */, int64_t n_rows, in
 
 void philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed,
                    SampleIndex samples, uint32_t stream, int num_threads) {
-  check_dtype(dtype);
-  check_noise_args(n_rows, layout, samples);
-  const int64_t row_length = layout.row_length;
-  check_pointer(out, n_rows * row_length, "out");
-  if (n_rows == 0 || row_length == 0) return;
+  check_philox_normal(out, dtype, n_rows, layout, samples, SampleMemory::kHost);
+  if (n_rows == 0 || layout.row_length == 0) return;
   QMIA_SIMD_DISPATCH(philox_normal_rows, out, dtype, n_rows, layout, philox_key(seed), samples, stream, num_threads);
 }
 
@@ -170,25 +134,15 @@ void noise_inject(const void* x0 /* [n_rows, D] */, RowCoefficient a /* [n_rows]
                   RowCoefficient b /* [n_rows] or scalar */, void* x_t /* [n_rows, D] */,
                   void* eps_out /* [n_rows, D] or null */, int32_t dtype, int64_t n_rows, RowLayout layout,
                   uint64_t seed, SampleIndex samples, uint32_t stream, int num_threads) {
-  check_dtype(dtype);
-  check_noise_args(n_rows, layout, samples);
-  const int64_t row_length = layout.row_length;
-  check_pointer(x0, n_rows * row_length, "x0");
-  check_pointer(x_t, n_rows * row_length, "x_t");
-  check_coefficient(a, "a");
-  check_coefficient(b, "b");
-  if (n_rows == 0 || row_length == 0) return;
+  check_noise_inject(x0, a, b, x_t, dtype, n_rows, layout, samples, SampleMemory::kHost);
+  if (n_rows == 0 || layout.row_length == 0) return;
   QMIA_SIMD_DISPATCH(noise_inject_rows, x0, a, b, x_t, eps_out, dtype, n_rows, layout, philox_key(seed), samples,
                     stream, num_threads);
 }
 
 void eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [n_rows] */, int32_t dtype, int64_t n_rows,
                   RowLayout layout, uint64_t seed, SampleIndex samples, uint32_t stream, int num_threads) {
-  check_dtype(dtype);
-  check_noise_args(n_rows, layout, samples);
-  const int64_t row_length = layout.row_length;
-  check_pointer(eps_pred, n_rows * row_length, "eps_pred");
-  check_pointer(out, n_rows, "out");
+  check_eps_sq_error(eps_pred, out, dtype, n_rows, layout, samples, SampleMemory::kHost);
   if (n_rows == 0) return;
   QMIA_SIMD_DISPATCH(eps_sq_error_rows, eps_pred, out, dtype, n_rows, layout, philox_key(seed), samples, stream,
                     num_threads);
@@ -197,15 +151,7 @@ void eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [n_rows]
 void ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_rows, D] */,
                RowCoefficient c1 /* [n_rows] or scalar */, RowCoefficient c2 /* [n_rows] or scalar */,
                void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, int64_t row_length, int num_threads) {
-  check_dtype(dtype);
-  check_size(n_rows, "n_rows");
-  check_size(row_length, "row_length");
-  check_rows_times_length(n_rows, row_length);
-  check_pointer(x, n_rows * row_length, "x");
-  check_pointer(eps, n_rows * row_length, "eps");
-  check_pointer(out, n_rows * row_length, "out");
-  check_coefficient(c1, "c1");
-  check_coefficient(c2, "c2");
+  check_ddim_step(x, eps, c1, c2, out, dtype, n_rows, row_length);
   if (n_rows == 0 || row_length == 0) return;
   QMIA_SIMD_DISPATCH(ddim_step_rows, x, eps, c1, c2, out, dtype, n_rows, row_length, num_threads);
 }
@@ -214,32 +160,14 @@ void ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* [n_rows
                      RowCoefficient c1 /* [n_rows] or scalar */, RowCoefficient c2 /* [n_rows] or scalar */,
                      const void* ref /* [n_rows, D] */, float* out /* [n_rows] */, int32_t dtype, int64_t n_rows,
                      RowLayout layout, int num_threads) {
-  check_dtype(dtype);
-  check_size(n_rows, "n_rows");
-  check_layout(layout);
-  const int64_t row_length = layout.row_length;
-  check_rows_times_length(n_rows, row_length);
-  check_pointer(x, n_rows * row_length, "x");
-  check_pointer(eps, n_rows * row_length, "eps");
-  check_pointer(ref, n_rows * row_length, "ref");
-  check_coefficient(c1, "c1");
-  check_coefficient(c2, "c2");
-  check_pointer(out, n_rows, "out");
+  check_ddim_step_sqerr(x, eps, c1, c2, ref, out, dtype, n_rows, layout);
   if (n_rows == 0) return;
   QMIA_SIMD_DISPATCH(ddim_step_sqerr_rows, x, eps, c1, c2, ref, out, dtype, n_rows, layout, num_threads);
 }
 
 void pnorm_error(const void* a /* [n_rows, D] */, const void* b /* [n_rows, D] */, float* out /* [n_rows] */,
                  int32_t dtype, int64_t n_rows, RowLayout layout, float p, int num_threads) {
-  check_dtype(dtype);
-  check_size(n_rows, "n_rows");
-  check_layout(layout);
-  require(std::isfinite(p) && p > 0.0f, "p must be finite and > 0");
-  const int64_t row_length = layout.row_length;
-  check_rows_times_length(n_rows, row_length);
-  check_pointer(a, n_rows * row_length, "a");
-  check_pointer(b, n_rows * row_length, "b");
-  check_pointer(out, n_rows, "out");
+  check_pnorm_error(a, b, out, dtype, n_rows, layout, p);
   if (n_rows == 0) return;
   QMIA_SIMD_DISPATCH(pnorm_error_rows, a, b, out, dtype, n_rows, layout, p, num_threads);
 }
@@ -247,45 +175,18 @@ void pnorm_error(const void* a /* [n_rows, D] */, const void* b /* [n_rows, D] *
 void vote(const void* scores /* [n_samples] strided */, const void* thresholds /* [n_models, n_samples] strided */,
           int32_t dtype, int64_t n_samples, int64_t n_models, int64_t score_stride, int64_t model_stride,
           int64_t sample_stride, int32_t* votes /* [n_samples] */, uint8_t* decision /* [n_samples] */,
-          float* margin /* [n_samples] */, int num_threads) {
-  check_dtype(dtype, /*allow_float64=*/true);
-  check_size(n_samples, "n_samples");
-  check_size(n_models, "n_models");
-  require(n_models <= INT32_MAX, "n_models above 2^31 - 1");
-  check_size(score_stride, "score_stride");
-  check_size(model_stride, "model_stride");
-  check_size(sample_stride, "sample_stride");
-  check_pointer(scores, n_samples, "scores");
-  check_pointer(thresholds, n_samples * n_models, "thresholds");
-  check_pointer(votes, n_samples, "votes");
-  check_pointer(decision, n_samples, "decision");
-  check_pointer(margin, n_samples, "margin");
+          void* margin /* [n_samples] */, int num_threads) {
+  check_vote(scores, thresholds, dtype, n_samples, n_models, score_stride, model_stride, sample_stride, votes,
+             decision, margin);
   if (n_samples == 0) return;
   auto run = [&](auto tag) {
     using S = typename decltype(tag)::type;
-    const S* score_data = static_cast<const S*>(scores);
-    const S* threshold_data = static_cast<const S*>(thresholds);
     parallel_tasks(n_samples, std::max<int64_t>(n_models, 1), num_threads, [&](int64_t i) {
-      const S* column = threshold_data + i * sample_stride;
-      const VoteOutcome outcome = [&] {
-        if constexpr (std::is_same<S, double>::value) {
-          return vote_one(score_data[i * score_stride], [&](int64_t j) { return column[j * model_stride]; },
-                          n_models);
-        } else {
-          return vote_one(load_float(score_data + i * score_stride),
-                          [&](int64_t j) { return load_float(column + j * model_stride); }, n_models);
-        }
-      }();
-      votes[i] = outcome.votes;
-      decision[i] = outcome.member ? 1 : 0;
-      margin[i] = outcome.margin;
+      vote_sample(static_cast<const S*>(scores), static_cast<const S*>(thresholds), i, n_models, score_stride,
+                  model_stride, sample_stride, votes, decision, static_cast<VoteMargin<S>*>(margin));
     });
   };
-  if (dtype == kFloat64) {
-    run(TypeTag<double>{});
-  } else {
-    dispatch_storage(dtype, run);
-  }
+  dispatch_storage</*kAllowFloat64=*/true>(dtype, run);
 }
 
 void float_to_storage(const float* src /* [n] */, void* dst /* [n] */, int32_t dtype, int64_t n) {

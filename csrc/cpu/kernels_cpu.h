@@ -51,12 +51,12 @@ void ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* [n_rows
 void pnorm_error(const void* a /* [n_rows, D] */, const void* b /* [n_rows, D] */, float* out /* [n_rows] */,
                  int32_t dtype, int64_t n_rows, RowLayout layout, float p, int num_threads);
 
-// Majority vote of n_models thresholds per sample (see common/vote.h). dtype may be float64.
-// Strides are in elements and may be 0 (broadcast).
+// Majority vote of n_models thresholds per sample (see common/vote.h). dtype may be float64,
+// and then margin is float64 too (else float32). Strides are in elements and may be 0 (broadcast).
 void vote(const void* scores /* [n_samples], stride score_stride */,
           const void* thresholds /* [n_models, n_samples], strides (model_stride, sample_stride) */, int32_t dtype,
           int64_t n_samples, int64_t n_models, int64_t score_stride, int64_t model_stride, int64_t sample_stride,
-          int32_t* votes /* [n_samples] */, uint8_t* decision /* [n_samples] */, float* margin /* [n_samples] */,
+          int32_t* votes /* [n_samples] */, uint8_t* decision /* [n_samples] */, void* margin /* [n_samples] */,
           int num_threads);
 
 // Storage conversions, exposed so that tests can compare them with torch's casts.

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "common/ddim_step.h"
+#include "common/kernel_checks.h"
 #include "common/philox.h"
 #include "common/row_reduce.h"
 #include "common/storage_types.h"
@@ -324,43 +325,10 @@ __global__ void vote_kernel(const S* scores /* [n_samples] strided */,
                             const S* thresholds /* [n_models, n_samples] strided */, int64_t n_samples,
                             int64_t n_models, int64_t score_stride, int64_t model_stride, int64_t sample_stride,
                             int32_t* votes /* [n_samples] */, uint8_t* decision /* [n_samples] */,
-                            float* margin /* [n_samples] */) {
+                            VoteMargin<S>* margin /* [n_samples] */) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n_samples;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const S* column = thresholds + i * sample_stride;
-    VoteOutcome outcome;
-    if constexpr (std::is_same<S, double>::value) {
-      outcome = vote_one(scores[i * score_stride], [&](int64_t j) { return column[j * model_stride]; }, n_models);
-    } else {
-      outcome = vote_one(load_float(scores + i * score_stride),
-                         [&](int64_t j) { return load_float(column + j * model_stride); }, n_models);
-    }
-    votes[i] = outcome.votes;
-    decision[i] = outcome.member ? 1 : 0;
-    margin[i] = outcome.margin;
-  }
-}
-
-template <typename Fn>
-cudaError_t dispatch_storage(int32_t dtype, const Fn& fn) {
-  switch (dtype) {
-    case kFloat32: return fn(float{});
-    case kBFloat16: return fn(bf16_t{});
-    case kFloat16: return fn(f16_t{});
-    default: require(false, "unknown dtype code " + std::to_string(dtype));
-  }
-  return cudaErrorInvalidValue;
-}
-
-void check_noise_args(int64_t n_rows, const RowLayout& layout, const SampleIndex& samples) {
-  check_size(n_rows, "n_rows");
-  check_layout(layout);
-  check_rows_times_length(n_rows, layout.row_length);
-  // A per-row index array lives on the device: reading it here would synchronise (and
-  // break graph capture), so only the scalar form is checked.
-  if (samples.per_row == nullptr) {
-    require(samples.offset <= UINT64_MAX - uint64_t(n_rows), "offset + n_rows overflows the 64-bit sample index");
-  }
+       i += int64_t(gridDim.x) * blockDim.x)
+    vote_sample(scores, thresholds, i, n_models, score_stride, model_stride, sample_stride, votes, decision, margin);
 }
 
 void check_workspace(const float* workspace /* [reduce_workspace_elements] */, int64_t n_rows, int64_t row_length) {
@@ -376,11 +344,7 @@ int64_t reduce_workspace_elements(int64_t n_rows, int64_t row_length) {
 
 cudaError_t philox_uint32(uint32_t* out /* [n_rows, n_groups, 4] */, int64_t n_rows, int64_t n_groups, uint64_t seed,
                           uint64_t offset, uint32_t stream_id, cudaStream_t stream) {
-  check_size(n_rows, "n_rows");
-  check_size(n_groups, "n_groups");
-  require(n_groups <= (int64_t(1) << 32), "n_groups above 2^32");
-  check_rows_times_length(n_rows, 4 * n_groups);
-  check_pointer(out, n_rows * n_groups, "out");
+  check_philox_uint32(out, n_rows, n_groups);
   if (n_rows == 0 || n_groups == 0) return cudaSuccess;
   philox_uint32_kernel<<<unsigned(blocks_for(n_rows * n_groups)), kBlock, 0, stream>>>(out, n_rows, n_groups,
                                                                                         philox_key(seed), offset,
@@ -391,13 +355,11 @@ cudaError_t philox_uint32(uint32_t* out /* [n_rows, n_groups, 4] */, int64_t n_r
 
 cudaError_t philox_normal(void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, RowLayout layout, uint64_t seed,
                           SampleIndex samples, uint32_t stream_id, cudaStream_t stream) {
-  check_dtype(dtype);
-  check_noise_args(n_rows, layout, samples);
-  check_pointer(out, n_rows * layout.row_length, "out");
+  check_philox_normal(out, dtype, n_rows, layout, samples, SampleMemory::kDevice);
   if (n_rows == 0 || layout.row_length == 0) return cudaSuccess;
   const int64_t groups_per_row = (layout.row_length + 3) / 4;
   return dispatch_storage(dtype, [&](auto tag) {
-    using S = decltype(tag);
+    using S = typename decltype(tag)::type;
     noise_kernel<S, false><<<unsigned(blocks_for(n_rows * groups_per_row)), kBlock, 0, stream>>>(
         nullptr, RowCoefficient{nullptr, 0.0f}, RowCoefficient{nullptr, 0.0f}, static_cast<S*>(out), nullptr, n_rows,
         layout, groups_per_row, philox_key(seed), samples, stream_id);
@@ -410,17 +372,11 @@ cudaError_t noise_inject(const void* x0 /* [n_rows, D] */, RowCoefficient a /* [
                          RowCoefficient b /* [n_rows] or scalar */, void* x_t /* [n_rows, D] */,
                          void* eps_out /* [n_rows, D] or null */, int32_t dtype, int64_t n_rows, RowLayout layout,
                          uint64_t seed, SampleIndex samples, uint32_t stream_id, cudaStream_t stream) {
-  check_dtype(dtype);
-  check_noise_args(n_rows, layout, samples);
-  const int64_t n = n_rows * layout.row_length;
-  check_pointer(x0, n, "x0");
-  check_pointer(x_t, n, "x_t");
-  check_coefficient(a, "a");
-  check_coefficient(b, "b");
+  check_noise_inject(x0, a, b, x_t, dtype, n_rows, layout, samples, SampleMemory::kDevice);
   if (n_rows == 0 || layout.row_length == 0) return cudaSuccess;
   const int64_t groups_per_row = (layout.row_length + 3) / 4;
   return dispatch_storage(dtype, [&](auto tag) {
-    using S = decltype(tag);
+    using S = typename decltype(tag)::type;
     noise_kernel<S, true><<<unsigned(blocks_for(n_rows * groups_per_row)), kBlock, 0, stream>>>(
         static_cast<const S*>(x0), a, b, static_cast<S*>(x_t), static_cast<S*>(eps_out), n_rows, layout,
         groups_per_row, philox_key(seed), samples, stream_id);
@@ -433,14 +389,11 @@ cudaError_t eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [
                          float* workspace /* [reduce_workspace_elements] */, int32_t dtype, int64_t n_rows,
                          RowLayout layout, uint64_t seed, SampleIndex samples, uint32_t stream_id,
                          cudaStream_t stream) {
-  check_dtype(dtype);
-  check_noise_args(n_rows, layout, samples);
-  check_pointer(eps_pred, n_rows * layout.row_length, "eps_pred");
-  check_pointer(out, n_rows, "out");
+  check_eps_sq_error(eps_pred, out, dtype, n_rows, layout, samples, SampleMemory::kDevice);
   check_workspace(workspace, n_rows, layout.row_length);
   if (n_rows == 0) return cudaSuccess;
   return dispatch_storage(dtype, [&](auto tag) {
-    using S = decltype(tag);
+    using S = typename decltype(tag)::type;
     const EpsSqTerms<S> terms{static_cast<const S*>(eps_pred), layout, philox_key(seed), samples, stream_id};
     return launch_reduce(terms, out, workspace, n_rows, layout.row_length, stream);
   });
@@ -450,22 +403,13 @@ cudaError_t ddim_step(const void* x /* [n_rows, D] */, const void* eps /* [n_row
                       RowCoefficient c1 /* [n_rows] or scalar */, RowCoefficient c2 /* [n_rows] or scalar */,
                       void* out /* [n_rows, D] */, int32_t dtype, int64_t n_rows, int64_t row_length,
                       cudaStream_t stream) {
-  check_dtype(dtype);
-  check_size(n_rows, "n_rows");
-  check_size(row_length, "row_length");
-  check_rows_times_length(n_rows, row_length);
-  const int64_t n = n_rows * row_length;
-  check_pointer(x, n, "x");
-  check_pointer(eps, n, "eps");
-  check_pointer(out, n, "out");
-  check_coefficient(c1, "c1");
-  check_coefficient(c2, "c2");
-  if (n == 0) return cudaSuccess;
+  check_ddim_step(x, eps, c1, c2, out, dtype, n_rows, row_length);
+  if (n_rows == 0 || row_length == 0) return cudaSuccess;
   RowLayout layout;
   layout.row_length = row_length;  // memory order is all an elementwise step needs
   const int64_t groups_per_row = (row_length + 3) / 4;
   return dispatch_storage(dtype, [&](auto tag) {
-    using S = decltype(tag);
+    using S = typename decltype(tag)::type;
     ddim_step_kernel<S><<<unsigned(blocks_for(n_rows * groups_per_row)), kBlock, 0, stream>>>(
         static_cast<const S*>(x), static_cast<const S*>(eps), c1, c2, static_cast<S*>(out), n_rows, layout,
         groups_per_row);
@@ -479,21 +423,11 @@ cudaError_t ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* 
                             const void* ref /* [n_rows, D] */, float* out /* [n_rows] */,
                             float* workspace /* [reduce_workspace_elements] */, int32_t dtype, int64_t n_rows,
                             RowLayout layout, cudaStream_t stream) {
-  check_dtype(dtype);
-  check_size(n_rows, "n_rows");
-  check_layout(layout);
-  check_rows_times_length(n_rows, layout.row_length);
-  const int64_t n = n_rows * layout.row_length;
-  check_pointer(x, n, "x");
-  check_pointer(eps, n, "eps");
-  check_pointer(ref, n, "ref");
-  check_coefficient(c1, "c1");
-  check_coefficient(c2, "c2");
-  check_pointer(out, n_rows, "out");
+  check_ddim_step_sqerr(x, eps, c1, c2, ref, out, dtype, n_rows, layout);
   check_workspace(workspace, n_rows, layout.row_length);
   if (n_rows == 0) return cudaSuccess;
   return dispatch_storage(dtype, [&](auto tag) {
-    using S = decltype(tag);
+    using S = typename decltype(tag)::type;
     const DdimSqerrTerms<S> terms{static_cast<const S*>(x), static_cast<const S*>(eps), static_cast<const S*>(ref),
                                   c1, c2, layout};
     return launch_reduce(terms, out, workspace, n_rows, layout.row_length, stream);
@@ -503,19 +437,11 @@ cudaError_t ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* 
 cudaError_t pnorm_error(const void* a /* [n_rows, D] */, const void* b /* [n_rows, D] */, float* out /* [n_rows] */,
                         float* workspace /* [reduce_workspace_elements] */, int32_t dtype, int64_t n_rows,
                         RowLayout layout, float p, cudaStream_t stream) {
-  check_dtype(dtype);
-  check_size(n_rows, "n_rows");
-  check_layout(layout);
-  require(std::isfinite(p) && p > 0.0f, "p must be finite and > 0");
-  check_rows_times_length(n_rows, layout.row_length);
-  const int64_t n = n_rows * layout.row_length;
-  check_pointer(a, n, "a");
-  check_pointer(b, n, "b");
-  check_pointer(out, n_rows, "out");
+  check_pnorm_error(a, b, out, dtype, n_rows, layout, p);
   check_workspace(workspace, n_rows, layout.row_length);
   if (n_rows == 0) return cudaSuccess;
   return dispatch_storage(dtype, [&](auto tag) {
-    using S = decltype(tag);
+    using S = typename decltype(tag)::type;
     const PnormTerms<S> terms{static_cast<const S*>(a), static_cast<const S*>(b), layout, power_code(p), p};
     return launch_reduce(terms, out, workspace, n_rows, layout.row_length, stream);
   });
@@ -525,30 +451,19 @@ cudaError_t vote(const void* scores /* [n_samples] strided */,
                  const void* thresholds /* [n_models, n_samples] strided */, int32_t dtype, int64_t n_samples,
                  int64_t n_models, int64_t score_stride, int64_t model_stride, int64_t sample_stride,
                  int32_t* votes /* [n_samples] */, uint8_t* decision /* [n_samples] */,
-                 float* margin /* [n_samples] */, cudaStream_t stream) {
-  check_dtype(dtype, /*allow_float64=*/true);
-  check_size(n_samples, "n_samples");
-  check_size(n_models, "n_models");
-  require(n_models <= INT32_MAX, "n_models above 2^31 - 1");
-  check_size(score_stride, "score_stride");
-  check_size(model_stride, "model_stride");
-  check_size(sample_stride, "sample_stride");
-  check_pointer(scores, n_samples, "scores");
-  check_pointer(thresholds, n_samples * n_models, "thresholds");
-  check_pointer(votes, n_samples, "votes");
-  check_pointer(decision, n_samples, "decision");
-  check_pointer(margin, n_samples, "margin");
+                 void* margin /* [n_samples] */, cudaStream_t stream) {
+  check_vote(scores, thresholds, dtype, n_samples, n_models, score_stride, model_stride, sample_stride, votes,
+             decision, margin);
   if (n_samples == 0) return cudaSuccess;
   auto launch = [&](auto tag) {
-    using S = decltype(tag);
+    using S = typename decltype(tag)::type;
     vote_kernel<S><<<unsigned(blocks_for(n_samples)), kBlock, 0, stream>>>(
         static_cast<const S*>(scores), static_cast<const S*>(thresholds), n_samples, n_models, score_stride,
-        model_stride, sample_stride, votes, decision, margin);
+        model_stride, sample_stride, votes, decision, static_cast<VoteMargin<S>*>(margin));
     QMIA_LAUNCH_CHECK();
     return cudaSuccess;
   };
-  if (dtype == kFloat64) return launch(double{});
-  return dispatch_storage(dtype, launch);
+  return dispatch_storage</*kAllowFloat64=*/true>(dtype, launch);
 }
 
 }  // namespace cuda

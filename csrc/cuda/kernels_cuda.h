@@ -60,7 +60,7 @@ cudaError_t vote(const void* scores /* [n_samples], stride score_stride */,
                  const void* thresholds /* [n_models, n_samples], strides (model_stride, sample_stride) */,
                  int32_t dtype, int64_t n_samples, int64_t n_models, int64_t score_stride, int64_t model_stride,
                  int64_t sample_stride, int32_t* votes /* [n_samples] */, uint8_t* decision /* [n_samples] */,
-                 float* margin /* [n_samples] */, cudaStream_t stream);
+                 void* margin /* [n_samples], float64 for float64 input */, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace qmia

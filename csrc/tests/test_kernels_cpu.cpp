@@ -376,24 +376,34 @@ void test_vote() {
   std::uniform_int_distribution<int> small(0, 4);
   const int64_t n_samples = 257, n_models = 7;
   std::vector<double> scores(n_samples), thresholds(n_models * n_samples);
-  for (auto& s : scores) s = small(rng);
-  for (auto& t : thresholds) t = small(rng);  // many ties
+  for (auto& s : scores) s = small(rng) + 1e-9 * small(rng);  // distinct in float64, not in float32
+  for (auto& t : thresholds) t = small(rng);                     // many ties
   std::vector<int32_t> votes(n_samples);
   std::vector<uint8_t> decision(n_samples);
-  std::vector<float> margin(n_samples);
+  std::vector<double> margin(n_samples);
   cpu::vote(scores.data(), thresholds.data(), kFloat64, n_samples, n_models, 1, n_samples, 1, votes.data(),
             decision.data(), margin.data(), 2);
-  bool ok = true;
+  std::vector<float> scores32(scores.begin(), scores.end()), thresholds32(thresholds.begin(), thresholds.end());
+  std::vector<int32_t> votes32(n_samples);
+  std::vector<uint8_t> decision32(n_samples);
+  std::vector<float> margin32(n_samples);
+  cpu::vote(scores32.data(), thresholds32.data(), kFloat32, n_samples, n_models, 1, n_samples, 1, votes32.data(),
+            decision32.data(), margin32.data(), 1);
+  bool ok = true, ok32 = true;
   for (int64_t i = 0; i < n_samples; ++i) {
-    int v = 0;
-    double m = 0.0;
+    int v = 0, v32 = 0;
+    double m = 0.0, m32 = 0.0;
     for (int64_t j = 0; j < n_models; ++j) {
       v += scores[i] < thresholds[j * n_samples + i];
       m += thresholds[j * n_samples + i] - scores[i];
+      v32 += scores32[i] < thresholds32[j * n_samples + i];
+      m32 += double(thresholds32[j * n_samples + i]) - double(scores32[i]);
     }
-    ok = ok && votes[i] == v && decision[i] == (2 * v > n_models) && margin[i] == float(m / n_models);
+    ok = ok && votes[i] == v && decision[i] == (2 * v > n_models) && margin[i] == m / n_models;
+    ok32 = ok32 && votes32[i] == v32 && decision32[i] == (2 * v32 > n_models) && margin32[i] == float(m32 / n_models);
   }
-  check(ok, "vote equals the scalar count, decision and margin (with ties)");
+  check(ok, "float64 vote equals the scalar count, decision and float64 margin (with ties)");
+  check(ok32, "float32 vote equals the scalar count, decision and margin (float64 sum, rounded once)");
   cpu::vote(scores.data(), thresholds.data(), kFloat64, n_samples, 0, 1, n_samples, 1, votes.data(), decision.data(),
             margin.data(), 1);
   check(votes[0] == 0 && decision[0] == 0 && std::isnan(margin[0]), "vote with no models: 0, false, NaN");

@@ -181,9 +181,8 @@ class QuantileAttack:
         alpha_index = self.levels.index(self.alpha)
         quantiles = self.bag.predict(images_t, aux, batch_size=batch_size, threads=self.config.threads)  # [B, N, K]
         thresholds = np.ascontiguousarray(quantiles[:, :, alpha_index])
-        votes, decision = majority_vote(y, thresholds)
-        score = (pvalue_score(y, quantiles, self.levels) if self.score_kind == "pvalue"
-                 else mean_margin(y, thresholds))
+        votes, decision, margin = majority_vote(y, thresholds, with_margin=True)
+        score = pvalue_score(y, quantiles, self.levels) if self.score_kind == "pvalue" else margin
 
         marginal_score = self.marginal_threshold - y
         marginal = MethodResult(decision=marginal_score > 0, score=marginal_score)
@@ -191,9 +190,9 @@ class QuantileAttack:
         if self.single is not None:
             single_quantiles = self.single.predict(images_t, aux, batch_size=batch_size, threads=self.config.threads)
             single_thresholds = np.ascontiguousarray(single_quantiles[:, :, alpha_index])
-            single_votes, single_decision = majority_vote(y, single_thresholds)
+            single_votes, single_decision, single_margin = majority_vote(y, single_thresholds, with_margin=True)
             single_score = (pvalue_score(y, single_quantiles, self.levels) if self.score_kind == "pvalue"
-                            else mean_margin(y, single_thresholds))
+                            else single_margin)
             single = MethodResult(single_decision, single_score, single_votes, single_thresholds)
         return AttackResult(decision=decision, votes=votes, score=score, thresholds=thresholds,
                             log_scores=y, marginal=marginal, single=single)
@@ -263,22 +262,27 @@ def _levels_with_alpha(levels, alpha: float) -> list[float]:
 
 # --- aggregation -----------------------------------------------------------------------------
 
-def majority_vote(log_score: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The vote kernel: (votes int32 [N], decision bool [N]) for log-scores [N] against thresholds [B, N]."""
+def majority_vote(log_score: np.ndarray, thresholds: np.ndarray, with_margin: bool = False) -> tuple[np.ndarray, ...]:
+    """The vote kernel: (votes int32 [N], decision bool [N]) for log-scores [N] against thresholds [B, N], and
+    with `with_margin` also the bag's mean margin q_alpha(x) - log s(x) [N], its membership score.
+
+    float32 inputs take the kernel's float32 path (a float32 margin, summed in float64);
+    anything else runs in float64 and the margin stays float64, since rounding it to
+    float32 would merge distinct scores into ties and so move the exact ROC.
+    """
     from .kernels import vote
 
-    votes, decision, _ = vote(torch.from_numpy(np.ascontiguousarray(log_score, dtype=np.float64)),
-                              torch.from_numpy(np.ascontiguousarray(thresholds, dtype=np.float64)))
-    return np.asarray(votes.cpu().numpy(), dtype=np.int32), np.asarray(decision.cpu().numpy(), dtype=bool)
+    single = np.asarray(log_score).dtype == np.float32 and np.asarray(thresholds).dtype == np.float32
+    dtype = np.float32 if single else np.float64
+    votes, decision, margin = vote(torch.from_numpy(np.ascontiguousarray(log_score, dtype=dtype)),
+                                   torch.from_numpy(np.ascontiguousarray(thresholds, dtype=dtype)))
+    result = (np.asarray(votes.numpy(), dtype=np.int32), np.asarray(decision.numpy(), dtype=bool))
+    return (*result, margin.numpy()) if with_margin else result
 
 
 def mean_margin(log_score: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """The bag's mean of q_alpha(x) - log s(x), in float64.
-
-    The kernel's margin is float32; rounding to it would merge distinct scores into
-    ties and so move the exact ROC, which is why the continuous score is kept here.
-    """
-    return (thresholds - log_score[None, :]).mean(axis=0)
+    """The bag's mean of q_alpha(x) - log s(x): the vote kernel's margin (float64 unless both inputs are float32)."""
+    return majority_vote(log_score, thresholds, with_margin=True)[2]
 
 
 def pvalue_score(log_score: np.ndarray, quantiles: np.ndarray, levels: Sequence[float]) -> np.ndarray:

@@ -54,6 +54,7 @@ the others are copied to the layout of the first. Outputs of ``ddim_step`` and
 """
 from __future__ import annotations
 
+import importlib
 import math
 import numbers
 import operator
@@ -62,22 +63,6 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 
 from .errors import ConfigError, InputError, QmiaError
-
-try:  # the CPU core is always built; a failure here is an installation problem
-    from . import _cpu  # type: ignore[attr-defined]
-except ImportError as _exc:  # pragma: no cover - depends on the build
-    _cpu = None
-    _CPU_IMPORT_ERROR: Optional[BaseException] = _exc
-else:
-    _CPU_IMPORT_ERROR = None
-
-try:  # built only where nvcc was found
-    from . import _cuda  # type: ignore[attr-defined]
-except ImportError as _exc:  # pragma: no cover - depends on the build
-    _cuda = None
-    _CUDA_IMPORT_ERROR: Optional[BaseException] = _exc
-else:
-    _CUDA_IMPORT_ERROR = None
 
 __all__ = [
     "philox_normal",
@@ -104,6 +89,29 @@ SEED_LIMIT = 2**64  # seeds are in [0, SEED_LIMIT)
 STREAM_LIMIT = 2**32  # streams are in [0, STREAM_LIMIT)
 _SAMPLE_LIMIT = 2**63  # offset + N must stay an int64
 _ROW_LENGTH_LIMIT = 2**34  # Philox element groups are 32-bit
+
+
+def _load_core(name: str):
+    """(module, None), or (None, the reason) when it is missing or was built from other sources.
+
+    The dtype codes and the reduction chunk are a contract between this file and the C++
+    core; a stale build that disagrees would misread memory, so it is treated as absent.
+    """
+    try:
+        module = importlib.import_module(f"{__package__}.{name}")
+    except ImportError as exc:  # pragma: no cover - depends on the build
+        return None, exc
+    constants = module.contract_constants()
+    expected = {"reduce_chunk": REDUCE_CHUNK, **{f"dtype_{str(dtype)[6:]}": code for dtype, code in _VOTE_CODES.items()}}
+    wrong = {key: constants.get(key) for key, value in expected.items() if constants.get(key) != value}
+    if wrong:  # pragma: no cover - depends on the build
+        return None, ImportError(f"qmia_fast.{name} was built from other sources (constants {wrong} differ from "
+                                 f"{expected}); rebuild it with  pip install --no-build-isolation -e .")
+    return module, None
+
+
+_cpu, _CPU_IMPORT_ERROR = _load_core("_cpu")  # always built; a failure here is an installation problem
+_cuda, _CUDA_IMPORT_ERROR = _load_core("_cuda")  # built only where nvcc was found
 
 Coefficient = Union[float, int, torch.Tensor, Sequence[float]]
 
@@ -200,6 +208,15 @@ def _check_samples(samples: Any, offset: Any, n_rows: int, device: torch.device)
     return samples, 0
 
 
+def _noise_keys(seed: Any, offset: Any, stream: Any, samples: Any, n_rows: int,
+                device: torch.device) -> Tuple[Tuple[int, int, int, int], Optional[torch.Tensor]]:
+    """The noise kernels' key arguments (seed, offset, samples address, stream), and the samples tensor to keep alive."""
+    seed = _check_seed(seed)
+    stream = _check_stream(stream)
+    samples, offset = _check_samples(samples, offset, n_rows, device)
+    return (seed, offset, _address(samples), stream), samples
+
+
 def _check_tensor(name: str, value: Any) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
@@ -247,7 +264,10 @@ def _check_same_shape(tensors: Dict[str, torch.Tensor]) -> None:
 
 
 def _row_length(shape: Sequence[int]) -> int:
-    return int(math.prod(shape[1:])) if len(shape) > 1 else 1
+    row_length = int(math.prod(shape[1:])) if len(shape) > 1 else 1
+    if row_length > _ROW_LENGTH_LIMIT:
+        raise InputError(f"rows of {row_length} elements exceed the supported 2**34")
+    return row_length
 
 
 def _is_channels_last(t: torch.Tensor) -> bool:
@@ -267,8 +287,6 @@ def _dense_rows(tensors: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tenso
     dense = {name: t.contiguous(memory_format=fmt) for name, t in tensors.items()}
     shape = first.shape
     row_length = _row_length(shape)
-    if row_length > _ROW_LENGTH_LIMIT:
-        raise InputError(f"rows of {row_length} elements exceed the supported 2**34")
     if channels_last:
         layout = (row_length, 1, int(shape[1]), int(shape[2] * shape[3]))
     else:
@@ -334,6 +352,21 @@ def _coef_args(coef: Tuple[Optional[torch.Tensor], float]) -> Tuple[int, float]:
 def _device_args(device: torch.device) -> Tuple[int, int]:
     index = device.index if device.index is not None else torch.cuda.current_device()
     return index, torch.cuda.current_stream(index).cuda_stream
+
+
+def _launch(kernel: str, device: torch.device, *args: Any, elements: Optional[int] = None,
+            reduce_rows: Optional[Tuple[int, int]] = None) -> None:
+    """Runs `kernel` of the device's compiled module on `args`, the argument list both modules share.
+
+    The CPU module then takes its OpenMP thread count (for `elements` elements); the CUDA
+    module takes the scratch buffer of a row reduction over `reduce_rows` = (n_rows,
+    row_length) when given, then the device index and torch's current stream on it.
+    """
+    if device.type == "cpu":
+        getattr(_cpu_module(), kernel)(*args, _threads(elements))
+        return
+    scratch = () if reduce_rows is None else (_workspace(*reduce_rows, device),)
+    getattr(_cuda, kernel)(*args, *map(_address, scratch), *_device_args(device))
 
 
 # Below this many elements a CPU kernel runs on the calling thread alone. Measured on a
@@ -418,13 +451,10 @@ def philox_uint32(n_rows: int, n_groups: int, seed: int, offset: int = 0, stream
     stream = _check_stream(stream)
     offset = _check_offset(offset, n_rows)
     dev = _parse_device(device)
-    backend = _backend(dev, "device")
+    _backend(dev, "device")
     out = torch.empty((n_rows, n_groups, 4), dtype=torch.int32, device=dev)
     if out.numel():
-        if backend is _cpu:
-            _cpu.philox_uint32(out.data_ptr(), n_rows, n_groups, seed, offset, stream, _threads())
-        else:
-            _cuda.philox_uint32(out.data_ptr(), n_rows, n_groups, seed, offset, stream, *_device_args(dev))
+        _launch("philox_uint32", dev, out.data_ptr(), n_rows, n_groups, seed, offset, stream)
     return out.to(torch.int64) & 0xFFFFFFFF
 
 
@@ -439,25 +469,14 @@ def philox_normal(shape: Any, seed: int, offset: int = 0, device: Any = None,
     dims = _parse_shape(shape)
     if dtype not in _STORAGE_CODES:
         raise InputError(f"dtype {dtype} is not supported; use {_STORAGE_NAMES}")
-    seed = _check_seed(seed)
-    stream = _check_stream(stream)
-    n_rows = dims[0]
     dev = _parse_device(device)
-    backend = _backend(dev, "device")
-    samples, offset = _check_samples(samples, offset, n_rows, dev)
+    _backend(dev, "device")
+    keys, samples = _noise_keys(seed, offset, stream, samples, dims[0], dev)
     row_length = _row_length(dims)
-    if row_length > _ROW_LENGTH_LIMIT:
-        raise InputError(f"rows of {row_length} elements exceed the supported 2**34")
     out = torch.empty(dims, dtype=dtype, device=dev)
-    if out.numel() == 0:
-        return out
-    code = _STORAGE_CODES[dtype]
-    if backend is _cpu:
-        _cpu.philox_normal(out.data_ptr(), code, n_rows, row_length, 0, 1, 1, seed, offset, _address(samples),
-                           stream, _threads(out.numel()))
-    else:
-        _cuda.philox_normal(out.data_ptr(), code, n_rows, row_length, 0, 1, 1, seed, offset, _address(samples),
-                            stream, *_device_args(dev))
+    if out.numel():
+        _launch("philox_normal", dev, out.data_ptr(), _STORAGE_CODES[dtype], dims[0], row_length, 0, 1, 1, *keys,
+                elements=out.numel())
     return out
 
 
@@ -471,12 +490,9 @@ def noise_inject(x0: torch.Tensor, a: Coefficient, b: Coefficient, seed: int, of
     memory format), or ``(x_t, eps)`` with ``eps`` rounded to x0's dtype when
     ``return_noise`` is true; ``x_t`` is computed from the float32 ``eps``.
     """
-    tensors = _check_group({"x0": x0}, _STORAGE_CODES, _STORAGE_NAMES)
-    x0 = tensors["x0"]
+    x0 = _check_group({"x0": x0}, _STORAGE_CODES, _STORAGE_NAMES)["x0"]
     n_rows = x0.shape[0]
-    seed = _check_seed(seed)
-    stream = _check_stream(stream)
-    samples, offset = _check_samples(samples, offset, n_rows, x0.device)
+    keys, samples = _noise_keys(seed, offset, stream, samples, n_rows, x0.device)
     coef_a = _coefficients("a", a, n_rows, x0.device)
     coef_b = _coefficients("b", b, n_rows, x0.device)
     dense, layout = _dense_rows({"x0": x0})
@@ -484,14 +500,8 @@ def noise_inject(x0: torch.Tensor, a: Coefficient, b: Coefficient, seed: int, of
     x_t = torch.empty_like(x0)
     eps = torch.empty_like(x0) if return_noise else None
     if x0.numel():
-        code = _STORAGE_CODES[x0.dtype]
-        eps_ptr = eps.data_ptr() if eps is not None else 0
-        if x0.device.type == "cpu":
-            _cpu.noise_inject(x0.data_ptr(), *_coef_args(coef_a), *_coef_args(coef_b), x_t.data_ptr(), eps_ptr, code,
-                              n_rows, *layout, seed, offset, _address(samples), stream, _threads(x0.numel()))
-        else:
-            _cuda.noise_inject(x0.data_ptr(), *_coef_args(coef_a), *_coef_args(coef_b), x_t.data_ptr(), eps_ptr, code,
-                               n_rows, *layout, seed, offset, _address(samples), stream, *_device_args(x0.device))
+        _launch("noise_inject", x0.device, x0.data_ptr(), *_coef_args(coef_a), *_coef_args(coef_b), x_t.data_ptr(),
+                _address(eps), _STORAGE_CODES[x0.dtype], n_rows, *layout, *keys, elements=x0.numel())
     return (x_t, eps) if return_noise else x_t
 
 
@@ -500,23 +510,14 @@ def eps_sq_error(eps_pred: torch.Tensor, seed: int, offset: int = 0, stream: int
     """float32 [N]: ``sum_e (eps_pred[i, e] - eps[i, e])**2`` with ``eps`` regenerated from
     its key (seed, offset + i or samples[i], e, stream) instead of read from memory."""
     tensors = _check_group({"eps_pred": eps_pred}, _STORAGE_CODES, _STORAGE_NAMES)
-    eps_pred = tensors["eps_pred"]
-    n_rows = eps_pred.shape[0]
-    seed = _check_seed(seed)
-    stream = _check_stream(stream)
-    samples, offset = _check_samples(samples, offset, n_rows, eps_pred.device)
+    n_rows = tensors["eps_pred"].shape[0]
+    keys, samples = _noise_keys(seed, offset, stream, samples, n_rows, tensors["eps_pred"].device)
     dense, layout = _dense_rows(tensors)
     eps_pred = dense["eps_pred"]
     out = torch.empty(n_rows, dtype=torch.float32, device=eps_pred.device)
     if n_rows:
-        code = _STORAGE_CODES[eps_pred.dtype]
-        if eps_pred.device.type == "cpu":
-            _cpu.eps_sq_error(eps_pred.data_ptr(), out.data_ptr(), code, n_rows, *layout, seed, offset,
-                              _address(samples), stream, _threads(eps_pred.numel()))
-        else:
-            workspace = _workspace(n_rows, layout[0], eps_pred.device)
-            _cuda.eps_sq_error(eps_pred.data_ptr(), out.data_ptr(), _address(workspace), code, n_rows, *layout, seed,
-                               offset, _address(samples), stream, *_device_args(eps_pred.device))
+        _launch("eps_sq_error", eps_pred.device, eps_pred.data_ptr(), out.data_ptr(), _STORAGE_CODES[eps_pred.dtype],
+                n_rows, *layout, *keys, elements=eps_pred.numel(), reduce_rows=(n_rows, layout[0]))
     return out
 
 
@@ -528,21 +529,15 @@ def ddim_step(x: torch.Tensor, eps: torch.Tensor, c1: Coefficient, c2: Coefficie
     """
     tensors = _check_group({"x": x, "eps": eps}, _STORAGE_CODES, _STORAGE_NAMES)
     _check_same_shape(tensors)
-    x = tensors["x"]
-    n_rows = x.shape[0]
-    coef1 = _coefficients("c1", c1, n_rows, x.device)
-    coef2 = _coefficients("c2", c2, n_rows, x.device)
+    n_rows, device = tensors["x"].shape[0], tensors["x"].device
+    coef1 = _coefficients("c1", c1, n_rows, device)
+    coef2 = _coefficients("c2", c2, n_rows, device)
     dense, layout = _dense_rows(tensors)
     x, eps = dense["x"], dense["eps"]
     out = torch.empty_like(x)
     if x.numel():
-        code = _STORAGE_CODES[x.dtype]
-        if x.device.type == "cpu":
-            _cpu.ddim_step(x.data_ptr(), eps.data_ptr(), *_coef_args(coef1), *_coef_args(coef2), out.data_ptr(), code,
-                           n_rows, layout[0], _threads(x.numel()))
-        else:
-            _cuda.ddim_step(x.data_ptr(), eps.data_ptr(), *_coef_args(coef1), *_coef_args(coef2), out.data_ptr(),
-                            code, n_rows, layout[0], *_device_args(x.device))
+        _launch("ddim_step", device, x.data_ptr(), eps.data_ptr(), *_coef_args(coef1), *_coef_args(coef2),
+                out.data_ptr(), _STORAGE_CODES[x.dtype], n_rows, layout[0], elements=x.numel())
     return out
 
 
@@ -551,23 +546,16 @@ def ddim_step_sqerr(x: torch.Tensor, eps: torch.Tensor, c1: Coefficient, c2: Coe
     """float32 [N]: ``sum_e (c1[i] * x + c2[i] * eps - ref)**2``, without writing the step."""
     tensors = _check_group({"x": x, "eps": eps, "ref": ref}, _STORAGE_CODES, _STORAGE_NAMES)
     _check_same_shape(tensors)
-    x = tensors["x"]
-    n_rows = x.shape[0]
-    coef1 = _coefficients("c1", c1, n_rows, x.device)
-    coef2 = _coefficients("c2", c2, n_rows, x.device)
+    n_rows, device = tensors["x"].shape[0], tensors["x"].device
+    coef1 = _coefficients("c1", c1, n_rows, device)
+    coef2 = _coefficients("c2", c2, n_rows, device)
     dense, layout = _dense_rows(tensors)
     x, eps, ref = dense["x"], dense["eps"], dense["ref"]
-    out = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+    out = torch.empty(n_rows, dtype=torch.float32, device=device)
     if n_rows:
-        code = _STORAGE_CODES[x.dtype]
-        if x.device.type == "cpu":
-            _cpu.ddim_step_sqerr(x.data_ptr(), eps.data_ptr(), *_coef_args(coef1), *_coef_args(coef2), ref.data_ptr(),
-                                 out.data_ptr(), code, n_rows, *layout, _threads(x.numel()))
-        else:
-            workspace = _workspace(n_rows, layout[0], x.device)
-            _cuda.ddim_step_sqerr(x.data_ptr(), eps.data_ptr(), *_coef_args(coef1), *_coef_args(coef2),
-                                  ref.data_ptr(), out.data_ptr(), _address(workspace), code, n_rows, *layout,
-                                  *_device_args(x.device))
+        _launch("ddim_step_sqerr", device, x.data_ptr(), eps.data_ptr(), *_coef_args(coef1), *_coef_args(coef2),
+                ref.data_ptr(), out.data_ptr(), _STORAGE_CODES[x.dtype], n_rows, *layout, elements=x.numel(),
+                reduce_rows=(n_rows, layout[0]))
     return out
 
 
@@ -584,19 +572,13 @@ def pnorm_error(a: torch.Tensor, b: torch.Tensor, p: float = 4.0) -> torch.Tenso
     p = float(p)
     if not (math.isfinite(p) and p > 0):
         raise ConfigError(f"p must be finite and > 0, got {p}")
-    a = tensors["a"]
-    n_rows = a.shape[0]
     dense, layout = _dense_rows(tensors)
     a, b = dense["a"], dense["b"]
+    n_rows = a.shape[0]
     out = torch.empty(n_rows, dtype=torch.float32, device=a.device)
     if n_rows:
-        code = _STORAGE_CODES[a.dtype]
-        if a.device.type == "cpu":
-            _cpu.pnorm_error(a.data_ptr(), b.data_ptr(), out.data_ptr(), code, n_rows, *layout, p, _threads(a.numel()))
-        else:
-            workspace = _workspace(n_rows, layout[0], a.device)
-            _cuda.pnorm_error(a.data_ptr(), b.data_ptr(), out.data_ptr(), _address(workspace), code, n_rows, *layout, p,
-                              *_device_args(a.device))
+        _launch("pnorm_error", a.device, a.data_ptr(), b.data_ptr(), out.data_ptr(), _STORAGE_CODES[a.dtype], n_rows,
+                *layout, p, elements=a.numel(), reduce_rows=(n_rows, layout[0]))
     return out
 
 
@@ -607,8 +589,10 @@ def vote(scores: torch.Tensor, thresholds: torch.Tensor):
     float16, the two may differ: they are compared in their promoted dtype, exactly).
     Model j votes member iff ``scores[i] < thresholds[j, i]`` (a tie is a non-member).
     Returns ``(votes, decision, margin)``: int32 [N] member votes, bool [N]
-    ``2 * votes > B``, float32 [N] mean over j of ``thresholds[j, i] - scores[i]``
-    (accumulated in float64). NaN scores or thresholds never vote member and make the
+    ``2 * votes > B``, and the mean over j of ``thresholds[j, i] - scores[i]``,
+    accumulated in float64 and returned as float64 when the promoted dtype is float64
+    (it is the bag's membership score: float32 would merge distinct scores into ties),
+    else as float32. NaN scores or thresholds never vote member and make the
     margin NaN. With B = 0: votes 0, decision False, margin NaN (a mean of nothing).
     With N = 0: three empty tensors.
     """
@@ -635,13 +619,9 @@ def vote(scores: torch.Tensor, thresholds: torch.Tensor):
     device = scores.device
     votes = torch.empty(n_samples, dtype=torch.int32, device=device)
     decision = torch.empty(n_samples, dtype=torch.bool, device=device)
-    margin = torch.empty(n_samples, dtype=torch.float32, device=device)
+    margin = torch.empty(n_samples, dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=device)
     if n_samples:
-        args = (scores.data_ptr(), thresholds.data_ptr(), _VOTE_CODES[dtype], n_samples, n_models,
-                scores.stride(0), thresholds.stride(0), thresholds.stride(1), votes.data_ptr(),
-                decision.data_ptr(), margin.data_ptr())
-        if device.type == "cpu":
-            _cpu.vote(*args, _threads())
-        else:
-            _cuda.vote(*args, *_device_args(device))
+        _launch("vote", device, scores.data_ptr(), thresholds.data_ptr(), _VOTE_CODES[dtype], n_samples, n_models,
+                scores.stride(0), thresholds.stride(0), thresholds.stride(1), votes.data_ptr(), decision.data_ptr(),
+                margin.data_ptr())
     return votes, decision, margin
