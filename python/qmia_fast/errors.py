@@ -34,6 +34,14 @@ class SplitError(DataError):
     """A member/non-member split file is malformed or inconsistent with the data."""
 
 
+class ScoreOverflowError(QmiaError):
+    """A score came out infinite or NaN even in float32 (an overflowing exponent, a broken model)."""
+
+
+class OutputError(QmiaError):
+    """An output path cannot be written: it exists as the wrong kind, is not writable, or the disk is full."""
+
+
 class ResumeMismatchError(QmiaError):
     """An output folder holds partial results of a different configuration or dataset."""
 
