@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ModelLoadError
+from .config_io import read_config_text
 
 __all__ = ["parse_flagfile", "read_flagfile", "MODEL_FLAGS"]
 
@@ -40,22 +41,21 @@ def parse_flagfile(text: str, source: str = "flagfile") -> dict[str, Any]:
                 values[name] = float(value)
             elif name in _MULTI_INT_FLAGS:
                 items = [int(v) for v in value.replace(" ", "").split(",") if v != ""]
-                # The first occurrence replaces the default list; later ones append, as absl does.
-                values[name] = (values.get(name, []) if name in seen_multi else []) + items
-                seen_multi.add(name)
+                # The first occurrence replaces the default list; later ones append, as absl does
+                # (in place: a file of many repeated lines must not cost quadratic time).
+                if name not in seen_multi:
+                    values[name] = []
+                    seen_multi.add(name)
+                values[name].extend(items)
             else:
                 values[name] = value
         except ValueError:
-            raise ConfigError(f"{source} line {number}: --{name}={value!r} is not a valid number") from None
+            raise ConfigError(f"{source} line {number}: --{name}={value[:40]!r} is not a valid number") from None
     return values
 
 
 def read_flagfile(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ModelLoadError(f"model config {path} does not exist; pass an absl flagfile such as config/CIFAR10.txt") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"model config {path} cannot be read as text ({exc})") from None
-    return parse_flagfile(text, source=str(path))
+    if not path.exists():
+        raise ModelLoadError(f"model config {path} does not exist; pass an absl flagfile such as config/CIFAR10.txt")
+    return parse_flagfile(read_config_text(path, "model config"), source=str(path))

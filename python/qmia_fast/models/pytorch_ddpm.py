@@ -1,7 +1,6 @@
 """Loader for pytorch-ddpm / SecMI / PIA checkpoints: a torch dict with ema_model or net_model, plus an absl flagfile."""
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -11,9 +10,11 @@ from torch import nn
 
 from ..errors import ConfigError, ModelLoadError
 from ..schedule import linear_schedule
-from .checkpoint_io import load_state_dict_checked, safe_torch_load, strip_wrapper_prefixes
+from .checkpoint_io import load_state_dict_checked, safe_torch_load, strip_wrapper_prefixes, tensor_shapes
+from .config_io import check_schedule_steps, read_config_json
 from .flagfile import read_flagfile
 from .unet import CIFAR10_UNET_CONFIG, UNet, normalize_unet_config
+from .unet_shapes import check_unet_fits_file, check_unet_state_shapes
 from .wrapper import EpsModel
 
 __all__ = ["load_pytorch_ddpm", "resolve_ddpm_config", "select_state_dict", "FLAGFILE_NAME"]
@@ -32,12 +33,7 @@ def resolve_ddpm_config(config, checkpoint: Path) -> tuple[dict[str, Any], str]:
     if config is not None:
         path = Path(config)
         if path.suffix.lower() == ".json":
-            try:
-                loaded = json.loads(path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                raise ModelLoadError(f"model config {path} does not exist") from None
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ModelLoadError(f"model config {path} is not valid JSON ({exc})") from None
+            loaded = read_config_json(path)
             if not isinstance(loaded, dict):
                 raise ModelLoadError(f"model config {path} must hold a JSON object of UNet settings")
             return loaded, str(path)
@@ -78,32 +74,43 @@ def select_state_dict(checkpoint: Any, source: str) -> tuple[dict[str, torch.Ten
 
 
 def load_pytorch_ddpm(path: str | Path, config=None, trust_checkpoint: bool = False) -> EpsModel:
+    """Load a pytorch-ddpm/SecMI checkpoint; the config is checked against the weights' shapes before the UNet is built."""
     path = Path(path)
     flags, config_source = resolve_ddpm_config(config, path)
     mean_type = flags.pop("mean_type", "epsilon")
     flags.pop("var_type", None)
-    if mean_type not in _MEAN_TYPES:
+    if not isinstance(mean_type, str) or mean_type not in _MEAN_TYPES:
         raise ModelLoadError(
-            f"model config ({config_source}): mean_type = {mean_type!r} is not supported; "
+            f"model config ({config_source}): mean_type = {mean_type!r:.60} is not supported; "
             "only epsilon- and xstart-predicting DDPMs can be scored"
         )
     schedule_flags = {key: flags.pop(key) for key in _SCHEDULE_KEYS if key in flags}
     try:
         unet_config = normalize_unet_config({k: v for k, v in flags.items() if k in CIFAR10_UNET_CONFIG})
+        check_schedule_steps({"T": unet_config["T"]}, f"model config ({config_source})")
         schedule = linear_schedule(unet_config["T"], schedule_flags.get("beta_1", 1e-4), schedule_flags.get("beta_T", 0.02))
     except ConfigError as exc:
         raise ConfigError(f"model config ({config_source}): {exc}") from None
-    ignored = sorted(set(flags) - set(CIFAR10_UNET_CONFIG))
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        raise ConfigError(f"model config ({config_source}): malformed value ({type(exc).__name__}: {str(exc)[:120]})") from None
+    ignored = sorted(map(str, set(flags) - set(CIFAR10_UNET_CONFIG)))
     if ignored and isinstance(config, Mapping):
         raise ConfigError(
             f"model config: unknown key(s) {ignored}; valid keys are "
             f"{sorted(set(CIFAR10_UNET_CONFIG) | set(_SCHEDULE_KEYS) | {'mean_type'})}"
         )
 
-    checkpoint = safe_torch_load(path, trust_checkpoint)
+    # Memory-mapped: the weights take no memory until the config has been checked against their shapes.
+    checkpoint = safe_torch_load(path, trust_checkpoint, mmap=True)
     state_dict, chosen = select_state_dict(checkpoint, str(path))
+    source = f"{path} [{chosen}] with config from {config_source}"
+    shapes = tensor_shapes(state_dict, source)
+    check_unet_state_shapes(unet_config, shapes, source)
+    # Tensors sharing one storage can show any shape; the file size bounds what they really hold.
+    check_unet_fits_file(unet_config, path.stat().st_size, source)
     net = UNet(**unet_config)
-    load_state_dict_checked(net, state_dict, source=f"{path} [{chosen}] with config from {config_source}")
+    load_state_dict_checked(net, state_dict, source=source)
+    del checkpoint, state_dict
     net.eval()
     described = {
         "format": "pytorch-ddpm",

@@ -10,8 +10,12 @@ import torch
 from .. import atomic_io
 from ..errors import ConfigError, ModelLoadError, require_extra
 from ..schedule import Schedule, schedule_from_dict
-from .checkpoint_io import load_state_dict_checked, safe_torch_load
+from .checkpoint_io import (
+    load_state_dict_checked, read_safetensors, safe_torch_load, safetensors_shapes, tensor_shapes,
+)
+from .config_io import check_schedule_steps, read_config_json, require_regular_file
 from .unet import UNet, normalize_unet_config
+from .unet_shapes import check_unet_fits_file, check_unet_state_shapes
 from .wrapper import EpsModel
 
 __all__ = ["FORMAT_TAG", "FORMAT_VERSION", "save_model", "load_qmia", "is_qmia_folder", "read_qmia_config"]
@@ -26,9 +30,10 @@ def is_qmia_folder(folder: Path) -> bool:
     if not config.is_file():
         return False
     try:
-        return json.loads(config.read_text(encoding="utf-8")).get("format") == FORMAT_TAG
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        loaded = read_config_json(config)
+    except ModelLoadError:
         return False
+    return isinstance(loaded, dict) and loaded.get("format") == FORMAT_TAG
 
 
 def save_model(
@@ -81,61 +86,112 @@ def save_model(
 
 def read_qmia_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelLoadError(f"model folder {folder} has no config.json; is it a qmia-fast model folder?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path} is not valid JSON ({exc}); the file is corrupt") from None
+    if not path.exists():
+        raise ModelLoadError(f"model folder {folder} has no config.json; is it a qmia-fast model folder?")
+    config = read_config_json(path, "model config")
     if not isinstance(config, dict) or config.get("format") != FORMAT_TAG:
         raise ModelLoadError(f"{path} is not a qmia-fast model config (no \"format\": \"{FORMAT_TAG}\")")
     version = config.get("version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ModelLoadError(
-            f"{path} has format version {version!r}; this qmia-fast reads versions up to {FORMAT_VERSION} "
+            f"{path}: \"version\" = {json.dumps(version)[:40]} must be an integer (1 to {FORMAT_VERSION} for this "
+            f"qmia-fast, which writes {FORMAT_VERSION}); fix the config"
+        )
+    if version > FORMAT_VERSION:
+        raise ModelLoadError(
+            f"{path} has format version {version}; this qmia-fast reads versions up to {FORMAT_VERSION} "
             "(upgrade qmia-fast)"
         )
     if config.get("architecture") != "ddpm-unet":
-        raise ModelLoadError(f"{path}: architecture {config.get('architecture')!r} is unknown; expected 'ddpm-unet'")
+        raise ModelLoadError(f"{path}: architecture {_show(config.get('architecture'))} is unknown; expected 'ddpm-unet'")
     return config
 
 
-def _read_weights(folder: Path, config: Mapping[str, Any], trust_checkpoint: bool) -> dict[str, torch.Tensor]:
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _weights_path(folder: Path, config: Mapping[str, Any]) -> Path:
     named = config.get("weights")
-    if named is not None and named not in WEIGHT_FILES.values():
-        raise ModelLoadError(f"{folder / 'config.json'}: weights = {named!r}; expected model.pt or model.safetensors")
+    if named is not None and not (isinstance(named, str) and named in WEIGHT_FILES.values()):
+        raise ModelLoadError(
+            f"{folder / 'config.json'}: weights = {_show(named)}; expected model.pt or model.safetensors"
+        )
     candidates = [named] if named else [WEIGHT_FILES["safetensors"], WEIGHT_FILES["pt"]]
-    present = [name for name in candidates if (folder / name).is_file()]
+    present = [name for name in candidates if (folder / name).exists()]
     if not present:
         raise ModelLoadError(f"model folder {folder} has no weights file ({' or '.join(candidates)})")
     path = folder / present[0]
+    require_regular_file(path, "weights")
+    return path
+
+
+def _read_weights(path: Path, trust_checkpoint: bool) -> dict[str, torch.Tensor]:
+    """The weights as name -> tensor; a .pt is memory-mapped, so reading it costs no memory until used."""
     if path.suffix == ".safetensors":
-        st = require_extra("safetensors.torch", "safetensors", f"reading {path}")
-        try:
-            return st.load_file(str(path), device="cpu")
-        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
-            raise ModelLoadError(f"weights {path} are truncated or corrupt ({type(exc).__name__}: {exc})") from None
-    state = safe_torch_load(path, trust_checkpoint, what="weights")
+        return read_safetensors(path)
+    state = safe_torch_load(path, trust_checkpoint, what="weights", mmap=True)
     if not isinstance(state, Mapping):
         raise ModelLoadError(f"weights {path} hold a {type(state).__name__}, expected a state dict")
     return dict(state)
 
 
+def _unet_settings(config: Mapping[str, Any], where: str) -> dict[str, Any]:
+    settings = config.get("unet")
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise ModelLoadError(f"{where}: \"unet\" must be an object of UNet settings, not {type(settings).__name__}")
+    try:
+        return normalize_unet_config(settings)
+    except ConfigError as exc:
+        raise ModelLoadError(f"{where}: {exc}") from None
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        raise ModelLoadError(f"{where}: malformed \"unet\" settings ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+def _schedule(config: Mapping[str, Any], where: str) -> Schedule:
+    spec = config.get("schedule")
+    if spec is None:
+        spec = {}
+    check_schedule_steps(spec, where)
+    try:
+        return schedule_from_dict(spec)
+    except ConfigError as exc:
+        raise ModelLoadError(f"{where}: {exc}") from None
+    except (TypeError, ValueError, ArithmeticError, KeyError, AttributeError) as exc:
+        raise ModelLoadError(f"{where}: malformed \"schedule\" ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
 def load_qmia(folder: str | Path, trust_checkpoint: bool = False) -> EpsModel:
+    """Load a qmia model folder, checking config against the weights' shapes before the UNet takes any memory."""
     folder = Path(folder)
     config = read_qmia_config(folder)
-    try:
-        unet_config = normalize_unet_config(config.get("unet") or {})
-        schedule = schedule_from_dict(config.get("schedule") or {})
-    except ConfigError as exc:
-        raise ModelLoadError(f"{folder / 'config.json'}: {exc}") from None
+    where = str(folder / "config.json")
+    unet_config = _unet_settings(config, where)
+    schedule = _schedule(config, where)
     if schedule.T != unet_config["T"]:
         raise ModelLoadError(
-            f"{folder / 'config.json'}: the schedule has T = {schedule.T} steps but the UNet's time embedding "
-            f"has T = {unet_config['T']}"
+            f"{where}: the schedule has T = {schedule.T} steps but the UNet's time embedding has T = {unet_config['T']}"
         )
+    path = _weights_path(folder, config)
+    source = f"{folder} (config.json against {path.name})"
+    # Both readers look at the weights' index only (a header, a memory map), so a damaged file is
+    # reported as such before the config is compared with it name by name.
+    if path.suffix == ".safetensors":
+        shapes, state = safetensors_shapes(path), None
+    else:
+        state = _read_weights(path, trust_checkpoint)
+        shapes = tensor_shapes(state, str(path))
+    check_unet_state_shapes(unet_config, shapes, source)
+    # Tensors sharing one storage can show any shape; the file size bounds what they really hold.
+    check_unet_fits_file(unet_config, path.stat().st_size, source)
+    if state is None:
+        state = _read_weights(path, trust_checkpoint)
     net = UNet(**unet_config)
-    load_state_dict_checked(net, _read_weights(folder, config, trust_checkpoint), source=str(folder))
+    load_state_dict_checked(net, state, source=str(folder))
+    del state  # drops the memory map of model.pt
     net.eval()
     described = {
         "format": "qmia",
