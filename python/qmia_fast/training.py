@@ -365,7 +365,11 @@ def _read_resume_checkpoint(out_dir: Path, fingerprint: Mapping[str, Any]):
                 "choose another --out or delete that folder"
             )
         return None
-    checkpoint = safe_torch_load(path, trust_checkpoint=False, what="training checkpoint")
+    checkpoint = safe_torch_load(
+        path, trust_checkpoint=False, what="training checkpoint",
+        unsafe_advice=f"train-target writes plain tensors only, so this file is not one of its checkpoints; "
+                      f"delete {path} or choose another --out to train afresh",
+    )
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != _CHECKPOINT_TAG:
         raise ConfigError(f"--out {out_dir}: {CHECKPOINT_NAME} is not a qmia-fast training checkpoint")
     if checkpoint.get("version") != _CHECKPOINT_VERSION:

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from ..errors import ModelLoadError
 
 __all__ = [
-    "MAX_CONFIG_BYTES", "MAX_SCHEDULE_STEPS", "require_regular_file", "read_config_text", "read_config_json",
+    "MAX_CONFIG_BYTES", "MAX_SCHEDULE_STEPS", "MAX_IMAGE_SIDE", "require_regular_file", "read_config_text", "read_config_json",
     "check_schedule_steps",
 ]
 
@@ -19,6 +19,8 @@ __all__ = [
 MAX_CONFIG_BYTES = 16 << 20
 # DDPMs train with 1000 steps (4000 in improved DDPM); every schedule array has T entries.
 MAX_SCHEDULE_STEPS = 100_000
+# The data readers refuse images above 4096 x 4096 pixels, so no model needs a larger side.
+MAX_IMAGE_SIDE = 4096
 
 
 def require_regular_file(path: Path, what: str) -> os.stat_result:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, ModelLoadError
 from .checkpoint_io import is_torchscript_archive
+from .config_io import require_regular_file
 from .diffusers_format import is_diffusers_folder, load_diffusers
 from .pytorch_ddpm import load_pytorch_ddpm
 from .qmia_format import is_qmia_folder, load_qmia
@@ -52,6 +53,7 @@ def detect_format(path: str | os.PathLike) -> tuple[str, Path]:
             f"cannot tell the model format of folder {path} ({reason}; contents: {listing}); "
             "pass the checkpoint file itself or --model-format"
         )
+    require_regular_file(path, "model")  # a FIFO or device would block every reader below
     # Any file of a qmia model folder (config.json, model.pt, a training checkpoint.pt) means that folder.
     if path.suffix.lower() in (".json", ".pt", ".safetensors") and is_qmia_folder(path.parent):
         return "qmia", path.parent
@@ -116,6 +118,8 @@ def load_model(
         format, path = detect_format(path)
     elif not path.exists():
         raise ModelLoadError(f"model {path} does not exist; check the path")
+    elif not path.is_dir():
+        require_regular_file(path, "model")
     elif format == "qmia" and path.is_file():
         path = path.parent
     model = _LOADERS[format](path, config, trust_checkpoint)

@@ -14,7 +14,7 @@ from .checkpoint_io import load_state_dict_checked, safe_torch_load, strip_wrapp
 from .config_io import check_schedule_steps, read_config_json
 from .flagfile import read_flagfile
 from .unet import CIFAR10_UNET_CONFIG, UNet, normalize_unet_config
-from .unet_shapes import check_unet_fits_file, check_unet_state_shapes
+from .unet_shapes import check_unet_fits_file, check_unet_image_size, check_unet_state_shapes
 from .wrapper import EpsModel
 
 __all__ = ["load_pytorch_ddpm", "resolve_ddpm_config", "select_state_dict", "FLAGFILE_NAME"]
@@ -100,6 +100,7 @@ def load_pytorch_ddpm(path: str | Path, config=None, trust_checkpoint: bool = Fa
             f"{sorted(set(CIFAR10_UNET_CONFIG) | set(_SCHEDULE_KEYS) | {'mean_type'})}"
         )
 
+    check_unet_image_size(unet_config, f"model config ({config_source})")
     # Memory-mapped: the weights take no memory until the config has been checked against their shapes.
     checkpoint = safe_torch_load(path, trust_checkpoint, mmap=True)
     state_dict, chosen = select_state_dict(checkpoint, str(path))

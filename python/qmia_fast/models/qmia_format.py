@@ -15,7 +15,7 @@ from .checkpoint_io import (
 )
 from .config_io import check_schedule_steps, read_config_json, require_regular_file
 from .unet import UNet, normalize_unet_config
-from .unet_shapes import check_unet_fits_file, check_unet_state_shapes
+from .unet_shapes import check_unet_fits_file, check_unet_image_size, check_unet_state_shapes
 from .wrapper import EpsModel
 
 __all__ = ["FORMAT_TAG", "FORMAT_VERSION", "save_model", "load_qmia", "is_qmia_folder", "read_qmia_config"]
@@ -175,6 +175,7 @@ def load_qmia(folder: str | Path, trust_checkpoint: bool = False) -> EpsModel:
         raise ModelLoadError(
             f"{where}: the schedule has T = {schedule.T} steps but the UNet's time embedding has T = {unet_config['T']}"
         )
+    check_unet_image_size(unet_config, where)
     path = _weights_path(folder, config)
     source = f"{folder} (config.json against {path.name})"
     # Both readers look at the weights' index only (a header, a memory map), so a damaged file is

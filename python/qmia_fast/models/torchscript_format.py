@@ -1,7 +1,6 @@
 """Loader for TorchScript noise predictors; their image shape and schedule come from a config dict or JSON file."""
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -10,6 +9,7 @@ import torch
 
 from ..errors import ConfigError, ModelLoadError
 from ..schedule import schedule_from_dict
+from .config_io import MAX_IMAGE_SIDE, check_schedule_steps, read_config_json
 from .wrapper import PREDICTION_TYPES, EpsModel
 
 __all__ = ["load_torchscript", "TORCHSCRIPT_CONFIG_EXAMPLE"]
@@ -24,12 +24,9 @@ def _read_config(config) -> tuple[dict[str, Any], str]:
     if isinstance(config, Mapping):
         return dict(config), "config dict"
     path = Path(config)
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelLoadError(f"model config {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"model config {path} is not valid JSON ({exc})") from None
+    if not path.exists():
+        raise ModelLoadError(f"model config {path} does not exist")
+    loaded = read_config_json(path)
     if not isinstance(loaded, dict):
         raise ModelLoadError(f"model config {path} must hold a JSON object like {TORCHSCRIPT_CONFIG_EXAMPLE}")
     return loaded, str(path)
@@ -46,13 +43,21 @@ def load_torchscript(path: str | Path, config=None, trust_checkpoint: bool = Fal
     settings, source = _read_config(config)
     shape = settings.get("image_shape")
     if (not isinstance(shape, (list, tuple)) or len(shape) != 3
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)
+            or shape[1] > MAX_IMAGE_SIDE or shape[2] > MAX_IMAGE_SIDE):
         raise ConfigError(
-            f"model config ({source}): image_shape = {shape!r} must be [channels, height, width], e.g. [3, 32, 32]"
+            f"model config ({source}): image_shape = {shape!r:.60} must be [channels, height, width] with sides "
+            f"up to {MAX_IMAGE_SIDE}, e.g. [3, 32, 32]"
         )
     if "schedule" not in settings:
         raise ConfigError(f"model config ({source}): give the noise schedule, e.g. {TORCHSCRIPT_CONFIG_EXAMPLE}")
-    schedule = schedule_from_dict(settings["schedule"])
+    check_schedule_steps(settings["schedule"], f"model config ({source})")
+    try:
+        schedule = schedule_from_dict(settings["schedule"])
+    except (TypeError, ValueError, ArithmeticError, KeyError, AttributeError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"model config ({source}): malformed schedule ({type(exc).__name__}: {str(exc)[:120]})") from None
     prediction_type = settings.get("prediction_type", "epsilon")
     if prediction_type not in PREDICTION_TYPES:
         raise ConfigError(

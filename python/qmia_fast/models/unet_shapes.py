@@ -4,8 +4,12 @@ from __future__ import annotations
 from typing import Any, Iterator, Mapping
 
 from ..errors import ModelLoadError
+from .config_io import MAX_IMAGE_SIDE
 
-__all__ = ["unet_state_shapes", "check_unet_fits_file", "check_unet_state_shapes", "BYTES_PER_PARAMETER_MIN"]
+__all__ = [
+    "unet_state_shapes", "check_unet_fits_file", "check_unet_state_shapes", "check_unet_image_size",
+    "BYTES_PER_PARAMETER_MIN",
+]
 
 # fp16/bf16 are the narrowest dtypes a DDPM checkpoint stores, so a file of B bytes holds at most B/2 parameters.
 BYTES_PER_PARAMETER_MIN = 2
@@ -86,6 +90,15 @@ def unet_state_shapes(config: Mapping[str, Any]) -> Iterator[tuple[str, Shape]]:
 
     yield from _norm("tail.0", now_ch)
     yield from _conv("tail.2", config["in_ch"], now_ch, 3)
+
+
+def check_unet_image_size(config: Mapping[str, Any], source: str) -> None:
+    """img_size is the one setting the weights do not bound; scoring allocates images of that side."""
+    if config["img_size"] > MAX_IMAGE_SIDE:
+        raise ModelLoadError(
+            f"{source}: img_size = {config['img_size']} is larger than the largest supported image side "
+            f"({MAX_IMAGE_SIDE}); fix the model config"
+        )
 
 
 def _numel(shape: Shape) -> int:
