@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import ast
 import gzip
+import io
 import os
 import re
+import stat
 import struct
+import warnings
 import zipfile
 from pathlib import Path
+from typing import Iterable
+
 import numpy as np
 
 from ..errors import DataError, QmiaError, require_extra
@@ -15,7 +20,8 @@ from .safe_pickle import checked_element_count, materialize_array, safe_unpickle
 
 __all__ = [
     "sniff_format", "read_npy", "NpzReader", "read_idx", "find_idx_images", "read_cifar_batch",
-    "find_cifar_batches", "read_image_folder", "IMAGE_SUFFIXES",
+    "find_cifar_batches", "read_image_folder", "IMAGE_SUFFIXES", "read_array_file", "read_npz_arrays",
+    "open_regular_file", "MAX_ARRAY_FILE_BYTES",
 ]
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -30,6 +36,8 @@ _DEFLATE_MAX_RATIO = 1032
 _READ_CHUNK = 1 << 24
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _MAX_IMAGE_PIXELS = 1 << 24  # 4096 x 4096: far beyond any diffusion-model training image
+# What score-file readers decompress at most by default: 134M float64 scores, far beyond any audit.
+MAX_ARRAY_FILE_BYTES = 1 << 30
 
 
 def _fail(where: str, path, message: str) -> DataError:
@@ -52,6 +60,36 @@ def _readinto_exact(stream, array: np.ndarray, what: str) -> None:
         if not got:
             raise DataError(f"file ends inside the {what} after {filled} of {total} bytes (truncated)")
         filled += got
+
+
+def open_regular_file(path) -> "io.BufferedReader":
+    """Open `path` for binary reading only if it is a regular file; a FIFO, socket or device is a DataError.
+
+    Opening with O_NONBLOCK returns at once even for a FIFO without a writer, and fstat then
+    judges the very file that was opened, so nothing can swap it in between.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise DataError(f"is {_file_kind(mode)}, not a regular file; only regular files are read "
+                            "(remove it or pass a file on disk)")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
 
 
 def _guard(where: str, path, action):
@@ -84,9 +122,9 @@ def sniff_format(path: Path) -> str:
     """Guess a file's format from its name and first bytes: npy, npz, idx, cifar, json, txt or unknown."""
     name = path.name.lower()
     try:
-        with open(path, "rb") as fh:
+        with open_regular_file(path) as fh:
             head = fh.read(8)
-    except OSError:
+    except (OSError, DataError):
         head = b""
     if head.startswith(_NPY_MAGIC):
         return "npy"
@@ -109,7 +147,8 @@ def sniff_format(path: Path) -> str:
 
 # --------------------------------------------------------------------------- npy / npz
 
-def _parse_npy_header(stream, total_size: int, what: str) -> tuple[np.dtype, tuple, bool, int]:
+def _parse_npy_header(stream, total_size: int, what: str,
+                      max_bytes: int | None = None) -> tuple[np.dtype, tuple, bool, int]:
     magic = _read_exact(stream, 6, f"{what} header")
     if magic != _NPY_MAGIC:
         raise DataError(f"{what} is not a .npy array (bad magic bytes)")
@@ -140,6 +179,9 @@ def _parse_npy_header(stream, total_size: int, what: str) -> tuple[np.dtype, tup
         raise DataError(f"{what} has a malformed .npy header")
     count = checked_element_count(shape, dtype.itemsize, what)
     nbytes = count * dtype.itemsize
+    if max_bytes is not None and nbytes > max_bytes:
+        raise DataError(f"{what} declares shape {shape} of {dtype} ({nbytes} bytes), more than the {max_bytes} "
+                        "bytes this reader accepts")
     if dtype.kind == "U" and nbytes > _MAX_UNICODE_BYTES:
         raise DataError(f"{what} holds a {nbytes}-byte string array; only short metadata strings are read")
     data_bytes = total_size - prefix - header_len
@@ -149,19 +191,19 @@ def _parse_npy_header(stream, total_size: int, what: str) -> tuple[np.dtype, tup
     return dtype, shape, fortran, count
 
 
-def _read_npy_stream(stream, total_size: int, what: str) -> np.ndarray:
-    dtype, shape, fortran, count = _parse_npy_header(stream, total_size, what)
+def _read_npy_stream(stream, total_size: int, what: str, max_bytes: int | None = None) -> np.ndarray:
+    dtype, shape, fortran, count = _parse_npy_header(stream, total_size, what, max_bytes)
     flat = np.empty(count, dtype=dtype)
     _readinto_exact(stream, flat, f"{what} data")
     array = flat.reshape(shape, order="F" if fortran else "C")
     return array.astype(dtype.newbyteorder("="), copy=False)
 
 
-def read_npy(path: Path, *, where: str = "--data") -> np.ndarray:
-    """Read a .npy file without pickle, checking the declared size against the file size first."""
+def read_npy(path: Path, *, where: str = "--data", max_bytes: int | None = None) -> np.ndarray:
+    """Read a .npy file without pickle, checking the declared size against the file size (and max_bytes) first."""
     def action():
-        with open(path, "rb") as fh:
-            return _read_npy_stream(fh, os.fstat(fh.fileno()).st_size, "the array")
+        with open_regular_file(path) as fh:
+            return _read_npy_stream(fh, os.fstat(fh.fileno()).st_size, "the array", max_bytes)
     return _guard(where, path, action)
 
 
@@ -174,8 +216,13 @@ class NpzReader:
 
     def __init__(self, path: Path, *, where: str = "--data"):
         self.path, self.where = Path(path), where
-        self._archive_size = _guard(where, path, lambda: self.path.stat().st_size)
-        self._zip = _guard(where, path, lambda: zipfile.ZipFile(self.path))
+        self._file = _guard(where, path, lambda: open_regular_file(self.path))
+        self._archive_size = os.fstat(self._file.fileno()).st_size
+        try:
+            self._zip = _guard(where, path, lambda: zipfile.ZipFile(self._file))
+        except DataError:
+            self._file.close()
+            raise
         try:
             members = _guard(where, path, self._zip.infolist)
         except DataError:
@@ -197,6 +244,7 @@ class NpzReader:
             self._zip.close()
         except Exception:  # noqa: BLE001 - closing a damaged archive must not mask the real error
             pass
+        self._file.close()
 
     def keys(self) -> list[str]:
         return list(self._members)
@@ -204,7 +252,14 @@ class NpzReader:
     def __contains__(self, key: str) -> bool:
         return key in self._members
 
-    def read(self, key: str) -> np.ndarray:
+    def declared_size(self, key: str) -> int:
+        """The uncompressed size member `key` claims (what read() would inflate), without reading it."""
+        info = self._members.get(key)
+        if info is None:
+            raise _fail(self.where, self.path, f"has no array {key!r} (it holds {', '.join(self._members)})")
+        return info.file_size
+
+    def read(self, key: str, *, max_bytes: int | None = None) -> np.ndarray:
         info = self._members.get(key)
         if info is None:
             raise _fail(self.where, self.path, f"has no array {key!r} (it holds {', '.join(self._members)})")
@@ -222,7 +277,7 @@ class NpzReader:
                 raise DataError(f"member {info.filename} uses compression method {info.compress_type}; "
                                 "numpy writes only stored or deflated members")
             with self._zip.open(info) as stream:
-                array = _read_npy_stream(stream, info.file_size, f"array {key!r}")
+                array = _read_npy_stream(stream, info.file_size, f"array {key!r}", max_bytes)
                 if stream.read(1):
                     raise DataError(f"member {info.filename} has trailing data")
             return array
@@ -239,8 +294,8 @@ _IDX_IMAGES = re.compile(r"^(train|t10k)-images[.-]idx3-ubyte(\.gz)?$")
 def read_idx(path: Path, *, where: str = "--data") -> np.ndarray:
     """Read an idx file (gzipped or not), checking the declared dimensions against the data size."""
     def action():
-        file_size = path.stat().st_size
-        with open(path, "rb") as raw:
+        with open_regular_file(path) as raw:
+            file_size = os.fstat(raw.fileno()).st_size
             if raw.read(2) != _GZIP_MAGIC:
                 raw.seek(0)
                 return _read_idx_stream(raw, file_size, None)
@@ -353,7 +408,9 @@ def read_cifar_batch(path: Path, *, where: str = "--data") -> tuple[np.ndarray, 
     another tool); the caller reshapes and validates it.
     """
     def action():
-        batch = safe_unpickle(path.read_bytes())
+        with open_regular_file(path) as handle:
+            raw = handle.read()
+        batch = safe_unpickle(raw)
         if not isinstance(batch, dict):
             raise DataError(f"is a pickle of a {type(batch).__name__}, not a CIFAR batch dict")
         # Original batches are Python 2 pickles (str keys under latin1); re-dumped ones may use bytes keys.
@@ -396,8 +453,13 @@ def list_image_files(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
-# Pillow modes and the array each becomes; anything else (16-bit, float, CMYK, ...) is refused.
+# Pillow modes and the channels each becomes after _decode_image; anything else (16-bit, float,
+# CMYK, ...) is refused. Alpha is dropped once it is known to be opaque, and palettes become RGB.
 _MODE_CONVERSION = {"1": "L", "L": "L", "P": None, "RGB": "RGB", "RGBA": "RGBA", "LA": "LA", "PA": "RGBA"}
+_MODE_CHANNELS = {"1": 1, "L": 1, "LA": 1, "P": 3, "PA": 3, "RGB": 3, "RGBA": 3}
+_CHANNEL_WORDS = {1: "grayscale", 3: "colour"}
+# Pillow's own guards against images that inflate far beyond their file.
+_PNG_TEXT_BOMB = ("Decompressed data too large", "Too much memory used in text chunks")
 
 
 def _decode_image(image, path: Path) -> np.ndarray:
@@ -421,36 +483,174 @@ def _decode_image(image, path: Path) -> np.ndarray:
     return pixels
 
 
-def read_image_folder(folder: Path, *, where: str = "--data") -> tuple[np.ndarray, list[Path]]:
+def _open_image(image_module, handle):
+    """Image.open on an already opened regular file, with Pillow's decompression-bomb warning made an error."""
+    warnings.simplefilter("error", image_module.DecompressionBombWarning)
+    return image_module.open(handle)
+
+
+def _image_call(image_module, path: Path, body):
+    """Run body(image) on the lazily opened image; names decompression bombs as such instead of 'corrupt'."""
+    with warnings.catch_warnings():
+        try:
+            with open_regular_file(path) as handle, _open_image(image_module, handle) as image:
+                return body(image)
+        except (image_module.DecompressionBombError, image_module.DecompressionBombWarning) as exc:
+            raise DataError(f"is a decompression bomb: it declares far more pixels than its size could hold "
+                            f"({str(exc)[:120]}); it was not decoded. Remove it from the folder") from None
+        except ValueError as exc:
+            if str(exc).startswith(_PNG_TEXT_BOMB):
+                raise DataError("is a decompression bomb: a compressed text chunk inflates beyond Pillow's limit; "
+                                "it was not decoded. Remove it from the folder") from None
+            raise
+
+
+def _header(image) -> tuple[int, int, int]:
+    """(width, height, channels) from the header alone: Image.open has not decoded any pixel yet."""
+    width, height = image.size
+    if width * height > _MAX_IMAGE_PIXELS:
+        raise DataError(f"declares {width} x {height} pixels, more than the {_MAX_IMAGE_PIXELS} (4096 x 4096) this "
+                        "reader decodes (an image far larger than a diffusion model's input, or a decompression "
+                        "bomb); it was not decoded")
+    channels = _MODE_CHANNELS.get(image.mode)
+    if channels is None:
+        raise DataError(f"image mode {image.mode!r} is not supported; save 8-bit grayscale, RGB or RGBA images")
+    return width, height, channels
+
+
+def _decoded_budget() -> int:
+    """Bytes an image folder may decode to: half of physical memory, and of the address-space limit if one is set."""
+    budget = 1 << 62
+    try:
+        budget = min(budget, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
+    except (AttributeError, ValueError, OSError):
+        pass
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            budget = min(budget, soft // 2)
+    except (ImportError, ValueError, OSError):
+        pass
+    return budget
+
+
+def _shape_words(shape) -> str:
+    return " x ".join(str(v) for v in shape)
+
+
+def _check_expected(shape: tuple[int, int, int], expected, first: Path) -> None:
+    if expected is None or tuple(shape) == tuple(expected):
+        return
+    channels, height, width = shape
+    want_c, want_h, want_w = expected
+    if channels != want_c:
+        have_word, want_word = _CHANNEL_WORDS.get(channels, f"{channels}-channel"), \
+            _CHANNEL_WORDS.get(want_c, f"{want_c}-channel")
+        fix = f"convert the images to {want_word} ({want_c} channel{'s' if want_c != 1 else ''})"
+        what = f"are {have_word} ({channels} channel{'s' if channels != 1 else ''})"
+    else:
+        fix = f"resize the images to {want_h} x {want_w}"
+        what = f"are {height} x {width}"
+    raise DataError(f"the images {what}, e.g. {first.name}, but the model expects {_shape_words(expected)} "
+                    f"(channels x height x width); {fix}")
+
+
+def read_image_folder(folder: Path, *, where: str = "--data", expected_shape=None,
+                      max_bytes: int | None = None) -> tuple[np.ndarray, list[Path]]:
     """All images under `folder` as uint8 N x C x H x W, in sorted relative-path order.
 
     Every image must have the same size and the same number of channels (grayscale vs colour
-    is never converted silently); palette images become RGB, opaque alpha is dropped.
+    is never converted silently); palette images become RGB, opaque alpha is dropped. Every
+    header is read first, so that a file that is not a regular file (a FIFO named *.png is
+    refused, never opened for reading), an image of another size or mode, one that does not
+    match `expected_shape` (C, H, W), a decompression bomb, or a folder that would decode to
+    more than `max_bytes` (default: half of physical memory) is reported before any pixel is
+    decoded.
     """
     files = list_image_files(folder)
     if not files:
         raise _fail(where, folder, f"folder holds no images ({', '.join(IMAGE_SUFFIXES)}) and no "
                                    "known dataset files (.npy, .npz, idx, CIFAR batches)")
     image_module = require_extra("PIL.Image", "images", "reading an image folder")
-    images = None
     reference = None
-    for index, path in enumerate(files):
-        def decode(path=path):
-            with image_module.open(path) as image:
-                if image.width * image.height > _MAX_IMAGE_PIXELS:
-                    raise DataError(f"is {image.width} x {image.height}, larger than any supported image")
-                if reference is not None and image.size != reference[0]:
-                    raise DataError(f"is {image.width} x {image.height} but {files[0].name} is "
-                                    f"{reference[0][0]} x {reference[0][1]}; all images must have one size")
-                image.load()
-                return _decode_image(image, path)
-        pixels = _guard(where, path, decode)
+    for path in files:
+        width, height, channels = _guard(where, path, lambda path=path: _image_call(image_module, path, _header))
         if reference is None:
-            reference = ((pixels.shape[1], pixels.shape[0]), pixels.shape[2])
-            images = np.empty((len(files), pixels.shape[2], pixels.shape[0], pixels.shape[1]), np.uint8)
-        elif pixels.shape[2] != reference[1]:
-            kind = {1: "grayscale", 3: "colour"}
-            raise _fail(where, path, f"is {kind[pixels.shape[2]]} but {files[0].name} is "
-                                     f"{kind[reference[1]]}; convert all images to one mode")
+            reference = (width, height, channels)
+            _guard(where, folder, lambda: _check_expected((channels, height, width), expected_shape, files[0]))
+        elif (width, height) != reference[:2]:
+            raise _fail(where, path, f"is {width} x {height} but {files[0].name} is {reference[0]} x "
+                                     f"{reference[1]}; all images must have one size")
+        elif channels != reference[2]:
+            raise _fail(where, path, f"is {_CHANNEL_WORDS[channels]} but {files[0].name} is "
+                                     f"{_CHANNEL_WORDS[reference[2]]}; convert all images to one mode")
+    width, height, channels = reference
+    total = len(files) * channels * height * width
+    budget = _decoded_budget() if max_bytes is None else max_bytes
+    if total > budget:
+        raise _fail(where, folder, f"{len(files)} images of {channels} x {height} x {width} would decode to "
+                                   f"{total} bytes, more than the {budget} bytes allowed (half of this "
+                                   "machine's memory); pass a smaller folder or a subset")
+    images = np.empty((len(files), channels, height, width), np.uint8)
+    for index, path in enumerate(files):
+        def decode(image, path=path):
+            if (image.width, image.height) != (width, height):
+                raise DataError("changed while the folder was being read; read it again")
+            image.load()
+            return _decode_image(image, path)
+        pixels = _guard(where, path, lambda path=path, decode=decode: _image_call(image_module, path, decode))
+        if pixels.shape[2] != channels:
+            raise _fail(where, path, "changed while the folder was being read; read it again")
         images[index] = pixels.transpose(2, 0, 1)
     return images, files
+
+
+# --------------------------------------------------------------------------- score and array files
+
+def read_array_file(path, *, where: str, max_elements: int | None = None,
+                    max_bytes: int = MAX_ARRAY_FILE_BYTES) -> np.ndarray:
+    """One numeric array from a .npy file, for score, label and index files, read without pickle.
+
+    The header's declared shape is checked before anything is allocated: it must match the
+    file's size exactly, hold at most `max_elements` elements (when given) and `max_bytes`
+    bytes. Any other outcome is a DataError that starts with "{where} {path}:".
+    """
+    path = Path(path)
+    array = read_npy(path, where=where, max_bytes=_element_bytes_bound(max_elements, max_bytes))
+    return _check_elements(array, max_elements, where, path, "the array")
+
+
+def read_npz_arrays(path, *, where: str, keys: Iterable[str] | None = None, max_elements: int | None = None,
+                    max_bytes: int = MAX_ARRAY_FILE_BYTES) -> dict[str, np.ndarray]:
+    """The arrays of a .npz file (all of them, or `keys`) as {name: array}, read without pickle.
+
+    Before a byte is inflated, the members' declared sizes are checked: together at most
+    `max_bytes` and at most what deflate can expand the file to (about 1000 times its size);
+    each at most `max_elements` elements (when given). A key that is missing, a member that
+    inflates beyond what it declared, a pickled (object) member or a damaged archive is a
+    DataError that starts with "{where} {path}:".
+    """
+    path = Path(path)
+    with NpzReader(path, where=where) as npz:
+        wanted = npz.keys() if keys is None else list(keys)
+        declared = sum(npz.declared_size(key) for key in wanted)
+        limit = min(max_bytes, npz._archive_size * _DEFLATE_MAX_RATIO + 1024)
+        if declared > limit:
+            raise _fail(where, path, f"its arrays would inflate to {declared} bytes, more than the {limit} bytes "
+                                     "accepted for a file of this size (a zip bomb, or not a score file)")
+        bound = _element_bytes_bound(max_elements, max_bytes)
+        return {key: _check_elements(npz.read(key, max_bytes=bound), max_elements, where, path, f"array {key!r}")
+                for key in wanted}
+
+
+def _element_bytes_bound(max_elements: int | None, max_bytes: int) -> int:
+    # The widest numeric dtype a reader accepts is 16 bytes (complex128, float128).
+    return max_bytes if max_elements is None else min(max_bytes, max_elements * 16)
+
+
+def _check_elements(array: np.ndarray, max_elements: int | None, where: str, path, what: str) -> np.ndarray:
+    if max_elements is not None and array.size > max_elements:
+        raise _fail(where, path, f"{what} has {array.size} elements, more than the {max_elements} expected")
+    return array

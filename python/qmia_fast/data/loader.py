@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -57,7 +57,8 @@ class LoadedData(tuple):
 
 
 def load_data(source: Any, *, split: Any = None, members: Any = None, public_fraction: float = 0.5,
-              seed: int = 0, layout: str = "auto", fmt: str = "auto", part: str | None = None) -> LoadedData:
+              seed: int = 0, layout: str = "auto", fmt: str = "auto", part: str | None = None,
+              expected_shape: Sequence[int] | None = None) -> LoadedData:
     """Read images and their member split.
 
     source: "builtin" (the shipped demo), a numpy array, or a path to a .npy/.npz array, an
@@ -69,6 +70,9 @@ def load_data(source: Any, *, split: Any = None, members: Any = None, public_fra
     public_fraction, seed: how non-members are divided into public and holdout.
     layout: 'auto', 'nchw', 'nhwc' or 'nhw' for arrays; fmt: one of FORMATS;
     part: 'train' (default), 'test' or 'all' (train then test) for idx and CIFAR folders.
+    expected_shape: (C, H, W) the images must have, e.g. the target model's image_shape; an image
+      folder is checked against it from the file headers, before any image is decoded, and every
+      other source once read. None (the default) accepts any shape.
 
     Returns LoadedData, which unpacks as (uint8 C-contiguous N x C x H x W images, Split or None).
     """
@@ -81,6 +85,7 @@ def load_data(source: Any, *, split: Any = None, members: Any = None, public_fra
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if part is not None and part not in PARTS:
         raise ConfigError(f"--part must be one of {', '.join(PARTS)}, not {part!r}")
+    expected_shape = _check_expected_shape(expected_shape)
 
     embedded: Mapping[str, np.ndarray] = {}
     is_path = isinstance(source, (str, os.PathLike)) and not (isinstance(source, str) and source == "builtin")
@@ -96,9 +101,13 @@ def load_data(source: Any, *, split: Any = None, members: Any = None, public_fra
         loaded, embedded = _load_npz(BUILTIN_DATA, layout)
         loaded.format, loaded.label = "builtin", "built-in demo data"
     elif isinstance(source, (str, os.PathLike)):
-        loaded, embedded = _load_path(Path(source), fmt, layout, part)
+        loaded, embedded = _load_path(Path(source), fmt, layout, part, expected_shape)
     else:
         raise InputError(f"--data must be 'builtin', a path or a numpy array, not {type(source).__name__}")
+    if expected_shape is not None and tuple(loaded.images.shape[1:]) != expected_shape:
+        error = InputError if loaded.format == "array" else DataError
+        raise error(f"--data {loaded.label}: images are {_dims(loaded.images.shape[1:])} but the model expects "
+                    f"{_dims(expected_shape)} (channels x height x width); {_fix(loaded.images.shape[1:], expected_shape)}")
 
     n_images = len(loaded.images)
     if loaded.labels is not None and (loaded.labels.ndim != 1 or len(loaded.labels) != n_images
@@ -115,6 +124,30 @@ def load_data(source: Any, *, split: Any = None, members: Any = None, public_fra
     labels = None if loaded.labels is None else loaded.labels.astype(np.int64)
     return LoadedData(loaded.images, resolved, description=description, labels=labels,
                       format=loaded.format, files=loaded.files)
+
+
+def _check_expected_shape(expected) -> tuple[int, int, int] | None:
+    if expected is None:
+        return None
+    try:
+        values = tuple(expected)
+    except TypeError:
+        values = ()
+    if len(values) != 3 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0
+                                   for v in values):
+        raise ConfigError(f"expected_shape = {expected!r:.60} must be (channels, height, width), e.g. a model's "
+                          "image_shape such as (3, 32, 32)")
+    return tuple(int(v) for v in values)
+
+
+def _dims(shape) -> str:
+    return " x ".join(str(int(v)) for v in shape)
+
+
+def _fix(shape, expected) -> str:
+    if shape[0] != expected[0]:
+        return f"convert the images to {expected[0]} channel{'s' if expected[0] != 1 else ''} (grayscale 1, colour 3)"
+    return f"resize the images to {expected[1]} x {expected[2]}"
 
 
 class _Loaded:
@@ -155,9 +188,13 @@ def _detect_folder(folder: Path, part: str) -> tuple[str, Any]:
     return "images", None
 
 
-def _load_path(path: Path, fmt: str, layout: str, part: str | None) -> tuple[_Loaded, Mapping]:
+def _load_path(path: Path, fmt: str, layout: str, part: str | None, expected_shape=None) -> tuple[_Loaded, Mapping]:
     if not path.exists():
         raise DataError(f"--data {path}: no such file or folder")
+    if not path.is_dir() and not path.is_file():
+        # A FIFO, socket or device: reading it would block or never end.
+        raise DataError(f"--data {path}: is not a regular file or folder (a FIFO, socket or device); "
+                        "pass a data file or folder on disk")
     folder_part = part or "train"
     found = None
     if path.is_dir():
@@ -185,7 +222,7 @@ def _load_path(path: Path, fmt: str, layout: str, part: str | None) -> tuple[_Lo
     if kind == "images":
         if not path.is_dir():
             raise DataError(f"--data {path}: --format images needs a folder of image files")
-        images, files = read_image_folder(path)
+        images, files = read_image_folder(path, expected_shape=expected_shape)
         return _Loaded(images, "images sorted by relative path", "images", f"{path}/", files=files), {}
     if kind in ("json", "txt"):
         raise DataError(f"--data {path}: looks like an index list, not images; pass it as --split or --members")
