@@ -106,15 +106,21 @@ def test_score_outputs_npz_and_csv_and_subsets(workspace, tmp_path):
     run(*base, "--split", root / "secmi_split.npz", "--subset", "members", "--out", tmp_path / "m.npz")
     with np.load(tmp_path / "m.npz") as f:
         np.testing.assert_array_equal(f["indices"], np.arange(0, N_IMAGES, 3))
-        np.testing.assert_allclose(f["scores"], everything[f["indices"]], rtol=2e-5)
-        assert json.loads(str(f["config"]))["score"]["method"] == "secmi"
+        # A subset is scored under its global sample indices: the same bits as inside the whole set.
+        np.testing.assert_array_equal(f["scores"], everything[f["indices"]])
+        metadata = json.loads(str(f["metadata"]))
+        assert metadata["score"]["method"] == "secmi" and metadata["direction"] == "lower_is_member"
+        assert "t" not in metadata["score"] and metadata["score"]["t_sec"] == 20  # only the method's settings
+        np.testing.assert_array_equal(f["labels"], np.ones(len(f["indices"])))
     run(*base, "--members", root / "members.npy", "--subset", "holdout", "--out", tmp_path / "h.csv")
     lines = (tmp_path / "h.csv").read_text().splitlines()
-    assert lines[0] == "index,score"
-    rows = [line.split(",") for line in lines[1:]]
+    assert lines[0].startswith("# qmia-fast/scores ")
+    assert json.loads(lines[0].split(" ", 2)[2])["direction"] == "lower_is_member"
+    assert lines[1] == "index,score,label"
+    rows = [line.split(",") for line in lines[2:]]
     assert len(rows) == 20
-    for index, value in rows:
-        np.testing.assert_allclose(float(value), everything[int(index)], rtol=2e-5)
+    for index, value, label in rows:
+        assert float(value) == everything[int(index)] and label == "0"
 
 
 @pytest.mark.parametrize("split_option", [["--split", "secmi_split.npz"], ["--split", "own_split.json"],
@@ -130,7 +136,7 @@ def test_attack_with_split_files_writes_every_output(workspace, tmp_path, split_
     assert not (out / "scores.chunks").exists()
     report = json.loads((out / "report.json").read_text())
     assert set(report["methods"]) == {"qmia_bag", "single_regressor", "marginal_threshold"}
-    assert report["config"]["method"] == "secmi" and report["config"]["n_models"] == 3
+    assert report["config"]["score"]["method"] == "secmi" and report["config"]["attack"]["n_models"] == 3
     assert report["sets"]["members"] == 20
     assert "QMIA-bag" in result.output and "marginal threshold" in result.output
     with np.load(out / "scores.npz") as f:
@@ -145,8 +151,8 @@ def test_attack_config_file_and_command_line_override(workspace, tmp_path):
     out = tmp_path / "out"
     run("attack", "--config", config, "--alpha", "0.1", "--out", out)
     report = json.loads((out / "report.json").read_text())
-    assert report["config"]["alpha"] == 0.1  # the command line wins
-    assert report["config"]["n_models"] == 3 and report["config"]["t_sec"] == 20  # from the file
+    assert report["config"]["attack"]["alpha"] == 0.1  # the command line wins
+    assert report["config"]["attack"]["n_models"] == 3 and report["config"]["score"]["t_sec"] == 20  # from the file
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"no_such_option": 1}))
     assert_one_line_error(CliRunner().invoke(cli, ["attack", "--config", str(bad)]), "no_such_option")
@@ -162,7 +168,7 @@ def test_attack_config_file_and_command_line_override(workspace, tmp_path):
     (["score", "--model", "{root}/model1", "--data", "{root}/gray_nchw.npy", "--out", "{tmp}/s.npy",
       "--method", "loss", "--t", "1000"], ["outside"]),
     (["score", "--model", "{root}/model1", "--data", "{root}/gray_nchw.npy", "--out", "{tmp}/s.npy",
-      "--batch-size", "0"], ["batch_size"]),
+      "--batch-size", "0"], ["--batch-size"]),
     (["score", "--model", "{root}/model1", "--data", "{root}/gray_nchw.npy", "--out", "{tmp}/s.npy",
       "--seed", "-3"], ["seed"]),
     (["score", "--model", "{root}/model1", "--data", "{root}/gray_nchw.npy", "--out", "{tmp}/s.npy",
@@ -220,10 +226,11 @@ def test_model_recommended_score_settings_apply_unless_given(workspace, tmp_path
     base = ["score", "--model", folder, "--data", root / "gray_nchw.npy", "--device", "cpu", "--no-progress"]
     result = run(*base, "--out", tmp_path / "rec.npz")
     with np.load(tmp_path / "rec.npz") as f:
-        score_config = json.loads(str(f["config"]))["score"]
+        score_config = json.loads(str(f["metadata"]))["score"]
     assert score_config["method"] == "loss" and score_config["t"] == 300
     assert "recommended score settings (method=loss, t=300): test target" in result.stderr
     run(*base, "--method", "secmi", "--t-sec", "20", "--out", tmp_path / "explicit.npz")
     with np.load(tmp_path / "explicit.npz") as f:
-        score_config = json.loads(str(f["config"]))["score"]
-    assert score_config["method"] == "secmi" and score_config["t"] == 200  # the recommendation is for loss only
+        score_config = json.loads(str(f["metadata"]))["score"]
+    # The recommendation is for loss only; secmi's own settings are listed, t does not apply to it.
+    assert score_config["method"] == "secmi" and score_config["t_sec"] == 20 and "t" not in score_config

@@ -16,7 +16,7 @@ import torch
 from qmia_fast import atomic_io
 from qmia_fast.errors import ResumeMismatchError
 from qmia_fast.models import UNet, save_model
-from qmia_fast.resumable import ChunkStore
+from qmia_fast.pipeline.resumable import ChunkStore
 from qmia_fast.schedule import linear_schedule
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -65,7 +65,11 @@ def test_write_report_files(tmp_path, results):
                                 "decision_single_regressor", "membership_marginal_threshold"}
     np.testing.assert_array_equal(saved["indices"], np.arange(1000) + 7)
     on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert on_disk["files"] == ["scores.npz", "roc.png", "roc_log.png", "report.json"]
+    # report.json is written last and names every other file with its hash.
+    assert list(on_disk["files"]) == ["scores.npz", "roc.png", "roc_log.png"]
+    from qmia_fast.atomic_io import sha256_file
+
+    assert all(entry["sha256"] == sha256_file(tmp_path / "out" / name) for name, entry in on_disk["files"].items())
     # Nothing temporary is left behind.
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
 

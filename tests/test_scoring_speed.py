@@ -56,9 +56,9 @@ def test_channels_last_gives_the_same_scores(method):
 
 def test_timestep_tensors_are_made_once_per_batch_size_and_t():
     model = tiny_model()
-    scorer = Scorer(model, "secmi", t_sec=30, k=10, batch_size=3, device="cpu")
-    scorer.score(images(7))  # batches of 3, 3, 1
-    assert set(scorer._timesteps) == {(n, t) for n in (3, 1) for t in (0, 10, 20, 30)}
+    scorer = Scorer(model, "secmi", t_sec=30, k=10, batch_size=3, unet_batch=3, device="cpu")
+    scorer.score(images(7))  # micro-batches of 3, 3 and 1 padded to 3
+    assert set(scorer._timesteps) == {(3, t) for t in (0, 10, 20, 30)}
     first = scorer._timesteps[(3, 10)]
     scorer.score(images(3))
     assert scorer._timesteps[(3, 10)] is first
@@ -81,13 +81,13 @@ def test_defaults_per_device():
 def test_graphs_replay_at_new_offsets_and_match_eager(method):
     model = tiny_model()
     imgs = images(10)
-    kwargs = dict(method=method, t_sec=30, k=10, seed=4, batch_size=4, device="cuda")
+    kwargs = dict(method=method, t_sec=30, k=10, seed=4, batch_size=8, unet_batch=4, device="cuda")
     eager = Scorer(model, cuda_graphs=False, **kwargs)
     graphed = Scorer(model, cuda_graphs=True, **kwargs)
     for offset in (0, 7, 2**40):
         np.testing.assert_array_equal(graphed.score(imgs, offset=offset), eager.score(imgs, offset=offset))
-    # One graph per batch shape (4 and the last batch of 2), however many offsets were scored.
-    assert len(graphed._graphs) == 2
+    # One graph for the micro-batch shape, however many offsets and micro-batches were scored.
+    assert len(graphed._graphs) == 1
     if method == "loss":
         assert not np.array_equal(graphed.score(imgs, offset=0), graphed.score(imgs, offset=1))
 
@@ -96,13 +96,14 @@ def test_graphs_replay_at_new_offsets_and_match_eager(method):
 @pytest.mark.parametrize("method", ["secmi", "loss"])
 def test_no_host_sync_inside_a_batch_once_captured(method):
     model = tiny_model()
-    scorer = Scorer(model, method, t_sec=30, k=10, batch_size=4, device="cuda")
+    scorer = Scorer(model, method, t_sec=30, k=10, batch_size=4, unet_batch=4, device="cuda")
     scorer.score(images(4))  # capture
     raw = scorer._upload(images(4, seed=3))
+    samples = torch.arange(12, 16, device="cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        result = scorer._score_device_batch(raw, offset=12)
+        result = scorer._score_micro_batch(raw, samples)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert result.shape == (4,)

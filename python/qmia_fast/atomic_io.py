@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import OutputError
+
 
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
@@ -15,24 +17,37 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
 
     A crash or kill at any point leaves either the old file or the new one under the
     final name, never a half-written file. The temporary keeps the final suffix so
-    that libraries which pick a format by extension (numpy, matplotlib) behave.
+    that libraries which pick a format by extension (numpy, matplotlib) behave. A failed
+    write (full disk, no permission, a folder in the way) is an OutputError naming the path.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
     suffix = final.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
-    # mkstemp makes the file private (0600); outputs get the permissions a plain open() would give.
-    os.fchmod(fd, 0o666 & ~_umask())
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.is_dir():
+            raise OutputError(f"{final} is a folder; choose a file name for this output")
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
+        # mkstemp makes the file private (0600); outputs get the permissions a plain open() would give.
+        os.fchmod(fd, 0o666 & ~_umask())
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, final)
         _fsync_dir(final.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {final}: {exc.strerror or exc}; free disk space, fix the permissions "
+                          "or choose another output path") from None
+    except RuntimeError as exc:
+        # torch.save reports a failed write (e.g. a full disk) as a RuntimeError from its zip writer.
+        if "PytorchStreamWriter" not in str(exc) and "file write failed" not in str(exc):
+            raise
+        raise OutputError(f"cannot write {final}: {' '.join(str(exc).split())}; free disk space or choose "
+                          "another output path") from None
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 
@@ -81,6 +96,17 @@ def save_npz(final: str | os.PathLike, compressed: bool = False, **arrays) -> No
 
     with atomic_path(final, suffix=".npz") as tmp:
         (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _json_default(obj: Any):

@@ -15,10 +15,10 @@ from . import regress
 from .atomic_io import atomic_path
 from .errors import ConfigError, DataError, InputError
 from .runtime import resolve_device
+from .seeds import check_seed
 
 # Method names as they appear in reports, in display order.
 BAG, SINGLE, MARGINAL = "qmia_bag", "single_regressor", "marginal_threshold"
-METHOD_TITLES = {BAG: "QMIA-bag", SINGLE: "single regressor", MARGINAL: "marginal threshold"}
 
 _FILE_FORMAT = "qmia-fast/quantile-attack"
 _FILE_VERSION = 1
@@ -105,8 +105,6 @@ class QuantileAttack:
             raise ConfigError(f"alpha must be a number strictly between 0 and 1, got {alpha!r}")
         if not isinstance(n_models, (int, np.integer)) or isinstance(n_models, bool) or n_models < 1:
             raise ConfigError(f"n_models must be a positive integer, got {n_models!r}")
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
         if score not in SCORE_KINDS:
             raise ConfigError(f"score must be one of {', '.join(SCORE_KINDS)}, got {score!r}")
         self.alpha = float(alpha)
@@ -114,7 +112,7 @@ class QuantileAttack:
         self.levels = _levels_with_alpha(levels, self.alpha)
         if score == "pvalue" and len(self.levels) < 2:
             raise ConfigError("score='pvalue' needs at least two quantile levels, e.g. levels=[0.01, 0.05, 0.2]")
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.score_kind = score
         self.calibrate = bool(calibrate)
         self.baselines = bool(baselines)
@@ -177,6 +175,10 @@ class QuantileAttack:
         if self.bag is None:
             raise ConfigError("this QuantileAttack is not fitted yet: call fit(images, scores) first or load() one")
         images_t = regress.as_image_tensor(images)
+        fitted = tuple(self.fit_info.get("image_shape") or ())
+        if fitted and tuple(images_t.shape[1:]) != fitted:
+            raise InputError(f"images are {'x'.join(map(str, images_t.shape[1:]))} but this attack was fitted on "
+                             f"{'x'.join(map(str, fitted))} images; predict on images of the fitted size")
         y = log_scores(scores, images_t.shape[0])
         alpha_index = self.levels.index(self.alpha)
         quantiles = self.bag.predict(images_t, aux, batch_size=batch_size, threads=self.config.threads)  # [B, N, K]

@@ -6,7 +6,6 @@ that were measured in the same run on the same model and images.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
+from .precision import call_precisions
 
 __all__ = [
     "MODEL_NAMES",
@@ -226,7 +226,7 @@ def matmul_rates(device: torch.device, quick: bool = False) -> dict:
     float32 runs with TF32 off (true fp32). Sizes: 1024 on a CPU (512 for bf16 where the
     CPU has no bf16 instructions and emulates it), 8192 on a GPU.
     """
-    from .precision import cpu_has_fast_bf16, exact_fp32_matmul
+    from .precision import cpu_has_fast_bf16, matmul_precision
 
     out = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -236,7 +236,7 @@ def matmul_rates(device: torch.device, quick: bool = False) -> dict:
             n = 1024 if (dtype == torch.float32 or cpu_has_fast_bf16()) else 512
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
-        with exact_fp32_matmul(True):
+        with matmul_precision("fp32"):
             a @ b
             _sync(device)
             best = math.inf
@@ -335,7 +335,7 @@ def _warm_up(device: torch.device, jobs: dict, baseline: "SecmiBaseline", scorer
     baseline._step(x, 0, baseline.k)
     for scorer in scorers.values():
         with torch.inference_mode():
-            scorer._eps(scorer._prepare(torch.from_numpy(batch)), 0)
+            scorer._eps(scorer._prepare(torch.from_numpy(batch)), 0, call_precisions(scorer.config.precision)[0])
 
 
 def bench_scoring(options: BenchOptions, log: Callable[[str], None] = lambda s: None) -> list[dict]:
@@ -355,7 +355,7 @@ def bench_scoring(options: BenchOptions, log: Callable[[str], None] = lambda s: 
         for batch in options.batch_sizes.get(name, []):
             images = _images_for(model, batch * per_job)
             scorers = {label: Scorer(model, "secmi", t_sec=options.t_sec, k=options.k, batch_size=batch,
-                                     device=device, **kwargs) for label, kwargs in variants.items()}
+                                     unet_batch=batch, device=device, **kwargs) for label, kwargs in variants.items()}
             jobs = {"baseline": lambda: baseline.score(images, batch)}
             for label, scorer in scorers.items():
                 jobs[label] = (lambda s: lambda: s.score(images))(scorer)
@@ -454,69 +454,45 @@ def bench_bag(n: int = 1000, n_models: int = 7, epochs: int = 1, image_size: int
 def accuracy_check(precisions: Sequence[str] = ("auto",), device: str = "cpu", batch_size: int | None = None,
                    seed: int = 0, n_models: int = 7, tolerance: float = 0.005, method: str = "recommended",
                    log: Callable[[str], None] = lambda s: None) -> dict:
-    """The demo attack on reference fp32 scores and on each precision's scores; AUC and TPR@1%FPR must agree.
+    """The demo audit (pipeline.run_audit, in memory) on reference fp32 scores and on each precision's scores.
 
     The reference is fp32 with direct convolutions (on a CPU: fast_layers=False), the way
     the plain-PyTorch baseline computes; each entry of `precisions` is scored with the
-    scorer's defaults at that precision (on a CPU at fp32 that includes the Winograd
-    layers). Needs the trained demo target (assets/demo_target). The quantile bag is
-    fitted with the same seed each time, so only the scores differ. `method`: "recommended"
-    (the score the demo attack uses, from the model's metadata), "secmi" or "loss" with the
-    scorer's defaults.
+    scorer's defaults at that precision. Needs the trained demo target. The bag is fitted
+    with the same seed each time, so only the scores differ; AUC and TPR@1%FPR of every
+    method must agree within `tolerance`. `method`: "recommended" (what `qmia-fast attack`
+    uses on the demo), or secmi / loss / pia with their defaults.
     """
-    from . import metrics
-    from .attack import QuantileAttack
-    from .commands.common import resolve_score_options
-    from .data import load_data
-    from .models import BUILTIN_TARGET_DIR, load_model
-    from .scoring import Scorer
+    from .models import BUILTIN_TARGET_DIR
+    from .pipeline import AttackSpec, AuditSpec, ScoreSpec, run_audit
 
     if not (BUILTIN_TARGET_DIR / "config.json").is_file():
         raise ConfigError(f"the accuracy check needs the trained demo target in {BUILTIN_TARGET_DIR}; "
                           "train it first (see bench/README.md)")
-    model = load_model("builtin")
-    images, split = load_data("builtin")
-    union = np.unique(np.concatenate([split.members, split.public, split.holdout]))
-    position = {int(i): n for n, i in enumerate(union)}
-
-    def attack_metrics(raw: np.ndarray) -> dict:
-        raw_of = {name: raw[[position[int(i)] for i in getattr(split, name)]]
-                  for name in ("members", "public", "holdout")}
-        attack = QuantileAttack(alpha=0.01, n_models=n_models, seed=seed, device="cpu")
-        attack.fit(images[split.public], raw_of["public"])
-        eval_idx = np.concatenate([split.members, split.holdout])
-        labels = np.concatenate([np.ones(len(split.members)), np.zeros(len(split.holdout))]).astype(np.int8)
-        result = attack.predict(images[eval_idx], np.concatenate([raw_of["members"], raw_of["holdout"]]))
-        return {method_name: {"auc": metrics.auc(method.score, labels),
-                              "tpr_at_1%fpr": float(metrics.tpr_at_fpr(method.score, labels, 0.01))}
-                for method_name, method in result.methods().items()}
-
     if method not in ("recommended", "secmi", "loss", "pia"):
         raise ConfigError(f"method = {method!r} must be recommended, secmi, loss or pia")
-    # The settings `qmia-fast attack` would use: the model's recommendation unless a method is named.
-    score_kwargs, _ = resolve_score_options(model, {"method": None if method == "recommended" else method})
     reference = "fp32-direct"
     variants = {reference: {"precision": "fp32", "fast_layers": False if device == "cpu" else None}}
-    for precision in precisions:
-        variants[precision] = {"precision": precision}
-    step = (getattr(model, "config", None) or {}).get("metadata", {}).get("step")
-    report: dict = {"model": "builtin demo target", "training_step": step, "images": int(len(union)),
-                    "tolerance": tolerance, "reference": reference, "score": score_kwargs, "runs": {}}
-    shape = tuple(images.shape[1:])
+    variants.update({precision: {"precision": precision} for precision in precisions})
+    report: dict = {"model": "builtin demo target", "tolerance": tolerance, "reference": reference, "runs": {}}
     scores = {}
     for label, kwargs in variants.items():
-        scorer = Scorer(model, batch_size=batch_size, device=device, **score_kwargs, **kwargs)
-        started = time.perf_counter()
-        scores[label] = scorer.score(images[union])
-        seconds = time.perf_counter() - started
-        log(f"accuracy: scored {len(union)} images as {label} ({scorer.config.precision}, fast layers "
-            f"{scorer.fast_layers}) in {seconds:.0f} s")
-        rms = rms_per_pixel(scores[label], shape)
-        report["runs"][label] = {"precision_resolved": scorer.config.precision, "fast_layers": scorer.fast_layers,
-                                 "score_seconds": seconds, "score_rms_per_pixel": rms,
-                                 # Only a t-error can be a round trip's rounding noise.
-                                 "scores_are_rounding_noise": score_kwargs["method"] == "secmi" and rms < ROUNDING_RMS,
-                                 "metrics": attack_metrics(scores[label])}
+        spec = AuditSpec(score=ScoreSpec(method=None if method == "recommended" else method, device=device,
+                                         batch_size=batch_size, **kwargs),
+                         attack=AttackSpec(n_models=n_models), seed=seed, out=None)
+        result = run_audit(spec)
+        scores[label] = np.concatenate([result.raw_scores[name] for name in ("members", "public", "holdout")])
+        resolved = result.report["config"]["score"]
+        report["score"] = {k: v for k, v in resolved.items() if k not in ("precision", "device")}
+        report["images"] = int(len(scores[label]))
+        rms = rms_per_pixel(scores[label], result.attack.fit_info["image_shape"])
+        report["runs"][label] = {
+            "precision_resolved": resolved["precision"], "score_seconds": result.report["timings_s"]["score_s"],
+            "score_rms_per_pixel": rms,
+            # Only a t-error can be a round trip's rounding noise.
+            "scores_are_rounding_noise": resolved["method"] == "secmi" and rms < ROUNDING_RMS,
+            "metrics": {name: {"auc": entry["auc"], "tpr_at_1%fpr": entry["tpr_at_fpr"]["1%"]}
+                        for name, entry in result.report["methods"].items()}}
         log(f"accuracy: {label}: {report['runs'][label]['metrics']}")
     base = report["runs"][reference]["metrics"]
     verdicts = {}
@@ -525,11 +501,9 @@ def accuracy_check(precisions: Sequence[str] = ("auto",), device: str = "cpu", b
             continue
         run_metrics = report["runs"][label]["metrics"]
         rel = np.abs(scores[label] - scores[reference]) / np.maximum(np.abs(scores[reference]), 1e-30)
-        deltas = {method: {key: abs(run_metrics[method][key] - base[method][key]) for key in base[method]}
-                  for method in base}
+        deltas = {name: {key: abs(run_metrics[name][key] - base[name][key]) for key in base[name]} for name in base}
         verdicts[label] = {"max_rel_score_diff": float(rel.max()), "median_rel_score_diff": float(np.median(rel)),
-                           "spearman": _spearman(scores[label], scores[reference]),
-                           "deltas": deltas,
+                           "spearman": _spearman(scores[label], scores[reference]), "deltas": deltas,
                            "within_tolerance": all(d <= tolerance for m in deltas.values() for d in m.values())}
     report["comparison_to_reference"] = verdicts
     report["meaningful"] = not report["runs"][reference]["scores_are_rounding_noise"]

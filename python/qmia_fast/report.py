@@ -5,12 +5,12 @@ import datetime
 import math
 import platform
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from . import metrics
-from .atomic_io import atomic_path, save_npz, write_json
+from .atomic_io import atomic_path, save_npz, sha256_file, write_json
 from .errors import InputError
 
 REPORT_FORMAT = "qmia-fast/report"
@@ -18,7 +18,7 @@ REPORT_VERSION = 1
 PLOT_HINT = "plots skipped: matplotlib is not installed (pip install 'qmia-fast[plot]')"
 LOG_AXIS_FLOOR = 1e-5  # the log-log ROC shows FPR and TPR down to 1e-5 (DESIGN section 2)
 
-# Display titles of the methods the attack reports; other names are shown as given.
+# Display titles of the methods the attack reports (attack.BAG, SINGLE, MARGINAL); other names are shown as given.
 TITLES = {"qmia_bag": "QMIA-bag", "single_regressor": "single regressor",
           "marginal_threshold": "marginal threshold"}
 
@@ -145,12 +145,12 @@ def score_arrays(results: Mapping[str, tuple], labels, raw_scores=None, indices=
     return arrays
 
 
-def write_report(out_dir, report: dict, arrays: Mapping[str, np.ndarray], plots: bool = True) -> dict:
-    """Write scores.npz, roc.png and roc_log.png (when matplotlib is there), then report.json, all atomically.
+def write_artifacts(out_dir, report: dict, arrays: Mapping[str, np.ndarray], plots: bool = True
+                    ) -> tuple[list[Path], str | None]:
+    """Write scores.npz and, where matplotlib is installed, the plots; all atomically.
 
-    `arrays` is what score_arrays() returns; the plots take each `membership_<name>`
-    array with `labels`. report.json is written last, so its presence means the rest
-    is complete. Returns {"files": [written paths], "note": one line for the user or None}.
+    `arrays` is what score_arrays() returns; the plots take each `membership_<name>` array
+    with `labels`. Returns (written paths, one line for the user or None).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,11 +165,27 @@ def write_report(out_dir, report: dict, arrays: Mapping[str, np.ndarray], plots:
             written += plot_roc(out, curves, arrays["labels"], report)
         except ImportError:
             note = PLOT_HINT
-    report = dict(report, files=[p.name for p in written] + ["report.json"])
+    return written, note
+
+
+def write_report_json(out_dir, report: dict, files: Sequence[Path], note: str | None = None) -> Path:
+    """Write report.json last, naming every other file of the run with its sha256 and size."""
+    report = dict(report, files={Path(p).name: {"sha256": sha256_file(p), "bytes": Path(p).stat().st_size}
+                                 for p in files})
     if note:
         report["plots"] = note
-    write_json(out / "report.json", report)
-    written.append(out / "report.json")
+    path = Path(out_dir) / "report.json"
+    write_json(path, report)
+    return path
+
+
+def write_report(out_dir, report: dict, arrays: Mapping[str, np.ndarray], plots: bool = True) -> dict:
+    """scores.npz, the plots, then report.json (its presence means the rest is complete).
+
+    Returns {"files": [written paths], "note": one line for the user or None}.
+    """
+    written, note = write_artifacts(out_dir, report, arrays, plots)
+    written.append(write_report_json(out_dir, report, written, note))
     return {"files": written, "note": note}
 
 

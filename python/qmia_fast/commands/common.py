@@ -1,4 +1,4 @@
-"""Options shared by the CLI commands (model, data, scoring) and the --config file that can set them."""
+"""Options shared by the CLI commands (model, data, scoring, attack), the --config file that can set them, and their specs."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,16 @@ from typing import Any, Callable
 
 import click
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
+from ..pipeline.specs import (
+    DATA_FORMATS, LAYOUTS, MODEL_FORMATS, PARTS, AttackSpec, DataSpec, ModelSpec, ScoreSpec,
+)
 from ..precision import PRECISIONS
-from ..scoring import METHODS
+from ..regress import RegressorConfig
+from ..scoring import METHODS, score_defaults
+from ..seeds import SEED_LIMIT
+
+_SCORE = score_defaults()
 
 
 def _compose(*decorators: Callable) -> Callable:
@@ -21,12 +28,15 @@ def _compose(*decorators: Callable) -> Callable:
     return apply
 
 
+def echo_err(text: str) -> None:
+    click.echo(text, err=True)
+
+
 def model_options(func):
     return _compose(
         click.option("--model", default="builtin", show_default=True,
                      help="Target model: 'builtin' (the shipped demo DDPM), a checkpoint file or a model folder."),
-        click.option("--model-format", default="auto", show_default=True,
-                     type=click.Choice(["auto", "qmia", "pytorch-ddpm", "diffusers", "torchscript"]),
+        click.option("--model-format", default="auto", show_default=True, type=click.Choice(list(MODEL_FORMATS)),
                      help="Checkpoint format; auto detects it from the file."),
         click.option("--model-config", default=None,
                      help="Architecture/schedule for formats that do not carry it: an absl flagfile "
@@ -41,13 +51,11 @@ def data_options(func):
         click.option("--data", default="builtin", show_default=True,
                      help="Images: 'builtin' (demo), .npy/.npz array, image folder, MNIST idx file/folder, "
                           "or CIFAR-10/100 python batches folder."),
-        click.option("--data-format", default="auto", show_default=True,
-                     type=click.Choice(["auto", "npy", "npz", "idx", "cifar", "images"]),
+        click.option("--data-format", default="auto", show_default=True, type=click.Choice(list(DATA_FORMATS)),
                      help="Reader for --data; auto detects it."),
-        click.option("--layout", default="auto", show_default=True,
-                     type=click.Choice(["auto", "nchw", "nhwc", "nhw"]),
+        click.option("--layout", default="auto", show_default=True, type=click.Choice(list(LAYOUTS)),
                      help="Axis order of array data; auto decides by which axis holds 1 or 3 channels."),
-        click.option("--part", default=None, type=click.Choice(["train", "test", "all"]),
+        click.option("--part", default=None, type=click.Choice(list(PARTS)),
                      help="For idx and CIFAR folders: which part to read (default train; all = train then test)."),
         click.option("--split", "split_path", default=None,
                      help="Split file: SecMI/PIA's (mia_train_idxs/mia_eval_idxs) or ours (members/public/holdout)."),
@@ -58,89 +66,94 @@ def data_options(func):
     )(func)
 
 
-SCORE_DEFAULTS = {"method": "secmi", "t_sec": 100, "k": 10, "t": 200, "p": 4.0, "n_draws": 1}
-
-
 def scoring_options(func):
     return _compose(
         click.option("--method", default=None, type=click.Choice(list(METHODS)),
-                     help="Score: secmi (SecMI t-error), loss (noise-prediction error) or pia (PIA) "
-                          "[default: secmi, or the score the model folder recommends]."),
-        click.option("--t-sec", default=None, type=int,
-                     help="secmi: timestep of the t-error, a multiple of --k [default: 100]."),
-        click.option("--k", default=None, type=int, help="secmi: DDIM step size in timesteps [default: 10]."),
-        click.option("--t", "t", default=None, type=int, help="loss and pia: timestep [default: 200]."),
-        click.option("--p", "p", default=None, type=float, help="pia: exponent of the error norm [default: 4]."),
-        click.option("--n-draws", default=None, type=int,
-                     help="loss: noise draws averaged per image [default: 1]."),
-        click.option("--seed", default=0, show_default=True, type=int,
+                     help=f"Score: secmi (SecMI t-error), loss (noise-prediction error) or pia (PIA) "
+                          f"[default: {_SCORE['method']}, or the score the model folder recommends]."),
+        click.option("--t-sec", default=None, type=click.IntRange(min=1),
+                     help=f"secmi: timestep of the t-error, a multiple of --k [default: {_SCORE['t_sec']}]."),
+        click.option("--k", default=None, type=click.IntRange(min=1),
+                     help=f"secmi: DDIM step size in timesteps [default: {_SCORE['k']}]."),
+        click.option("--t", "t", default=None, type=click.IntRange(min=0),
+                     help=f"loss and pia: timestep [default: {_SCORE['t']}]."),
+        click.option("--p", "p", default=None, type=float,
+                     help=f"pia: exponent of the error norm [default: {_SCORE['p']:g}]."),
+        click.option("--n-draws", default=None, type=click.IntRange(min=1),
+                     help=f"loss: noise draws averaged per image [default: {_SCORE['n_draws']}]."),
+        click.option("--seed", default=0, show_default=True, type=click.IntRange(0, SEED_LIMIT - 1),
                      help="Seed of the noise (and of splits and regressors in attack)."),
-        click.option("--batch-size", default=None, type=int,
-                     help="Images per batch [default: 64 on CPU, 256 on CUDA]."),
+        click.option("--batch-size", default=None, type=click.IntRange(min=1),
+                     help="Images per scoring step, rounded up to a multiple of --unet-batch [default: one "
+                          "micro-batch]. Does not change the scores."),
+        click.option("--unet-batch", default=None, type=click.IntRange(min=1),
+                     help="Images per UNet call [default: 64 on CPU, 256 on CUDA]. Scores are bit-identical "
+                          "for one value at any --batch-size, thread count or torchrun sharding."),
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto."),
+        click.option("--threads", default=None, type=click.IntRange(min=1),
+                     help="torch threads for scoring and fitting [default: torch's]."),
         click.option("--precision", default="auto", show_default=True, type=click.Choice(list(PRECISIONS)),
-                     help="UNet precision. mixed (secmi only): bf16 inversion, fp32 round trip. auto picks "
-                          "the fastest whose attack results match fp32: where bf16 is fast (GPUs, AMX CPUs) "
-                          "mixed for secmi and bf16 for loss/pia, else fp32."),
+                     help="UNet precision. fp32 is strict; tf32, bf16, fp16; mixed / mixed-tf32 (secmi only): "
+                          "bf16 inversion, fp32 / TF32 round trip. auto: fp16 on CUDA; on a CPU with fast bf16, "
+                          "mixed for secmi and bf16 otherwise; else fp32."),
         click.option("--progress/--no-progress", default=True, show_default=True,
                      help="Progress bars on stderr."),
     )(func)
 
 
-def resolve_score_options(target, given: dict) -> tuple[dict, str | None]:
-    """Score settings: the command line first, then the model folder's recommendation, then the defaults.
-
-    A model folder may record, under metadata.recommended_score, the score that shows its
-    membership signal (the shipped demo target does; see its model card). Only options
-    the user did not give are taken from it.
-    """
-    metadata = (getattr(target, "config", None) or {}).get("metadata") or {}
-    recommended = metadata.get("recommended_score") or {}
-    if not isinstance(recommended, dict):
-        recommended = {}
-    resolved, taken = {}, []
-    for name, default in SCORE_DEFAULTS.items():
-        if given.get(name) is not None:
-            resolved[name] = given[name]
-        elif name in recommended and (given.get("method") in (None, recommended.get("method"))):
-            resolved[name] = type(default)(recommended[name])
-            taken.append(f"{name}={recommended[name]}")
-        else:
-            resolved[name] = default
-    note = None
-    if taken:
-        why = recommended.get("why", "")
-        note = f"using the model's recommended score settings ({', '.join(taken)})" + (f": {why}" if why else "")
-    return resolved, note
+def attack_options(func):
+    cfg = RegressorConfig
+    return _compose(
+        click.option("--alpha", default=0.01, show_default=True,
+                     type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                     help="Target false-positive rate of the per-image quantile thresholds."),
+        click.option("--n-models", default=7, show_default=True, type=click.IntRange(min=1),
+                     help="Regressors in the bag (member iff more than half vote member)."),
+        click.option("--reg-epochs", default=None, type=click.IntRange(min=1),
+                     help=f"Regressor training epochs (upper bound; early stopping) [default: {cfg.epochs}]."),
+        click.option("--reg-width", default=None, type=click.IntRange(min=1),
+                     help=f"Regressor width [default: {cfg.width}]."),
+        click.option("--reg-depth", default=None, type=click.IntRange(min=1, max=6),
+                     help=f"Regressor depth [default: {cfg.depth}]."),
+        click.option("--max-per-set", default=None, type=click.IntRange(min=10),
+                     help="Use at most this many images of each set (members, public, holdout), seeded; "
+                          "for quick looks."),
+    )(func)
 
 
-def load_model_from_options(model: str, model_format: str, model_config: str | None, trust_checkpoint: bool):
-    from ..models import load_model
+# --- options -> specs -------------------------------------------------------------------------
 
-    return load_model(model, format=model_format, config=model_config, trust_checkpoint=trust_checkpoint)
-
-
-def load_data_from_options(data: str, data_format: str, layout: str, part: str | None, split_path: str | None,
-                           members: str | None, public_fraction: float, seed: int):
-    from ..data import load_data
-
-    if split_path and members:
-        raise ConfigError("--split and --members both given; pass one of them")
-    return load_data(data, split=split_path, members=members, public_fraction=public_fraction, seed=seed,
-                     layout=layout, fmt=data_format, part=part)
+def model_spec(options: dict) -> ModelSpec:
+    return ModelSpec(path=options.pop("model"), format=options.pop("model_format"),
+                     config=options.pop("model_config"), trust_checkpoint=options.pop("trust_checkpoint"))
 
 
-def check_seed(seed: int) -> int:
-    if seed < 0 or seed >= 2**63:
-        raise ConfigError(f"--seed = {seed} must be in [0, 2**63); pass a non-negative seed")
-    return seed
+def data_spec(options: dict) -> DataSpec:
+    return DataSpec(path=options.pop("data"), format=options.pop("data_format"), layout=options.pop("layout"),
+                    part=options.pop("part"), split=options.pop("split_path"), members=options.pop("members"),
+                    public_fraction=options.pop("public_fraction"))
 
+
+def score_spec(options: dict) -> ScoreSpec:
+    names = ("method", "t_sec", "k", "t", "p", "n_draws", "precision", "batch_size", "unet_batch", "device",
+             "threads")
+    return ScoreSpec(**{name: options.pop(name) for name in names})
+
+
+def attack_spec(options: dict) -> AttackSpec:
+    names = ("alpha", "n_models", "reg_epochs", "reg_width", "reg_depth", "max_per_set")
+    return AttackSpec(**{name: options.pop(name) for name in names})
+
+
+# --- --config FILE ----------------------------------------------------------------------------
 
 def read_config_file(path: str) -> dict[str, Any]:
     """Options from a YAML or JSON file; keys mirror the long option names (dashes or underscores)."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"--config {path}: no such file; check the path")
+    if file.stat().st_size > 1 << 20:
+        raise ConfigError(f"--config {path}: larger than 1 MiB; a config file holds option values only")
     text = file.read_text(encoding="utf-8", errors="replace")
     if file.suffix.lower() in (".yaml", ".yml"):
         from ..errors import require_extra
@@ -150,16 +163,36 @@ def read_config_file(path: str) -> dict[str, Any]:
             values = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--config {path}: not valid YAML ({' '.join(str(exc).split())})") from None
+        except RecursionError:
+            raise ConfigError(f"--config {path}: nested too deeply to be a config file") from None
     else:
         try:
             values = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"--config {path}: not valid JSON ({exc}); use a .yaml name for YAML") from None
+        except RecursionError:
+            raise ConfigError(f"--config {path}: nested too deeply to be a config file") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a mapping of option names to values")
     return {str(key).replace("-", "_"): value for key, value in values.items()}
+
+
+def _config_value(param: click.Parameter, key: str, value: Any, path: str) -> Any:
+    """A value from the config file for one option: a scalar of a plausible type, or a one-line error."""
+    scalar = (str, int, float, bool)
+    if value is None:
+        return None
+    if not isinstance(value, scalar):
+        raise ConfigError(f"--config {path}: {key} is a {type(value).__name__}; give a single "
+                          f"{'true/false' if getattr(param, 'is_flag', False) else 'value'}")
+    if getattr(param, "is_flag", False) and not isinstance(value, bool):
+        raise ConfigError(f"--config {path}: {key} = {value!r} must be true or false")
+    try:
+        return param.type_cast_value(click.Context(click.Command(key)), value)
+    except click.BadParameter as exc:
+        raise ConfigError(f"--config {path}: {key} = {value!r}: {exc.format_message()}") from None
 
 
 def config_option(func):
@@ -171,7 +204,7 @@ def config_option(func):
         values = read_config_file(value)
         known = {p.name: p for p in ctx.command.params if p.name and p.name != "config"}
         # CLI spellings that differ from the parameter names they set.
-        aliases = {"split": "split_path", "out": "out_dir"}
+        aliases = {"split": "split_path", "out": "out_dir" if "out_dir" in known else "out_path"}
         defaults = {}
         for key, item in values.items():
             name = aliases.get(key, key) if aliases.get(key, key) in known else key
@@ -180,15 +213,10 @@ def config_option(func):
                     f"--config {value}: unknown option {key!r}; use the long option names of "
                     f"`qmia-fast {ctx.info_name} --help` (e.g. {', '.join(sorted(known)[:4])})"
                 )
-            defaults[name] = item
+            defaults[name] = _config_value(known[name], key, item, value)
         ctx.default_map = {**(ctx.default_map or {}), **defaults}
         return value
 
     return click.option("--config", "config", default=None, is_eager=True, expose_value=True, callback=load,
                         help="YAML or JSON file of option values (keys as the long option names); "
                              "options on the command line override it.")(func)
-
-
-def fail_if_missing(path: str | None, option: str) -> None:
-    if path and path != "builtin" and not Path(path).exists():
-        raise DataError(f"{option} {path}: no such file or folder; check the path")

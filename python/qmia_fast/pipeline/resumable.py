@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 
-from . import atomic_io
-from .distributed import Context, barrier, broadcast_from_main, gather_to_main
-from .errors import ConfigError, ResumeMismatchError
+from .. import atomic_io
+from ..distributed import Context, barrier, gather_to_main
+from ..errors import ResumeMismatchError
+from ..runtime import progress_bar
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -49,23 +51,13 @@ def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
     return [(start, min(n, start + chunk_size)) for start in range(0, n, chunk_size)]
 
 
-def consecutive_runs(indices: np.ndarray) -> Iterable[tuple[int, int]]:
-    """(position, length) of each run of consecutive sample indices, so noise keys stay global indices."""
-    if len(indices) == 0:
-        return
-    breaks = np.nonzero(np.diff(indices) != 1)[0] + 1
-    starts = np.concatenate([[0], breaks])
-    ends = np.concatenate([breaks, [len(indices)]])
-    for start, end in zip(starts.tolist(), ends.tolist()):
-        yield start, end - start
-
-
 class ChunkStore:
     """A folder of score chunks for one (config, model, data) fingerprint.
 
     The manifest records the fingerprint; a folder made for anything else is refused,
-    never mixed. Each chunk is an .npy written atomically, so after a kill -9 a chunk is
-    either complete or absent.
+    never mixed. Each chunk is an .npy written atomically, then its sha256 beside it
+    (chunk_i.npy.sha256), so after a kill -9 a chunk is either complete or absent, and a
+    chunk whose bytes were changed since (or that has no recorded hash) is computed again.
     """
 
     def __init__(self, folder: str | Path, identity: dict[str, Any], n: int, chunk_size: int):
@@ -105,12 +97,18 @@ class ChunkStore:
     def chunk_path(self, i: int) -> Path:
         return self.folder / f"chunk_{i:06d}.npy"
 
+    def hash_path(self, i: int) -> Path:
+        return self.folder / f"chunk_{i:06d}.npy.sha256"
+
     def load_chunk(self, i: int) -> np.ndarray | None:
-        path = self.chunk_path(i)
-        if not path.exists():
+        path, recorded = self.chunk_path(i), self.hash_path(i)
+        if not path.exists() or not recorded.exists():
             return None
         try:
-            values = np.load(path, allow_pickle=False)
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != recorded.read_text().strip():
+                return None  # altered or torn: recompute it
+            values = np.load(io.BytesIO(data), allow_pickle=False)
         except (OSError, ValueError):
             return None  # unreadable: recompute it
         start, end = self.bounds[i]
@@ -119,7 +117,11 @@ class ChunkStore:
         return values
 
     def write_chunk(self, i: int, values: np.ndarray) -> None:
-        atomic_io.save_npy(self.chunk_path(i), np.asarray(values, dtype=np.float64))
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(values, dtype=np.float64))
+        data = buffer.getvalue()
+        atomic_io.write_bytes(self.chunk_path(i), data)
+        atomic_io.write_text(self.hash_path(i), hashlib.sha256(data).hexdigest() + "\n")
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -132,27 +134,36 @@ def _differences(old: dict, new: dict) -> list[str]:
 
 
 def default_chunk_size(batch_size: int) -> int:
-    """Chunks of whole batches (so batch composition, and the bits, never depend on sharding), ~1k images."""
+    """Chunks of whole scoring steps, about 1024 images."""
     return batch_size * max(1, 1024 // batch_size)
+
+
+def score_identity(scorer, model, images, indices) -> dict[str, Any]:
+    """What decides the bits of a run's scores: a resumed run must match it exactly.
+
+    The batch size and the sharding are not in it: a sample's score does not depend on them
+    (only on the UNet micro-batch, the device type and the precision).
+    """
+    return {"score": scorer.config.to_dict(), "unet_batch": scorer.unet_batch, "device_type": scorer.device.type,
+            "model": fingerprint_model(model), "data": fingerprint_array(images),
+            "indices": fingerprint_array(indices)}
 
 
 def score_indices(scorer, images, indices, *, work_dir: str | Path | None, identity: dict[str, Any],
                   ctx: Context | None = None, chunk_size: int | None = None, progress: bool = False,
-                  overwrite: bool = False) -> np.ndarray | None:
+                  overwrite: bool = False, log=None) -> np.ndarray | None:
     """Scores (float64, in the order of `indices`) of images[indices], chunked, resumable and sharded.
 
     Chunk i covers positions [i*chunk_size, (i+1)*chunk_size) of `indices`; rank r of W
-    computes the chunks with i % W == r. Within a chunk, each run of consecutive indices is
-    batched from its start, so a run gives the same bits however the job is split. With
-    work_dir, finished chunks are saved and reused on the next run; the caller removes
-    work_dir once the final output is safely written. Images are validated before any
-    UNet call. Returns the scores on rank 0 and None on the other ranks.
+    computes the chunks with i % W == r. Every image is scored under its global index, so
+    the bits do not depend on the chunking or the ranks. With work_dir, finished chunks are
+    saved and reused on the next run; the caller removes work_dir once the final output is
+    safely written. Images are validated before any UNet call. Returns the scores on
+    rank 0 and None on the other ranks.
     """
     ctx = ctx or Context()
     indices = np.asarray(indices, dtype=np.int64)
     chunk_size = int(chunk_size or default_chunk_size(scorer.batch_size))
-    if chunk_size % scorer.batch_size:
-        raise ConfigError(f"chunk size {chunk_size} must be a multiple of the batch size {scorer.batch_size}")
     store = None
     if work_dir is not None:
         store = ChunkStore(work_dir, identity, len(indices), chunk_size)
@@ -175,25 +186,21 @@ def score_indices(scorer, images, indices, *, work_dir: str | Path | None, ident
             todo.append(i)
     if todo:
         scorer.check_images(images)
-    if results and ctx.is_main:
-        import click
-
-        click.echo(f"resuming: {len(results)} of {len(mine)} chunks already scored in {store.folder}", err=True)
+    if results and ctx.is_main and log is not None:
+        left = sum(bounds[i][1] - bounds[i][0] for i in todo)
+        log(f"resuming: {len(results)} of {len(mine)} chunks already scored in {store.folder}; "
+            f"{left} images left to score")
     total = sum(bounds[i][1] - bounds[i][0] for i in todo)
-    bar = _bar(progress and ctx.is_main, total, f"scoring {len(indices)} images ({scorer.config.method}"
-               + (f", rank 0 of {ctx.world_size}" if ctx.active else "") + ")")
-    with bar as ticker:
+    label = (f"scoring {total} of {len(indices)} images ({scorer.config.method}"
+             + (f", rank 0 of {ctx.world_size}" if ctx.active else "") + ")")
+    with progress_bar(progress and ctx.is_main, total, label) as ticker:
         for i in todo:
             start, end = bounds[i]
             chunk_idx = indices[start:end]
             values = np.empty(end - start, dtype=np.float64)
-            for pos, length in consecutive_runs(chunk_idx):
-                first = int(chunk_idx[pos])
-                block = images[first:first + length]
-                for batch_start, batch_values in scorer.iter_scores(block, offset=first, validated=True):
-                    at = pos + batch_start - first
-                    values[at:at + len(batch_values)] = batch_values
-                    ticker.update(len(batch_values))
+            for at, batch_values in scorer.iter_scores(images[chunk_idx], indices=chunk_idx, validated=True):
+                values[at:at + len(batch_values)] = batch_values
+                ticker.update(len(batch_values))
             if store is not None:
                 store.write_chunk(i, values)
             results[i] = values
@@ -208,20 +215,5 @@ def score_indices(scorer, images, indices, *, work_dir: str | Path | None, ident
     return out
 
 
-def _bar(enabled: bool, length: int, label: str):
-    import contextlib
-    import sys
-
-    if not enabled or length == 0:
-        class _Silent:
-            def update(self, n):
-                pass
-
-        return contextlib.nullcontext(_Silent())
-    import click
-
-    return click.progressbar(length=length, label=label, file=sys.stderr, show_eta=True, show_pos=True)
-
-
-__all__ = ["ChunkStore", "score_indices", "fingerprint_array", "fingerprint_model", "default_chunk_size",
-           "broadcast_from_main"]
+__all__ = ["ChunkStore", "score_indices", "score_identity", "fingerprint_array", "fingerprint_model",
+           "default_chunk_size"]
