@@ -124,7 +124,7 @@ def test_bad_arguments_are_errors_not_crashes():
     with pytest.raises(ValueError, match="null pointer"):
         core.winograd_output_transform(0, 0, 0, 1, 4, 4, 8, 0, 1)
     with pytest.raises(ValueError, match="groups"):
-        core.group_norm_nhwc(0, 0, 0, 0, 1, 4, 6, 4, 1e-5, 0)
+        core.group_norm_act(0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 4, 6, 4, 1e-5, 0)
 
 
 def test_empty_batches():

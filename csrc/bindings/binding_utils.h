@@ -7,6 +7,7 @@
 #include <string>
 
 #include "common/ddim_step.h"
+#include "common/group_norm.h"
 #include "common/philox.h"
 #include "common/qmia_common.h"
 #include "common/row_reduce.h"
@@ -44,7 +45,7 @@ inline RowLayout make_layout(int64_t row_length, int32_t channels_last, int64_t 
   return layout;
 }
 
-// Contract constants that kernels.py checks against its own copy at import.
+// Contract constants that kernels.py (and fused_ops.py, for GroupNorm) check against their own copy at import.
 inline py::dict contract_constants() {
   py::dict constants;
   constants["reduce_chunk"] = kReduceChunk;
@@ -53,6 +54,9 @@ inline py::dict contract_constants() {
   constants["dtype_bfloat16"] = int(kBFloat16);
   constants["dtype_float16"] = int(kFloat16);
   constants["dtype_float64"] = int(kFloat64);
+  constants["group_norm_add_none"] = int(kAddNone);
+  constants["group_norm_add_full"] = int(kAddFull);
+  constants["group_norm_add_per_channel"] = int(kAddPerChannel);
   return constants;
 }
 

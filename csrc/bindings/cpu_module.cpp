@@ -127,16 +127,19 @@ PYBIND11_MODULE(_cpu, m) {
       py::arg("out_channels"), py::arg("p0"), py::arg("p1"), py::arg("num_threads") = 0);
 
   m.def(
-      "group_norm_nhwc",
-      [](uintptr_t x, uintptr_t gamma, uintptr_t beta, uintptr_t y, int64_t n, int64_t pixels, int64_t channels,
-         int64_t groups, float eps, int32_t silu, int num_threads) {
+      "group_norm_act",
+      [](uintptr_t x, uintptr_t add, int32_t add_kind, uintptr_t gamma, uintptr_t beta, int32_t param_dtype,
+         uintptr_t y, uintptr_t sum_out, int32_t dtype, int64_t n, int64_t pixels, int64_t channels, int64_t groups,
+         float eps, int32_t silu, int num_threads) {
         py::gil_scoped_release release;
-        qmia::cpu::group_norm_nhwc(as_pointer<const float>(x), as_pointer<const float>(gamma),
-                                   as_pointer<const float>(beta), as_pointer<float>(y), n, pixels, channels, groups,
-                                   eps, silu, num_threads);
+        qmia::cpu::group_norm_act(as_pointer<const void>(x), as_pointer<const void>(add), add_kind,
+                                  as_pointer<const void>(gamma), as_pointer<const void>(beta), param_dtype,
+                                  as_pointer<void>(y), as_pointer<void>(sum_out), dtype, n, pixels, channels, groups,
+                                  eps, silu, num_threads);
       },
-      py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("y"), py::arg("n"), py::arg("pixels"),
-      py::arg("channels"), py::arg("groups"), py::arg("eps"), py::arg("silu"), py::arg("num_threads") = 0);
+      py::arg("x"), py::arg("add"), py::arg("add_kind"), py::arg("gamma"), py::arg("beta"), py::arg("param_dtype"),
+      py::arg("y"), py::arg("sum_out"), py::arg("dtype"), py::arg("n"), py::arg("pixels"), py::arg("channels"),
+      py::arg("groups"), py::arg("eps"), py::arg("silu"), py::arg("num_threads") = 0);
 
   m.def(
       "ddim_step",

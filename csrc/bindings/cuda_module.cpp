@@ -7,6 +7,7 @@
 #include <string>
 
 #include "bindings/binding_utils.h"
+#include "cuda/group_norm_cuda.h"
 #include "cuda/kernels_cuda.h"
 
 #include "qmia_build_config.h"
@@ -199,6 +200,28 @@ PYBIND11_MODULE(_cuda, m) {
       py::arg("a"), py::arg("b"), py::arg("out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"),
       py::arg("channels_last"), py::arg("channels"), py::arg("plane"), py::arg("p"), py::arg("workspace"),
       py::arg("device"), py::arg("cuda_stream"));
+
+  m.def("group_norm_workspace_elements", &qmia::cuda::group_norm_workspace_elements, py::arg("n"),
+        py::arg("pixels"), py::arg("channels"));
+
+  m.def(
+      "group_norm_act",
+      [](uintptr_t x, uintptr_t add, int32_t add_kind, uintptr_t gamma, uintptr_t beta, int32_t param_dtype,
+         uintptr_t y, uintptr_t sum_out, int32_t dtype, int64_t n, int64_t pixels, int64_t channels, int64_t groups,
+         float eps, int32_t silu, uintptr_t workspace, int device, uintptr_t stream) {
+        py::gil_scoped_release release;
+        DeviceGuard guard(device);
+        throw_on_error(qmia::cuda::group_norm_act(as_pointer<const void>(x), as_pointer<const void>(add), add_kind,
+                                                  as_pointer<const void>(gamma), as_pointer<const void>(beta),
+                                                  param_dtype, as_pointer<void>(y), as_pointer<void>(sum_out),
+                                                  as_pointer<float>(workspace), dtype, n, pixels, channels, groups,
+                                                  eps, silu, as_stream(stream)),
+                       "group_norm_act");
+      },
+      py::arg("x"), py::arg("add"), py::arg("add_kind"), py::arg("gamma"), py::arg("beta"), py::arg("param_dtype"),
+      py::arg("y"), py::arg("sum_out"), py::arg("dtype"), py::arg("n"), py::arg("pixels"), py::arg("channels"),
+      py::arg("groups"), py::arg("eps"), py::arg("silu"), py::arg("workspace"), py::arg("device"),
+      py::arg("cuda_stream"));
 
   m.def(
       "vote",

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "common/ddim_step.h"
+#include "common/group_norm.h"
 #include "common/philox.h"
 #include "common/qmia_common.h"
 
@@ -117,6 +118,32 @@ inline void check_vote(const void* scores, const void* thresholds, int32_t dtype
   check_pointer(votes, n_samples, "votes");
   check_pointer(decision, n_samples, "decision");
   check_pointer(margin, n_samples, "margin");
+}
+
+// gamma, beta and the sum output are optional (null: 1, 0, not wanted), so only their dtype is checked.
+inline void check_group_norm(const void* x, const void* add, int32_t add_kind, int32_t param_dtype, const void* y,
+                             int32_t dtype, int64_t n, int64_t pixels, int64_t channels, int64_t groups, float eps,
+                             int32_t silu) {
+  check_dtype(dtype);
+  require(param_dtype == kFloat32 || param_dtype == dtype,
+          std::string("gamma/beta dtype must be float32 or the data's dtype ") + dtype_name(dtype) + ", got code " +
+              std::to_string(param_dtype));
+  check_size(n, "n");
+  check_size(pixels, "pixels");
+  check_size(channels, "channels");
+  require(groups > 0 && channels % groups == 0,
+          "groups = " + std::to_string(groups) + " must be positive and divide channels = " + std::to_string(channels));
+  require(std::isfinite(eps) && eps >= 0.0f, "eps must be finite and >= 0");
+  require(silu == 0 || silu == 1, "silu must be 0 or 1");
+  require(add_kind == kAddNone || add_kind == kAddFull || add_kind == kAddPerChannel,
+          "add_kind must be 0 (none), 1 (full) or 2 (per channel), got " + std::to_string(add_kind));
+  check_rows_times_length(n, pixels);
+  check_rows_times_length(n, channels);
+  check_rows_times_length(n * pixels, channels);
+  const int64_t elements = n * pixels * channels;
+  check_pointer(x, elements, "x");
+  check_pointer(y, elements, "y");
+  if (add_kind != kAddNone) check_pointer(add, add_kind == kAddFull ? elements : n * channels, "add");
 }
 
 }  // namespace qmia

@@ -1,4 +1,4 @@
-// CPU UNet layers (Winograd F(4x4, 3x3) transforms, NHWC GroupNorm): argument checks, OpenMP, run-time AVX2 choice.
+// CPU UNet layers (Winograd F(4x4, 3x3) transforms, NHWC GroupNorm(+add, +SiLU)): argument checks, OpenMP, run-time AVX2 choice.
 #include "cpu/unet_layers_cpu.h"
 
 #include <algorithm>
@@ -6,7 +6,10 @@
 #include <cstring>
 #include <vector>
 
+#include "common/group_norm.h"
+#include "common/kernel_checks.h"
 #include "common/qmia_common.h"
+#include "common/storage_types.h"
 #include "cpu/cpu_dispatch.h"
 #include "cpu/kernels_cpu.h"
 
@@ -76,21 +79,31 @@ void winograd_output_transform(const float* m /* [36, p1 - p0, out_channels] */,
   QMIA_SIMD_DISPATCH(output_tiles, m, bias, y, height, width, out_channels, p0, p1, num_threads);
 }
 
-void group_norm_nhwc(const float* x /* [n, pixels, channels] */, const float* gamma /* [channels] or null */,
-                     const float* beta /* [channels] or null */, float* y /* [n, pixels, channels] */, int64_t n,
-                     int64_t pixels, int64_t channels, int64_t groups, float eps, int32_t silu, int num_threads) {
-  check_size(n, "n");
-  check_size(pixels, "pixels");
-  check_size(channels, "channels");
-  require(groups > 0 && channels % groups == 0,
-          "groups = " + std::to_string(groups) + " must be positive and divide channels = " + std::to_string(channels));
-  require(std::isfinite(eps) && eps >= 0.0f, "eps must be finite and >= 0");
-  check_rows_times_length(n, pixels);
-  check_rows_times_length(n * pixels, channels);
-  check_pointer(x, n * pixels * channels, "x");
-  check_pointer(y, n * pixels * channels, "y");
+void group_norm_act(const void* x /* [n, pixels, channels] */, const void* add /* per add_kind, or null */,
+                    int32_t add_kind, const void* gamma /* [channels] or null */,
+                    const void* beta /* [channels] or null */, int32_t param_dtype,
+                    void* y /* [n, pixels, channels] */, void* sum_out /* [n, pixels, channels] or null */,
+                    int32_t dtype, int64_t n, int64_t pixels, int64_t channels, int64_t groups, float eps,
+                    int32_t silu, int num_threads) {
+  check_group_norm(x, add, add_kind, param_dtype, y, dtype, n, pixels, channels, groups, eps, silu);
   if (n == 0 || pixels == 0 || channels == 0) return;
-  QMIA_SIMD_DISPATCH(group_norm_images, x, gamma, beta, y, n, pixels, channels, groups, eps, silu, num_threads);
+  // The loops read float32 parameters; others are widened once here (channels values).
+  std::vector<float> widened[2];
+  const float* params[2] = {static_cast<const float*>(gamma), static_cast<const float*>(beta)};
+  if (param_dtype != kFloat32) {
+    const void* given[2] = {gamma, beta};
+    for (int k = 0; k < 2; ++k) {
+      if (given[k] == nullptr) continue;
+      widened[k].resize(size_t(channels));
+      dispatch_storage(param_dtype, [&](auto tag) {
+        using P = typename decltype(tag)::type;
+        for (int64_t c = 0; c < channels; ++c) widened[k][c] = load_float(static_cast<const P*>(given[k]) + c);
+      });
+      params[k] = widened[k].data();
+    }
+  }
+  QMIA_SIMD_DISPATCH(group_norm_act_images, x, add, add_kind, params[0], params[1], y, sum_out, dtype, n, pixels,
+                     channels, groups, eps, silu != 0, num_threads);
 }
 
 }  // namespace cpu

@@ -1,4 +1,4 @@
-// CPU layers of the UNet's float32 path on NHWC data: Winograd F(4x4, 3x3) transforms and GroupNorm.
+// CPU layers of the UNet on NHWC data: Winograd F(4x4, 3x3) transforms (float32) and GroupNorm(+add, +SiLU).
 #pragma once
 
 #include <cstdint>
@@ -30,13 +30,19 @@ void winograd_output_transform(const float* m /* [36, p1 - p0, out_channels] */,
                                float* y /* [n, height, width, out_channels] */, int64_t n, int64_t height,
                                int64_t width, int64_t out_channels, int64_t p0, int64_t p1, int num_threads);
 
-// GroupNorm of NHWC float32 data, per image and group of channels / groups consecutive
-// channels: y = (x - mean) / sqrt(var + eps) * gamma[c] + beta[c], mean and biased
-// variance over the group's pixels and channels, accumulated in float64 (two passes).
-// With silu != 0 the result is then y * sigmoid(y) (GroupNorm and SiLU in one pass).
-void group_norm_nhwc(const float* x /* [n, pixels, channels] */, const float* gamma /* [channels] or null */,
-                     const float* beta /* [channels] or null */, float* y /* [n, pixels, channels] */, int64_t n,
-                     int64_t pixels, int64_t channels, int64_t groups, float eps, int32_t silu, int num_threads);
+// y = act(GroupNorm(x + add)) of NHWC data, as common/group_norm.h defines it: dtype is the
+// storage of x, add, y and sum_out (float32, bfloat16, float16), param_dtype that of gamma
+// and beta (float32 or dtype; null means 1 and 0). add_kind: kAddNone (add unused),
+// kAddFull (add [n, pixels, channels]) or kAddPerChannel (add [n, channels]). The
+// statistics are accumulated in float64 in two passes (the means, then the squared
+// deviations from them); silu != 0 applies y * sigmoid(y). sum_out, if not null,
+// receives x + add rounded to dtype. Images run in parallel over num_threads threads.
+void group_norm_act(const void* x /* [n, pixels, channels] */, const void* add /* per add_kind, or null */,
+                    int32_t add_kind, const void* gamma /* [channels] or null */,
+                    const void* beta /* [channels] or null */, int32_t param_dtype,
+                    void* y /* [n, pixels, channels] */, void* sum_out /* [n, pixels, channels] or null */,
+                    int32_t dtype, int64_t n, int64_t pixels, int64_t channels, int64_t groups, float eps,
+                    int32_t silu, int num_threads);
 
 }  // namespace cpu
 }  // namespace qmia

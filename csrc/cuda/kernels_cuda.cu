@@ -9,6 +9,7 @@
 #include "common/row_reduce.h"
 #include "common/storage_types.h"
 #include "common/vote.h"
+#include "cuda/launch_check.h"
 
 namespace qmia {
 namespace cuda {
@@ -21,15 +22,6 @@ constexpr int64_t kMaxBlocks = int64_t(1) << 20;  // grid-stride loops cover the
 int64_t blocks_for(int64_t work_items) {
   return std::max<int64_t>(1, std::min<int64_t>((work_items + kBlock - 1) / kBlock, kMaxBlocks));
 }
-
-#define QMIA_RETURN_IF_ERROR(expr)         \
-  do {                                     \
-    const cudaError_t qmia_status = (expr); \
-    if (qmia_status != cudaSuccess) return qmia_status; \
-  } while (0)
-
-// Launch check after every kernel: configuration errors surface here, not later.
-#define QMIA_LAUNCH_CHECK() QMIA_RETURN_IF_ERROR(cudaGetLastError())
 
 // ---- 4-element loads and stores ---------------------------------------------------
 // Four consecutive logical elements starting at e0 (a multiple of 4). In C order and

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/ddim_step.h"
+#include "common/group_norm.h"
 #include "common/philox.h"
 #include "common/row_reduce.h"
 #include "common/storage_types.h"
@@ -543,39 +544,168 @@ void test_unet_layers() {
             [&] { cpu::winograd_output_transform(y.data(), nullptr, y.data(), n, height, width, 1, 2, 1, 1); }),
         "winograd_output_transform rejects a reversed tile range");
 
-  const int64_t groups = 3, pixels = height * width;
-  std::vector<float> gamma(channels), beta(channels), normed(x.size());
-  for (int64_t c = 0; c < channels; ++c) {
-    gamma[c] = 1.0f + 0.1f * float(c);
-    beta[c] = -0.05f * float(c);
-  }
-  cpu::group_norm_nhwc(x.data(), gamma.data(), beta.data(), normed.data(), n, pixels, channels, groups, 1e-5f, 0, 2);
-  double gn_worst = 0.0;
-  const int64_t per_group = channels / groups;
-  for (int64_t b = 0; b < n; ++b)
-    for (int64_t grp = 0; grp < groups; ++grp) {
-      double sum = 0.0, sq = 0.0;
-      for (int64_t p = 0; p < pixels; ++p)
-        for (int64_t c = grp * per_group; c < (grp + 1) * per_group; ++c) sum += x[(b * pixels + p) * channels + c];
-      const double mean = sum / double(pixels * per_group);
-      for (int64_t p = 0; p < pixels; ++p)
-        for (int64_t c = grp * per_group; c < (grp + 1) * per_group; ++c) {
-          const double d = x[(b * pixels + p) * channels + c] - mean;
-          sq += d * d;
+  check(throws_invalid([&] {
+          cpu::group_norm_act(x.data(), nullptr, kAddNone, nullptr, nullptr, kFloat32, y.data(), nullptr, kFloat32, n,
+                              height * width, channels, 4, 1e-5f, 0, 1);
+        }),
+        "group_norm_act rejects groups that do not divide the channels");
+}
+
+// ---- GroupNorm(+add, +SiLU) ------------------------------------------------------------
+
+struct GroupNormCase {
+  int64_t n, pixels, channels, groups;
+};
+
+// act(GroupNorm(x + add)) in float64 from the stored inputs, s = x + add formed in float32
+// as the kernel defines it. bound[e]: what the float32 output arithmetic may cost, a few ulp
+// of |(s - mean) * scale| + |beta|.
+std::vector<double> group_norm_reference(const Buffer& x, const Buffer* add, int32_t add_kind, const Buffer* gamma,
+                                         const Buffer* beta, const GroupNormCase& k, float eps, bool apply_silu,
+                                         std::vector<float>& sums, std::vector<double>& bound) {
+  const int64_t per_group = k.channels / k.groups, count = k.pixels * per_group;
+  sums.assign(size_t(k.n * k.pixels * k.channels), 0.0f);
+  for (int64_t i = 0; i < k.n; ++i)
+    for (int64_t p = 0; p < k.pixels; ++p)
+      for (int64_t c = 0; c < k.channels; ++c) {
+        const int64_t e = (i * k.pixels + p) * k.channels + c;
+        float s = x.get(e);
+        if (add_kind == kAddFull) s += add->get(e);
+        if (add_kind == kAddPerChannel) s += add->get(i * k.channels + c);
+        sums[e] = s;
+      }
+  std::vector<double> out(sums.size());
+  bound.assign(sums.size(), 0.0);
+  for (int64_t i = 0; i < k.n; ++i)
+    for (int64_t g = 0; g < k.groups; ++g) {
+      double mean = 0.0, m2 = 0.0;
+      for (int64_t p = 0; p < k.pixels; ++p)
+        for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) mean += sums[(i * k.pixels + p) * k.channels + c];
+      mean /= double(count);
+      for (int64_t p = 0; p < k.pixels; ++p)
+        for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
+          const double d = sums[(i * k.pixels + p) * k.channels + c] - mean;
+          m2 += d * d;
         }
-      const double inv_std = 1.0 / std::sqrt(sq / double(pixels * per_group) + 1e-5);
-      for (int64_t p = 0; p < pixels; ++p)
-        for (int64_t c = grp * per_group; c < (grp + 1) * per_group; ++c) {
-          const int64_t k = (b * pixels + p) * channels + c;
-          const double want = (x[k] - mean) * inv_std * gamma[c] + beta[c];
-          gn_worst = std::max(gn_worst, std::fabs(want - double(normed[k])));
+      const double inv_std = 1.0 / std::sqrt(m2 / double(count) + double(eps));
+      for (int64_t p = 0; p < k.pixels; ++p)
+        for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
+          const int64_t e = (i * k.pixels + p) * k.channels + c;
+          const double a = inv_std * (gamma ? gamma->get(c) : 1.0), b = beta ? beta->get(c) : 0.0;
+          double v = (sums[e] - mean) * a + b;
+          if (apply_silu) v = v / (1.0 + std::exp(-v));
+          out[e] = v;
+          bound[e] = 4.0 * 0x1p-24 * (std::fabs((sums[e] - mean) * a) + std::fabs(b));
         }
     }
-  check(gn_worst <= 2e-6, "group_norm_nhwc equals float64 GroupNorm");
+  return out;
+}
+
+void test_group_norm_case(int32_t dtype, int32_t param_dtype, int32_t add_kind, bool apply_silu,
+                          const GroupNormCase& k, std::mt19937& rng) {
+  const std::string tag = std::string(dtype_name(dtype)) + " params " + dtype_name(param_dtype) + " add " +
+                          std::to_string(add_kind) + " silu " + std::to_string(apply_silu) + " [" +
+                          std::to_string(k.n) + ", " + std::to_string(k.pixels) + ", " + std::to_string(k.channels) +
+                          "] groups " + std::to_string(k.groups);
+  const int64_t elements = k.n * k.pixels * k.channels;
+  Buffer x = random_buffer(dtype, elements, rng, 2.0f);
+  for (int64_t e = 0; e < elements; ++e) x.set(e, x.get(e) + 3.0f);  // a mean away from zero
+  Buffer add = random_buffer(dtype, add_kind == kAddPerChannel ? k.n * k.channels : elements, rng);
+  Buffer gamma = random_buffer(param_dtype, k.channels, rng), beta = random_buffer(param_dtype, k.channels, rng);
+  Buffer y(dtype, elements), sum_out(dtype, elements);
+  const float eps = 1e-5f;
+  cpu::group_norm_act(x.data(), add_kind == kAddNone ? nullptr : add.data(), add_kind, gamma.data(), beta.data(),
+                      param_dtype, y.data(), sum_out.data(), dtype, k.n, k.pixels, k.channels, k.groups, eps,
+                      apply_silu ? 1 : 0, 2);
+  std::vector<float> sums;
+  std::vector<double> bound;
+  const std::vector<double> want =
+      group_norm_reference(x, &add, add_kind, &gamma, &beta, k, eps, apply_silu, sums, bound);
+  // float32: a few ulp of the O(1) outputs; 16-bit: the output's own rounding (2^-9 or 2^-12 relative).
+  const double relative = dtype == kFloat32 ? 2e-6 : (dtype == kBFloat16 ? 1.0 / 256 : 1.0 / 2048);
+  bool close = true, sums_equal = true;
+  for (int64_t e = 0; e < elements; ++e) {
+    close = close && std::fabs(double(y.get(e)) - want[e]) <= relative * std::fabs(want[e]) + bound[e] + 1e-6;
+    sums_equal = sums_equal && same_bits(sum_out.get(e), rounded(dtype, sums[e]));
+  }
+  check(close, "group_norm_act equals float64 GroupNorm: " + tag);
+  check(sums_equal, "group_norm_act's sum output is x + add rounded once: " + tag);
+  // Without gamma and beta, and without the sum output.
+  cpu::group_norm_act(x.data(), add_kind == kAddNone ? nullptr : add.data(), add_kind, nullptr, nullptr, param_dtype,
+                      y.data(), nullptr, dtype, k.n, k.pixels, k.channels, k.groups, eps, apply_silu ? 1 : 0, 1);
+  const std::vector<double> plain =
+      group_norm_reference(x, &add, add_kind, nullptr, nullptr, k, eps, apply_silu, sums, bound);
+  close = true;
+  for (int64_t e = 0; e < elements; ++e)
+    close = close && std::fabs(double(y.get(e)) - plain[e]) <= relative * std::fabs(plain[e]) + bound[e] + 1e-6;
+  check(close, "group_norm_act without gamma and beta: " + tag);
+}
+
+void test_group_norm() {
+  std::mt19937 rng(13);
+  const GroupNormCase cases[] = {{2, 5 * 7, 12, 3}, {3, 1, 6, 6}, {1, 9, 5, 1}, {2, 4, 32, 32}, {1, 17, 1, 1}};
+  for (int32_t dtype : kDtypes)
+    for (int32_t param_dtype : {int32_t(kFloat32), dtype})
+      for (int32_t add_kind : {int32_t(kAddNone), int32_t(kAddFull), int32_t(kAddPerChannel)})
+        for (bool apply_silu : {false, true})
+          for (const GroupNormCase& k : cases) {
+            test_group_norm_case(dtype, param_dtype, add_kind, apply_silu, k, rng);
+            if (param_dtype == kFloat32 && dtype == kFloat32) break;  // the two param loops coincide
+          }
+
+  // The baseline and AVX2 builds give the same bits.
+  const GroupNormCase k{2, 33, 64, 32};
+  const int64_t elements = k.n * k.pixels * k.channels;
+  for (int32_t dtype : kDtypes) {
+    Buffer x = random_buffer(dtype, elements, rng), add = random_buffer(dtype, k.n * k.channels, rng);
+    Buffer best(dtype, elements), baseline(dtype, elements);
+    cpu::group_norm_act(x.data(), add.data(), kAddPerChannel, nullptr, nullptr, kFloat32, best.data(), nullptr, dtype,
+                        k.n, k.pixels, k.channels, k.groups, 1e-5f, 1, 2);
+    cpu::force_simd_level(0);
+    cpu::group_norm_act(x.data(), add.data(), kAddPerChannel, nullptr, nullptr, kFloat32, baseline.data(), nullptr,
+                        dtype, k.n, k.pixels, k.channels, k.groups, 1e-5f, 1, 2);
+    cpu::force_simd_level(-1);
+    check(std::memcmp(best.data(), baseline.data(), best.bytes.size()) == 0,
+          std::string("baseline and AVX2 GroupNorm loops give the same bits: ") + dtype_name(dtype));
+  }
+
+  // Argument errors throw; nothing to do returns quietly, null pointers and all.
+  float data[8] = {};
   check(throws_invalid([&] {
-          cpu::group_norm_nhwc(x.data(), nullptr, nullptr, normed.data(), n, pixels, channels, 4, 1e-5f, 0, 1);
+          cpu::group_norm_act(data, nullptr, kAddFull, nullptr, nullptr, kFloat32, data, nullptr, kFloat32, 1, 2, 4, 2,
+                              1e-5f, 0, 1);
         }),
-        "group_norm_nhwc rejects groups that do not divide the channels");
+        "group_norm_act: a full add needs its pointer");
+  check(throws_invalid([&] {
+          cpu::group_norm_act(data, nullptr, 3, nullptr, nullptr, kFloat32, data, nullptr, kFloat32, 1, 2, 4, 2, 1e-5f,
+                              0, 1);
+        }),
+        "group_norm_act: unknown add kind");
+  check(throws_invalid([&] {
+          cpu::group_norm_act(data, nullptr, kAddNone, nullptr, nullptr, kFloat16, data, nullptr, kBFloat16, 1, 2, 4,
+                              2, 1e-5f, 0, 1);
+        }),
+        "group_norm_act: gamma/beta in a third dtype");
+  check(throws_invalid([&] {
+          cpu::group_norm_act(data, nullptr, kAddNone, nullptr, nullptr, kFloat32, data, nullptr, kFloat32, 1, 2, 4, 2,
+                              NAN, 0, 1);
+        }),
+        "group_norm_act: non-finite eps");
+  check(throws_invalid([&] {
+          cpu::group_norm_act(data, nullptr, kAddNone, nullptr, nullptr, kFloat32, nullptr, nullptr, kFloat32, 1, 2, 4,
+                              2, 1e-5f, 0, 1);
+        }),
+        "group_norm_act: null output");
+  bool quiet = true;
+  try {
+    cpu::group_norm_act(nullptr, nullptr, kAddFull, nullptr, nullptr, kFloat32, nullptr, nullptr, kBFloat16, 0, 16, 8,
+                        4, 1e-5f, 1, 1);
+    cpu::group_norm_act(nullptr, nullptr, kAddPerChannel, nullptr, nullptr, kFloat32, nullptr, nullptr, kFloat16, 3,
+                        5, 0, 4, 1e-5f, 1, 1);
+  } catch (...) {
+    quiet = false;
+  }
+  check(quiet, "group_norm_act with nothing to do returns quietly");
 }
 
 // The baseline and AVX2 builds of the noise loop give the same bits.
@@ -606,6 +736,7 @@ int main() {
   test_scalar_coefficients();
   test_per_row_sample_indices();
   test_unet_layers();
+  test_group_norm();
   for (int32_t dtype : kDtypes) {
     for (int64_t row_length : {int64_t(1), int64_t(3), int64_t(7), int64_t(1023), int64_t(4097)})
       test_case(dtype, 3, row_length, rng);

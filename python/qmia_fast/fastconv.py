@@ -11,11 +11,10 @@ channels.
 
 GroupNorm: torch's CPU kernel for channels_last input is slow when a group holds one
 or two channels (the demo UNet's 32 channels in 32 groups: 21 ms per call against
-1.9 ms in NCHW, measured); ours is two float64-accumulated passes and one
-normalising pass over NHWC memory, vectorised across channels. It can apply the SiLU
-that follows in the same pass (silu=True); fused that way the demo UNet ran no faster
-than with torch's SiLU (0.539 s against 0.532 s per batch of 64), so the mode does not
-fuse.
+1.9 ms in NCHW, measured); ours (fused_ops.group_norm_act) is two float64-accumulated
+passes and one normalising pass over NHWC memory, vectorised across channels. The mode
+routes only F.group_norm; fusing the SiLU and the adds around it is the UNet's own
+fused forward path (models/unet.py, UNet.set_fused).
 
 Numerics: the filter transform is done in float64 and rounded once; inputs and outputs
 go through transforms with coefficients up to 8, so the float32 result differs from a
@@ -34,6 +33,7 @@ from torch.overrides import TorchFunctionMode
 
 from . import kernels
 from .errors import InputError
+from .fused_ops import group_norm_act
 
 __all__ = ["winograd_weights", "winograd_conv2d", "group_norm_nhwc", "WinogradConvs", "eligible"]
 
@@ -114,26 +114,10 @@ def winograd_conv2d(x: torch.Tensor, weights: torch.Tensor, bias: Optional[torch
 def group_norm_nhwc(x: torch.Tensor, groups: int, weight: Optional[torch.Tensor] = None,
                     bias: Optional[torch.Tensor] = None, eps: float = 1e-5, silu: bool = False) -> torch.Tensor:
     """F.group_norm (then F.silu if `silu`) for a float32 CPU tensor N x C x H x W, computed on its channels_last
-    memory (copied there if needed); returns a channels_last tensor."""
+    memory (copied there if needed) by fused_ops.group_norm_act; returns a channels_last tensor."""
     if x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu":
         raise InputError(f"x must be a float32 CPU tensor N x C x H x W, got {x.dtype} {tuple(x.shape)} on {x.device}")
-    n, channels, height, width = x.shape
-    if groups < 1 or channels % groups:
-        raise InputError(f"groups = {groups} must divide the {channels} channels")
-    x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.empty_like(x, memory_format=torch.channels_last)
-    params = []
-    for name, value in (("weight", weight), ("bias", bias)):
-        if value is not None:
-            if value.shape != (channels,):
-                raise InputError(f"{name} must have shape ({channels},), got {tuple(value.shape)}")
-            value = value.detach().to(torch.float32).contiguous()
-        params.append(value)
-    gamma, beta = params
-    kernels._cpu_module().group_norm_nhwc(x.data_ptr(), 0 if gamma is None else gamma.data_ptr(),
-                                          0 if beta is None else beta.data_ptr(), y.data_ptr(), n, height * width,
-                                          channels, groups, float(eps), int(bool(silu)), kernels._threads(x.numel()))
-    return y
+    return group_norm_act(x, groups, weight, bias, eps, silu=silu)
 
 
 def _pair(value: Any) -> Tuple[int, ...]:

@@ -355,18 +355,18 @@ def _device_args(device: torch.device) -> Tuple[int, int]:
 
 
 def _launch(kernel: str, device: torch.device, *args: Any, elements: Optional[int] = None,
-            reduce_rows: Optional[Tuple[int, int]] = None) -> None:
+            scratch: Optional[Tuple[Any, ...]] = None) -> None:
     """Runs `kernel` of the device's compiled module on `args`, the argument list both modules share.
 
     The CPU module then takes its OpenMP thread count (for `elements` elements); the CUDA
-    module takes the scratch buffer of a row reduction over `reduce_rows` = (n_rows,
-    row_length) when given, then the device index and torch's current stream on it.
+    module takes the scratch buffer that `scratch` = (kind, *sizes) names when given (see
+    _workspace), then the device index and torch's current stream on it.
     """
     if device.type == "cpu":
         getattr(_cpu_module(), kernel)(*args, _threads(elements))
         return
-    scratch = () if reduce_rows is None else (_workspace(*reduce_rows, device),)
-    getattr(_cuda, kernel)(*args, *map(_address, scratch), *_device_args(device))
+    buffers = () if scratch is None else (_workspace(scratch[0], scratch[1:], device),)
+    getattr(_cuda, kernel)(*args, *map(_address, buffers), *_device_args(device))
 
 
 # Below this many elements a CPU kernel runs on the calling thread alone. Measured on a
@@ -384,13 +384,14 @@ def _threads(elements: Optional[int] = None) -> int:
     return max(1, torch.get_num_threads())
 
 
-def _workspace(n_rows: int, row_length: int, device: torch.device) -> Optional[torch.Tensor]:
-    """The CUDA scratch buffer a row reduction needs (None when a row is one chunk).
+def _workspace(kind: str, sizes: Sequence[int], device: torch.device) -> Optional[torch.Tensor]:
+    """The float32 CUDA scratch buffer that `_cuda.<kind>_workspace_elements(*sizes)` asks for (None for none):
+    kind "reduce" for a row reduction over (n_rows, row_length), "group_norm" for (n, pixels, channels).
 
     It comes from torch's caching allocator, which is stream-ordered and graph-capture
     safe: the caller keeps the tensor referenced until the launch has been queued.
     """
-    elements = _cuda.reduce_workspace_elements(n_rows, row_length)
+    elements = getattr(_cuda, f"{kind}_workspace_elements")(*sizes)
     if elements == 0:
         return None
     return torch.empty(elements, dtype=torch.float32, device=device)
@@ -517,7 +518,7 @@ def eps_sq_error(eps_pred: torch.Tensor, seed: int, offset: int = 0, stream: int
     out = torch.empty(n_rows, dtype=torch.float32, device=eps_pred.device)
     if n_rows:
         _launch("eps_sq_error", eps_pred.device, eps_pred.data_ptr(), out.data_ptr(), _STORAGE_CODES[eps_pred.dtype],
-                n_rows, *layout, *keys, elements=eps_pred.numel(), reduce_rows=(n_rows, layout[0]))
+                n_rows, *layout, *keys, elements=eps_pred.numel(), scratch=("reduce", n_rows, layout[0]))
     return out
 
 
@@ -555,7 +556,7 @@ def ddim_step_sqerr(x: torch.Tensor, eps: torch.Tensor, c1: Coefficient, c2: Coe
     if n_rows:
         _launch("ddim_step_sqerr", device, x.data_ptr(), eps.data_ptr(), *_coef_args(coef1), *_coef_args(coef2),
                 ref.data_ptr(), out.data_ptr(), _STORAGE_CODES[x.dtype], n_rows, *layout, elements=x.numel(),
-                reduce_rows=(n_rows, layout[0]))
+                scratch=("reduce", n_rows, layout[0]))
     return out
 
 
@@ -578,7 +579,7 @@ def pnorm_error(a: torch.Tensor, b: torch.Tensor, p: float = 4.0) -> torch.Tenso
     out = torch.empty(n_rows, dtype=torch.float32, device=a.device)
     if n_rows:
         _launch("pnorm_error", a.device, a.data_ptr(), b.data_ptr(), out.data_ptr(), _STORAGE_CODES[a.dtype], n_rows,
-                *layout, p, elements=a.numel(), reduce_rows=(n_rows, layout[0]))
+                *layout, p, elements=a.numel(), scratch=("reduce", n_rows, layout[0]))
     return out
 
 

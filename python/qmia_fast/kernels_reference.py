@@ -163,6 +163,33 @@ def vote_reference(scores: torch.Tensor, thresholds: torch.Tensor):
     return votes, decision, margin
 
 
+def group_norm_act_reference(x: torch.Tensor, groups: int, weight: Optional[torch.Tensor] = None,
+                             bias: Optional[torch.Tensor] = None, eps: float = 1e-5, silu: bool = False,
+                             add: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(y, s) in float64 for fused_ops.group_norm_act: s = x + add formed in float32 from the
+    stored values, as the kernel forms it, and y = act(GroupNorm(s)) from there in float64.
+
+    ``add`` is x's shape, [N, C] or [N, C, 1, 1]; the kernel returns s rounded to x's dtype.
+    """
+    s = x.to(torch.float32)
+    if add is not None:
+        a = add.to(torch.float32)
+        s = s + (a.reshape(x.shape[0], x.shape[1], 1, 1) if a.shape != x.shape else a)
+    s = s.to(torch.float64)
+    n, channels = s.shape[:2]
+    grouped = s.reshape(n, groups, (channels // groups) * s.shape[2] * s.shape[3])
+    mean = grouped.mean(dim=2, keepdim=True)
+    variance = ((grouped - mean) ** 2).mean(dim=2, keepdim=True)
+    y = ((grouped - mean) / torch.sqrt(variance + eps)).reshape(s.shape)
+    if weight is not None:
+        y = y * weight.to(torch.float64).reshape(1, channels, 1, 1)
+    if bias is not None:
+        y = y + bias.to(torch.float64).reshape(1, channels, 1, 1)
+    if silu:
+        y = y * torch.sigmoid(y)
+    return y, s
+
+
 # ---------------------------------------------------------------------------
 # plain-PyTorch baselines (what the fused kernels replace)
 # ---------------------------------------------------------------------------
@@ -202,3 +229,12 @@ def pnorm_error_baseline(a: torch.Tensor, b: torch.Tensor, p: float = 4.0) -> to
 def vote_baseline(scores: torch.Tensor, thresholds: torch.Tensor):
     votes = (scores.unsqueeze(0) < thresholds).sum(dim=0).to(torch.int32)
     return votes, 2 * votes > thresholds.shape[0], (thresholds - scores.unsqueeze(0)).float().mean(dim=0)
+
+
+def group_norm_act_baseline(x: torch.Tensor, groups: int, weight: Optional[torch.Tensor] = None,
+                            bias: Optional[torch.Tensor] = None, eps: float = 1e-5, silu: bool = False,
+                            add: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The same job in plain PyTorch: the add, F.group_norm, then F.silu."""
+    h = x if add is None else x + (add if add.shape == x.shape else add.reshape(x.shape[0], x.shape[1], 1, 1))
+    h = torch.nn.functional.group_norm(h, groups, weight, bias, eps)
+    return torch.nn.functional.silu(h) if silu else h

@@ -28,6 +28,11 @@ CIFAR10_UNET_CONFIG: dict[str, Any] = {
 # GroupNorm group count is fixed by the architecture (and hence by the checkpoints).
 _NORM_GROUPS = 32
 
+# What UNet.set_fused(None) means per device type. CPU: on, never slower in the measurements
+# of bench/README.md ("Fused GroupNorm"). CUDA: off until a GPU run has validated the fused
+# kernels against the plain path (tests/test_fused_group_norm.py, marked cuda).
+FUSED_BY_DEFAULT: dict[str, bool] = {"cpu": True, "cuda": False}
+
 
 def normalize_unet_config(config: dict[str, Any] | None = None, **overrides) -> dict[str, Any]:
     """Fill defaults, coerce types and validate UNet kwargs; returns a JSON-serialisable dict.
@@ -139,6 +144,21 @@ class TimeEmbedding(nn.Module):
         return self.timembedding(t)
 
 
+def _fused_norm(x: torch.Tensor, norm: nn.GroupNorm, silu: bool = False, add: torch.Tensor | None = None,
+                return_sum: bool = False):
+    """norm(x + add), then SiLU if `silu`, as one fused_ops.group_norm_act call (and x + add with `return_sum`).
+
+    x and add are brought to their promoted dtype first, as `x + add` would be.
+    """
+    from ..fused_ops import group_norm_act
+
+    if add is not None and add.dtype != x.dtype:
+        dtype = torch.promote_types(x.dtype, add.dtype)
+        x, add = x.to(dtype), add.to(dtype)
+    return group_norm_act(x, norm.num_groups, norm.weight, norm.bias, norm.eps, silu=silu, add=add,
+                          return_sum=return_sum)
+
+
 class DownSample(nn.Module):
     """Stride-2 3x3 convolution (symmetric padding 1, as pytorch-ddpm)."""
 
@@ -147,7 +167,7 @@ class DownSample(nn.Module):
         self.main = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
         _xavier(self.main)
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, fused: bool = False) -> torch.Tensor:
         return self.main(x)
 
 
@@ -159,7 +179,7 @@ class UpSample(nn.Module):
         self.main = nn.Conv2d(channels, channels, 3, stride=1, padding=1)
         _xavier(self.main)
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, fused: bool = False) -> torch.Tensor:
         return self.main(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
@@ -178,8 +198,11 @@ class AttnBlock(nn.Module):
         _xavier(self.proj, gain=1e-5)  # the block starts as (almost) the identity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attend(x, self.group_norm(x))
+
+    def attend(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """x + attention over h = group_norm(x) (the fused path computes h together with x)."""
         batch, channels, height, width = x.shape
-        h = self.group_norm(x)
 
         def tokens(t: torch.Tensor) -> torch.Tensor:  # N x C x H x W -> N x 1 x HW x C (one head)
             return t.flatten(2).transpose(1, 2).unsqueeze(1)
@@ -210,11 +233,24 @@ class ResBlock(nn.Module):
         if isinstance(self.shortcut, nn.Conv2d):
             _xavier(self.shortcut)
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        if fused:
+            return self._forward_fused(x, temb)
         h = self.block1(x)
         h = h + self.temb_proj(temb)[:, :, None, None]
         h = self.block2(h)
         return self.attn(h + self.shortcut(x))
+
+    def _forward_fused(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        # The same layers, with each GroupNorm, the SiLU after it and the add before it in one kernel.
+        h = self.block1[2](_fused_norm(x, self.block1[0], silu=True))
+        h = _fused_norm(h, self.block2[0], silu=True, add=self.temb_proj(temb))
+        h = self.block2[3](self.block2[2](h))
+        skip = self.shortcut(x)
+        if isinstance(self.attn, AttnBlock):
+            normed, total = _fused_norm(h, self.attn.group_norm, add=skip, return_sum=True)
+            return self.attn.attend(total, normed)
+        return h + skip
 
 
 class UNet(nn.Module):
@@ -279,25 +315,54 @@ class UNet(nn.Module):
         )
         _xavier(self.tail[2], gain=1e-5)
 
+        self.fused: bool | None = None  # see set_fused
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (self.config["in_ch"], self.config["img_size"], self.config["img_size"])
+
+    def set_fused(self, fused: bool | None = True) -> "UNet":
+        """Run each GroupNorm with the SiLU after it and the add before it (the time embedding, the
+        residual before attention) as one fused kernel (qmia_fast.fused_ops), on channels_last memory.
+
+        True: fused wherever it can run (CPU or CUDA, float32/bfloat16/float16 activations, no
+        gradients needed; elsewhere the plain layers run). False: never. None (the default): the
+        device decides, see FUSED_BY_DEFAULT. Outputs equal the plain path's to float rounding.
+        Returns the model.
+        """
+        if fused is not None and not isinstance(fused, bool):
+            raise ConfigError(f"fused must be True, False or None (the device decides), got {fused!r}")
+        self.fused = fused
+        return self
+
+    def _fused_now(self, x: torch.Tensor) -> bool:
+        fused = getattr(self, "fused", None)  # absent on a UNet pickled before set_fused existed
+        wanted = FUSED_BY_DEFAULT.get(x.device.type, False) if fused is None else fused
+        if not wanted or x.device.type not in ("cpu", "cuda"):
+            return False
+        if self.tail[0].weight.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            return False
+        # The fused ops have no backward: training and gradient-based callers keep torch's layers.
+        return not (torch.is_grad_enabled() and (x.requires_grad or self.tail[0].weight.requires_grad))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         if not isinstance(t, torch.Tensor):
             t = torch.tensor(t, dtype=torch.long, device=x.device)
         if t.dim() == 0:
             t = t.expand(x.shape[0])
+        fused = self._fused_now(x)
         temb = self.time_embedding(t)
         h = self.head(x)
         skips = [h]
         for layer in self.downblocks:
-            h = layer(h, temb)
+            h = layer(h, temb, fused)
             skips.append(h)
         for layer in self.middleblocks:
-            h = layer(h, temb)
+            h = layer(h, temb, fused)
         for layer in self.upblocks:
             if isinstance(layer, ResBlock):
                 h = torch.cat([h, skips.pop()], dim=1)
-            h = layer(h, temb)
+            h = layer(h, temb, fused)
+        if fused:
+            return self.tail[2](_fused_norm(h, self.tail[0], silu=True))
         return self.tail(h)
