@@ -62,7 +62,8 @@ class DataSpec:
         from ..data import load_data
 
         return load_data(self.path, split=self.split, members=self.members, public_fraction=self.public_fraction,
-                         seed=seed, layout=self.layout, fmt=self.format, part=self.part)
+                         seed=seed, layout=self.layout, fmt=self.format, part=self.part,
+                         expected_shape=None if expected_shape is None else tuple(expected_shape))
 
 
 @dataclass(frozen=True)
