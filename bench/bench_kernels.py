@@ -1,7 +1,7 @@
 """Times each fused kernel against the plain-PyTorch way of doing the same job; prints a table and writes JSON.
 
     python bench/bench_kernels.py --out kernels.json [--device cpu|cuda] [--quick] [--threads N]
-                                  [--clock wall|thread]
+                                  [--clock wall|thread] [--group-norm-only] [--unet]
 
 Sizes are the scorer's: a batch of 256 CIFAR images (3 x 32 x 32), in float32 and
 bfloat16. Each case runs a few warm-up calls, then `repeats` timed calls of the fused
@@ -11,6 +11,14 @@ must move at least (inputs read once, outputs written once) divided by the time,
 both the fused kernel and the baseline; ratio = baseline time / fused time (> 1: the
 fused kernel is faster). Baselines draw their noise with torch.randn, so they do the
 same amount of work but not the same numbers.
+
+GroupNorm cases run on channels_last activations of the CIFAR-10 UNet (128 channels,
+16 x 16) and of the demo UNet (32 channels, 28 x 28, one channel per group), batch / 4
+images: the fused op (time-embedding add, GroupNorm, SiLU in one kernel) against the add,
+F.group_norm and F.silu, and on the CPU at float32 also against what the fast-layer mode
+ran before (the add and F.silu in torch around the NHWC GroupNorm kernel alone).
+``--unet`` adds whole UNet forwards (demo architecture, batch 64) with the fused path on
+and off, with and without the CPU fast-layer mode.
 """
 from __future__ import annotations
 
@@ -23,6 +31,8 @@ from typing import Callable, Dict, List
 
 import torch
 
+from qmia_fast import fastconv
+from qmia_fast import fused_ops
 from qmia_fast import kernels as K
 from qmia_fast import kernels_reference as R
 from qmia_fast.atomic_io import write_json
@@ -114,7 +124,71 @@ def _cases(n: int, shape, dtype, device):
     ]
 
 
-def run(device_name: str, quick: bool, batch: int, clock: str = "wall") -> Dict:
+def _group_norm_cases(n: int, dtype, device):
+    """(name, shape, fused, baseline, bytes) for the UNet's GroupNorm + time embedding + SiLU."""
+    cases = []
+    for label, (channels, size) in (("cifar C128", (128, 16)), ("demo C32", (32, 28))):
+        g = torch.Generator().manual_seed(channels)
+        x = torch.randn(n, channels, size, size, generator=g).to(device=device, dtype=dtype)
+        x = x.contiguous(memory_format=torch.channels_last)
+        temb = torch.randn(n, channels, generator=g).to(device=device, dtype=dtype)
+        gamma, beta = torch.randn(channels, device=device), torch.randn(channels, device=device)
+        nbytes = 2 * x.numel() * x.element_size()
+        fused = (lambda x=x, temb=temb, gamma=gamma, beta=beta:
+                 fused_ops.group_norm_act(x, 32, gamma, beta, silu=True, add=temb))
+        cases.append((f"gn+temb+silu vs torch ops, {label}", list(x.shape), fused,
+                      lambda x=x, temb=temb, gamma=gamma, beta=beta:
+                      R.group_norm_act_baseline(x, 32, gamma, beta, silu=True, add=temb), nbytes))
+        if device.type == "cpu" and dtype == torch.float32:
+            cases.append((f"gn+temb+silu vs gn kernel alone, {label}", list(x.shape), fused,
+                          lambda x=x, temb=temb, gamma=gamma, beta=beta: torch.nn.functional.silu(
+                              fastconv.group_norm_nhwc(x + temb[:, :, None, None], 32, gamma, beta)), nbytes))
+    return cases
+
+
+def _unet_rows(device, warmup: int, repeats: int, clock: str) -> List[Dict]:
+    """Demo-architecture UNet forwards (batch 64, random weights): the fused path against the plain one."""
+    import contextlib
+
+    from qmia_fast.models.unet import UNet
+
+    torch.manual_seed(0)
+    model = UNet(T=1000, ch=32, ch_mult=[1, 2, 2], attn=[2], num_res_blocks=1, dropout=0.0, in_ch=1, img_size=28)
+    model = model.eval().to(device=device, memory_format=torch.channels_last)
+    x = torch.randn(64, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
+    t = torch.randint(0, 1000, (64,), device=device)
+    modes = {"plain layers": contextlib.nullcontext}
+    if device.type == "cpu":
+        modes["fast layers"] = fastconv.WinogradConvs
+    rows = []
+    for label, mode in modes.items():
+        layers = mode()
+
+        def forward(fused, layers=layers):
+            model.set_fused(fused)
+            with torch.inference_mode(), layers:
+                return model(x, t)
+
+        fused_s, base_s = _paired_medians(lambda: forward(True), lambda: forward(False), device, warmup, repeats,
+                                          clock)
+        rows.append(_row(f"unet demo fused vs unfused, {label}", "float32", [64, 1, 28, 28], fused_s, base_s,
+                         x.numel(), 0))
+    model.set_fused(None)
+    return rows
+
+
+def _row(op: str, dtype: str, shape, fused_s: float, base_s: float, elements: int, nbytes: int) -> Dict:
+    return {
+        "op": op, "dtype": dtype, "shape": shape,
+        "fused_ms": fused_s * 1e3, "baseline_ms": base_s * 1e3,
+        "fused_ns_per_element": fused_s * 1e9 / elements, "baseline_ns_per_element": base_s * 1e9 / elements,
+        "fused_gbps": nbytes / fused_s / 1e9, "baseline_gbps": nbytes / base_s / 1e9,
+        "ratio_baseline_over_fused": base_s / fused_s,
+    }
+
+
+def run(device_name: str, quick: bool, batch: int, clock: str = "wall", group_norm_only: bool = False,
+        unet: bool = False) -> Dict:
     device = torch.device(device_name)
     if clock == "thread" and (device.type != "cpu" or torch.get_num_threads() != 1):
         raise SystemExit("bench_kernels: --clock thread measures one CPU thread: use it with --device cpu --threads 1")
@@ -124,30 +198,26 @@ def run(device_name: str, quick: bool, batch: int, clock: str = "wall") -> Dict:
     shape = (3, 32, 32)
     results: List[Dict] = []
     for dtype in (torch.float32, torch.bfloat16):
-        for name, fused, baseline, nbytes in _cases(batch, shape, dtype, device):
+        dtype_name = str(dtype).replace("torch.", "")
+        if not group_norm_only:
+            for name, fused, baseline, nbytes in _cases(batch, shape, dtype, device):
+                fused_s, base_s = _paired_medians(fused, baseline, device, warmup, repeats, clock)
+                results.append(_row(name, dtype_name, [batch, *shape], fused_s, base_s, batch * 3 * 32 * 32, nbytes))
+        for name, gn_shape, fused, baseline, nbytes in _group_norm_cases(max(1, batch // 4), dtype, device):
             fused_s, base_s = _paired_medians(fused, baseline, device, warmup, repeats, clock)
-            elements = batch * 3 * 32 * 32
-            results.append({
-                "op": name, "dtype": str(dtype).replace("torch.", ""), "shape": [batch, *shape],
-                "fused_ms": fused_s * 1e3, "baseline_ms": base_s * 1e3,
-                "fused_ns_per_element": fused_s * 1e9 / elements,
-                "baseline_ns_per_element": base_s * 1e9 / elements,
-                "fused_gbps": nbytes / fused_s / 1e9, "baseline_gbps": nbytes / base_s / 1e9,
-                "ratio_baseline_over_fused": base_s / fused_s,
-            })
-    # The bag's vote: 50,000 samples, 7 regressors.
-    g = torch.Generator().manual_seed(2)
-    scores = torch.randn(50_000, generator=g).to(device)
-    thresholds = torch.randn(7, 50_000, generator=g).to(device)
-    fused_s, base_s = _paired_medians(lambda: K.vote(scores, thresholds),
-                                      lambda: R.vote_baseline(scores, thresholds), device, warmup, repeats, clock)
-    results.append({
-        "op": "vote vs (s < t).sum, mean", "dtype": "float32", "shape": [7, 50_000],
-        "fused_ms": fused_s * 1e3, "baseline_ms": base_s * 1e3,
-        "fused_ns_per_element": fused_s * 1e9 / 350_000, "baseline_ns_per_element": base_s * 1e9 / 350_000,
-        "fused_gbps": 8 * 50_000 * 4 / fused_s / 1e9, "baseline_gbps": 8 * 50_000 * 4 / base_s / 1e9,
-        "ratio_baseline_over_fused": base_s / fused_s,
-    })
+            elements = gn_shape[0] * gn_shape[1] * gn_shape[2] * gn_shape[3]
+            results.append(_row(name, dtype_name, gn_shape, fused_s, base_s, elements, nbytes))
+    if not group_norm_only:
+        # The bag's vote: 50,000 samples, 7 regressors.
+        g = torch.Generator().manual_seed(2)
+        scores = torch.randn(50_000, generator=g).to(device)
+        thresholds = torch.randn(7, 50_000, generator=g).to(device)
+        fused_s, base_s = _paired_medians(lambda: K.vote(scores, thresholds),
+                                          lambda: R.vote_baseline(scores, thresholds), device, warmup, repeats, clock)
+        results.append(_row("vote vs (s < t).sum, mean", "float32", [7, 50_000], fused_s, base_s, 350_000,
+                            8 * 50_000 * 4))
+    if unet:
+        results.extend(_unet_rows(device, warmup, min(repeats, 11), clock))
     return {
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
@@ -158,12 +228,12 @@ def run(device_name: str, quick: bool, batch: int, clock: str = "wall") -> Dict:
 
 
 def format_table(report: Dict) -> str:
-    header = (f"{'kernel vs baseline':40s} {'dtype':8s} {'fused ms':>9s} {'base ms':>9s} {'fused ns/el':>11s} "
+    header = (f"{'kernel vs baseline':46s} {'dtype':8s} {'fused ms':>9s} {'base ms':>9s} {'fused ns/el':>11s} "
               f"{'base ns/el':>10s} {'fused GB/s':>10s} {'base GB/s':>9s} {'ratio':>6s}")
     lines = [f"device {report['device']}, torch threads {report['torch_threads']}, {report['clock']} clock, median "
              f"of {report['repeats']} after {report['warmup']} warm-up", header, "-" * len(header)]
     for r in report["results"]:
-        lines.append(f"{r['op']:40s} {r['dtype']:8s} {r['fused_ms']:9.3f} {r['baseline_ms']:9.3f} "
+        lines.append(f"{r['op']:46s} {r['dtype']:8s} {r['fused_ms']:9.3f} {r['baseline_ms']:9.3f} "
                      f"{r['fused_ns_per_element']:11.3f} {r['baseline_ns_per_element']:10.3f} "
                      f"{r['fused_gbps']:10.2f} {r['baseline_gbps']:9.2f} {r['ratio_baseline_over_fused']:6.2f}")
     return "\n".join(lines)
@@ -178,6 +248,8 @@ def main(argv=None) -> int:
     parser.add_argument("--clock", choices=["wall", "thread"], default="wall",
                         help="wall time (default), or this thread's CPU time (CPU, --threads 1: steady on a busy "
                              "shared machine)")
+    parser.add_argument("--group-norm-only", action="store_true", help="only the GroupNorm cases")
+    parser.add_argument("--unet", action="store_true", help="also whole UNet forwards, fused path on and off")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for both the kernels and torch (default: torch's setting)")
     args = parser.parse_args(argv)
@@ -185,7 +257,7 @@ def main(argv=None) -> int:
         if args.threads < 1:
             parser.error("--threads must be >= 1")
         torch.set_num_threads(args.threads)
-    report = run(args.device, args.quick, args.batch, args.clock)
+    report = run(args.device, args.quick, args.batch, args.clock, args.group_norm_only, args.unet)
     print(format_table(report))
     write_json(args.out, report)
     print(f"wrote {args.out}")
