@@ -147,8 +147,8 @@ def sniff_format(path: Path) -> str:
 
 # --------------------------------------------------------------------------- npy / npz
 
-def _parse_npy_header(stream, total_size: int, what: str,
-                      max_bytes: int | None = None) -> tuple[np.dtype, tuple, bool, int]:
+def _parse_npy_header(stream, total_size: int, what: str, max_bytes: int | None = None,
+                      max_elements: int | None = None) -> tuple[np.dtype, tuple, bool, int]:
     magic = _read_exact(stream, 6, f"{what} header")
     if magic != _NPY_MAGIC:
         raise DataError(f"{what} is not a .npy array (bad magic bytes)")
@@ -179,6 +179,8 @@ def _parse_npy_header(stream, total_size: int, what: str,
         raise DataError(f"{what} has a malformed .npy header")
     count = checked_element_count(shape, dtype.itemsize, what)
     nbytes = count * dtype.itemsize
+    if max_elements is not None and count > max_elements:
+        raise DataError(f"{what} declares shape {shape}: {count} elements, more than the {max_elements} expected")
     if max_bytes is not None and nbytes > max_bytes:
         raise DataError(f"{what} declares shape {shape} of {dtype} ({nbytes} bytes), more than the {max_bytes} "
                         "bytes this reader accepts")
@@ -191,19 +193,21 @@ def _parse_npy_header(stream, total_size: int, what: str,
     return dtype, shape, fortran, count
 
 
-def _read_npy_stream(stream, total_size: int, what: str, max_bytes: int | None = None) -> np.ndarray:
-    dtype, shape, fortran, count = _parse_npy_header(stream, total_size, what, max_bytes)
+def _read_npy_stream(stream, total_size: int, what: str, max_bytes: int | None = None,
+                     max_elements: int | None = None) -> np.ndarray:
+    dtype, shape, fortran, count = _parse_npy_header(stream, total_size, what, max_bytes, max_elements)
     flat = np.empty(count, dtype=dtype)
     _readinto_exact(stream, flat, f"{what} data")
     array = flat.reshape(shape, order="F" if fortran else "C")
     return array.astype(dtype.newbyteorder("="), copy=False)
 
 
-def read_npy(path: Path, *, where: str = "--data", max_bytes: int | None = None) -> np.ndarray:
-    """Read a .npy file without pickle, checking the declared size against the file size (and max_bytes) first."""
+def read_npy(path: Path, *, where: str = "--data", max_bytes: int | None = None,
+             max_elements: int | None = None) -> np.ndarray:
+    """Read a .npy file without pickle, checking the declared size against the file size (and the limits) first."""
     def action():
         with open_regular_file(path) as fh:
-            return _read_npy_stream(fh, os.fstat(fh.fileno()).st_size, "the array", max_bytes)
+            return _read_npy_stream(fh, os.fstat(fh.fileno()).st_size, "the array", max_bytes, max_elements)
     return _guard(where, path, action)
 
 
@@ -259,7 +263,7 @@ class NpzReader:
             raise _fail(self.where, self.path, f"has no array {key!r} (it holds {', '.join(self._members)})")
         return info.file_size
 
-    def read(self, key: str, *, max_bytes: int | None = None) -> np.ndarray:
+    def read(self, key: str, *, max_bytes: int | None = None, max_elements: int | None = None) -> np.ndarray:
         info = self._members.get(key)
         if info is None:
             raise _fail(self.where, self.path, f"has no array {key!r} (it holds {', '.join(self._members)})")
@@ -277,7 +281,7 @@ class NpzReader:
                 raise DataError(f"member {info.filename} uses compression method {info.compress_type}; "
                                 "numpy writes only stored or deflated members")
             with self._zip.open(info) as stream:
-                array = _read_npy_stream(stream, info.file_size, f"array {key!r}", max_bytes)
+                array = _read_npy_stream(stream, info.file_size, f"array {key!r}", max_bytes, max_elements)
                 if stream.read(1):
                     raise DataError(f"member {info.filename} has trailing data")
             return array
@@ -617,9 +621,7 @@ def read_array_file(path, *, where: str, max_elements: int | None = None,
     file's size exactly, hold at most `max_elements` elements (when given) and `max_bytes`
     bytes. Any other outcome is a DataError that starts with "{where} {path}:".
     """
-    path = Path(path)
-    array = read_npy(path, where=where, max_bytes=_element_bytes_bound(max_elements, max_bytes))
-    return _check_elements(array, max_elements, where, path, "the array")
+    return read_npy(Path(path), where=where, max_bytes=max_bytes, max_elements=max_elements)
 
 
 def read_npz_arrays(path, *, where: str, keys: Iterable[str] | None = None, max_elements: int | None = None,
@@ -640,17 +642,4 @@ def read_npz_arrays(path, *, where: str, keys: Iterable[str] | None = None, max_
         if declared > limit:
             raise _fail(where, path, f"its arrays would inflate to {declared} bytes, more than the {limit} bytes "
                                      "accepted for a file of this size (a zip bomb, or not a score file)")
-        bound = _element_bytes_bound(max_elements, max_bytes)
-        return {key: _check_elements(npz.read(key, max_bytes=bound), max_elements, where, path, f"array {key!r}")
-                for key in wanted}
-
-
-def _element_bytes_bound(max_elements: int | None, max_bytes: int) -> int:
-    # The widest numeric dtype a reader accepts is 16 bytes (complex128, float128).
-    return max_bytes if max_elements is None else min(max_bytes, max_elements * 16)
-
-
-def _check_elements(array: np.ndarray, max_elements: int | None, where: str, path, what: str) -> np.ndarray:
-    if max_elements is not None and array.size > max_elements:
-        raise _fail(where, path, f"{what} has {array.size} elements, more than the {max_elements} expected")
-    return array
+        return {key: npz.read(key, max_bytes=max_bytes, max_elements=max_elements) for key in wanted}

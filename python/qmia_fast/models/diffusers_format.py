@@ -10,8 +10,8 @@ from ..errors import ConfigError, ModelLoadError, require_extra
 from ..schedule import linear_schedule, schedule_from_diffusers_config
 from .config_io import check_schedule_steps, read_config_json
 from .diffusers_weights import (
-    WeightsIndex, build_on_meta, check_against_weights, check_config_sizes, locate_weights, quiet_diffusers,
-    read_weights,
+    WeightsIndex, build_on_meta, check_against_weights, check_config_sizes, check_meta_forward, config_image_shape,
+    locate_weights, quiet_diffusers, read_weights,
 )
 from .wrapper import PREDICTION_TYPES, EpsModel
 
@@ -135,6 +135,7 @@ def load_diffusers(path: str | Path, config=None, trust_checkpoint: bool = False
         model_class = diffusers.UNet2DModel
         meta = build_on_meta(model_class, unet_config, where)
         check_against_weights(meta, index, str(unet_folder))
+        check_meta_forward(meta, config_image_shape(unet_config), where)
         state = read_weights(index, meta)
         del meta
         try:

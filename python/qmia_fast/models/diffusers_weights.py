@@ -14,7 +14,7 @@ from .config_io import MAX_IMAGE_SIDE, read_config_json, require_regular_file
 from .unet_shapes import BYTES_PER_PARAMETER_MIN
 
 __all__ = ["quiet_diffusers", "locate_weights", "WeightsIndex", "build_on_meta", "check_config_sizes",
-           "check_against_weights", "read_weights"]
+           "check_against_weights", "check_meta_forward", "read_weights", "config_image_shape"]
 
 SAFETENSORS_NAME = "diffusion_pytorch_model.safetensors"
 BIN_NAME = "diffusion_pytorch_model.bin"
@@ -127,6 +127,13 @@ def check_config_sizes(config: Mapping[str, Any], n_tensors: int, where: str) ->
             raise ModelLoadError(f"{where}: {key} = {value!r:.60} must be a positive integer")
 
 
+def config_image_shape(config: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(channels, height, width) of the model's input, from a config check_config_sizes accepted."""
+    size = config["sample_size"]
+    height, width = (size, size) if isinstance(size, int) else size
+    return int(config.get("in_channels", 3)), int(height), int(width)
+
+
 def build_on_meta(model_class, config: Mapping[str, Any], where: str) -> torch.nn.Module:
     """The model on the meta device: every parameter's shape, no memory behind them."""
     try:
@@ -136,6 +143,21 @@ def build_on_meta(model_class, config: Mapping[str, Any], where: str) -> torch.n
         raise ModelLoadError(
             f"{where} does not describe a {model_class.__name__} diffusers can build "
             f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
+        ) from None
+
+
+def check_meta_forward(meta_model: torch.nn.Module, image_shape: tuple[int, int, int], where: str) -> None:
+    """One forward pass on the meta device (shapes only, no arithmetic): a config that builds but cannot run on its
+    own sample_size (a misplaced type, an odd size for its levels) is refused now rather than in the middle of scoring."""
+    try:
+        with torch.device("meta"), torch.no_grad():
+            meta_model(torch.zeros(1, *image_shape), torch.zeros(1, dtype=torch.long), return_dict=False)
+    except NotImplementedError:
+        pass  # an operator without a meta kernel says nothing about the config
+    except Exception as exc:  # noqa: BLE001 - whatever the layers raise, the config is at fault
+        raise ModelLoadError(
+            f"{where}: the configured UNet2DModel cannot run on {' x '.join(map(str, image_shape))} images "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); fix config.json"
         ) from None
 
 
