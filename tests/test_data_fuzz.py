@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qmia_fast.data import load_data
+from qmia_fast.data.formats import read_array_file, read_npz_arrays
 from qmia_fast.errors import QmiaError
 from qmia_fast.data.safe_pickle import safe_unpickle
 from qmia_fast.data.split import Split, load_split, read_index_file, save_split
@@ -211,3 +212,28 @@ def test_text_index_files(workdir, tokens):
         result = read_or_qmia_error(lambda: read_index_file(path))
     if not isinstance(result, QmiaError):
         assert result.dtype == np.int64 and result.ndim == 1
+
+
+# --------------------------------------------------------------------------- score-file readers
+
+_SCORE_FILES = {
+    "s.npz": npz_bytes(compressed=True, scores=np.linspace(0, 1, 50), labels=np.arange(50) % 2),
+    "s.npy": npy_bytes(np.linspace(0, 1, 50)),
+}
+
+
+@FUZZ
+@given(name=st.sampled_from(sorted(_SCORE_FILES)), cut=st.floats(0.05, 1),
+       edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=6))
+def test_mutated_score_files_give_arrays_or_data_errors(workdir, name, cut, edits):
+    good = _SCORE_FILES[name]
+    mutated = bytearray(good[: max(1, int(cut * len(good)))])
+    for where, value in edits:
+        mutated[int(where * len(mutated))] = value
+    path = _write(workdir, "score_" + name, bytes(mutated))
+    with bounded(max_bytes=16 << 20):
+        if name.endswith(".npz"):
+            result = read_or_qmia_error(lambda: read_npz_arrays(path, where="scores", max_bytes=1 << 20))
+        else:
+            result = read_or_qmia_error(lambda: read_array_file(path, where="scores", max_bytes=1 << 20))
+    assert isinstance(result, (QmiaError, dict, np.ndarray))
