@@ -1,4 +1,4 @@
-"""Shared pytest settings: CUDA tests skip cleanly without a GPU; runs are single-threaded-deterministic."""
+"""Shared pytest settings: two torch threads, CUDA tests skip without a GPU or the CUDA module, bounded fuzzing, shared fixtures."""
 from __future__ import annotations
 
 import os
@@ -9,21 +9,29 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
-def _cuda_available() -> bool:
+def _cuda_skip_reason() -> str | None:
+    """Why CUDA tests cannot run here (no GPU, or the package was built without its CUDA module), or None."""
     try:
         import torch
     except ImportError:  # pragma: no cover
-        return False
-    return torch.cuda.is_available()
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return "needs a CUDA device"
+    from qmia_fast import kernels
+
+    if not kernels.cuda_built():
+        return "qmia_fast was built without its CUDA module (no nvcc at build time)"
+    return None
 
 
-CUDA = _cuda_available()
+CUDA_SKIP = _cuda_skip_reason()
+CUDA = CUDA_SKIP is None
 
 
 def pytest_collection_modifyitems(config, items):
     if CUDA:
         return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    skip = pytest.mark.skip(reason=CUDA_SKIP)
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
@@ -39,6 +47,18 @@ def pytest_configure(config):
         settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
     except ImportError:  # pragma: no cover
         pass
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: tiny convolutions gain nothing from a second, and on a busy
+    machine two spinning threads can be many times slower than one."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])

@@ -15,14 +15,7 @@ from qmia_fast.errors import ConfigError, DataError, InputError
 SMALL = dict(width=8, depth=1, head_width=16, stem_stride=2, epochs=3, batch_size=64)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny convolutions gain nothing from a second thread, and on a busy CI machine two
-    # spinning threads can be many times slower than one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def numpy_vote(scores, thresholds):

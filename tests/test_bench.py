@@ -12,18 +12,9 @@ from qmia_fast import benchmark
 from qmia_fast.cli import cli
 from qmia_fast.commands.bench import build_options, parse_batch_sizes
 from qmia_fast.errors import ConfigError
-from qmia_fast.models import EpsModel, UNet
-from qmia_fast.schedule import linear_schedule
 from qmia_fast.scoring import Scorer
 
-
-def tiny_model() -> EpsModel:
-    torch.manual_seed(0)
-    net = UNet(T=1000, ch=32, ch_mult=(1, 2), attn=(1,), num_res_blocks=1, dropout=0.0, in_ch=3, img_size=8)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return EpsModel(net, linear_schedule(), (3, 8, 8), {"kind": "test"}, format="test").eval()
+from model_helpers import tiny_model
 
 
 def test_reference_unet_runs_pytorch_ddpm_attention_with_the_same_weights():

@@ -7,12 +7,12 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from qmia_fast.cli import cli
-from qmia_fast.models import UNet, save_model
+from qmia_fast.models import save_model
 from qmia_fast.schedule import linear_schedule
+from model_helpers import tiny_unet
 from test_data_helpers import cifar_pickle, idx_bytes, png_bytes
 
 N_IMAGES = 60
@@ -23,11 +23,8 @@ SIZE = 8
 def workspace(tmp_path_factory):
     """A tiny target (1 x 8 x 8 and 3 x 8 x 8) and the same 60 images in every supported data format."""
     root = tmp_path_factory.mktemp("cli")
-    torch.manual_seed(0)
     for channels in (1, 3):
-        net = UNet(T=1000, ch=32, ch_mult=(1, 2), attn=(), num_res_blocks=1, dropout=0.0, in_ch=channels,
-                   img_size=SIZE)
-        save_model(net, root / f"model{channels}", linear_schedule())
+        save_model(tiny_unet(channels, SIZE, attn=(), perturb=0), root / f"model{channels}", linear_schedule())
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, size=(N_IMAGES, 1, SIZE, SIZE), dtype=np.uint8)
     color = rng.integers(0, 256, size=(N_IMAGES, 3, SIZE, SIZE), dtype=np.uint8)
@@ -219,9 +216,7 @@ def test_python_m_runs_the_same_cli():
 
 def test_model_recommended_score_settings_apply_unless_given(workspace, tmp_path):
     root = workspace["root"]
-    torch.manual_seed(1)
-    net = UNet(T=1000, ch=32, ch_mult=(1, 2), attn=(), num_res_blocks=1, dropout=0.0, in_ch=1, img_size=SIZE)
-    folder = save_model(net, tmp_path / "recommending", linear_schedule(),
+    folder = save_model(tiny_unet(1, SIZE, attn=(), seed=1, perturb=0), tmp_path / "recommending", linear_schedule(),
                         metadata={"recommended_score": {"method": "loss", "t": 300, "why": "test target"}})
     base = ["score", "--model", folder, "--data", root / "gray_nchw.npy", "--device", "cpu", "--no-progress"]
     result = run(*base, "--out", tmp_path / "rec.npz")

@@ -11,14 +11,7 @@ from qmia_fast.errors import ConfigError, InputError
 TINY = dict(width=4, depth=1, head_width=8, epochs=2, batch_size=32)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny convolutions gain nothing from a second thread, and on a busy CI machine two
-    # spinning threads can be many times slower than one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def brightness_data(n=160, size=8, seed=0):

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from qmia_fast import atomic_io
 from qmia_fast.errors import ResumeMismatchError
-from qmia_fast.models import UNet, save_model
+from qmia_fast.models import save_model
 from qmia_fast.pipeline.resumable import ChunkStore
 from qmia_fast.schedule import linear_schedule
+
+from model_helpers import tiny_unet
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -25,9 +26,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     root = tmp_path_factory.mktemp("reliability")
-    torch.manual_seed(0)
-    net = UNet(T=1000, ch=32, ch_mult=(1, 2), attn=(1,), num_res_blocks=1, dropout=0.0, in_ch=3, img_size=16)
-    save_model(net, root / "model", linear_schedule())
+    save_model(tiny_unet(3, 16, perturb=0), root / "model", linear_schedule())
     images = np.random.default_rng(0).integers(0, 256, size=(96, 3, 16, 16), dtype=np.uint8)
     np.save(root / "images.npy", images)
     np.save(root / "members.npy", np.arange(0, 96, 2))
@@ -39,24 +38,27 @@ def qmia(*args, cwd=None, **kwargs):
                           env=ENV, cwd=cwd, timeout=600, **kwargs)
 
 
-def score_args(root: Path, out: Path, *extra):
+def score_args(root: Path, out: Path, *extra, batch: int = 8):
     return ["score", "--model", root / "model", "--data", root / "images.npy", "--out", out, "--device", "cpu",
-            "--batch-size", "8", "--chunk-size", "16", "--no-progress", *extra]
+            "--batch-size", str(batch), "--unet-batch", "8", "--chunk-size", "16", "--no-progress", *extra]
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_ranks_give_the_same_bits_as_one_process(job, tmp_path):
     one = tmp_path / "one.npy"
-    done = qmia(*score_args(job, one, "--method", "loss", "--seed", "11"))
+    done = qmia(*score_args(job, one, "--method", "loss", "--seed", "11", batch=64))
     assert done.returncode == 0, done.stderr
     two = tmp_path / "two.npy"
+    # Two ranks, another batch size and two threads per rank: still the same bits.
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-              "-m", "qmia_fast", *map(str, score_args(job, two, "--method", "loss", "--seed", "11"))]
-    done = subprocess.run(launch, capture_output=True, text=True, env=ENV, timeout=600)
+              "-m", "qmia_fast", *map(str, score_args(job, two, "--method", "loss", "--seed", "11", batch=5))]
+    done = subprocess.run(launch, capture_output=True, text=True, env={**ENV, "OMP_NUM_THREADS": "2"}, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 ranks" in done.stderr
     np.testing.assert_array_equal(np.load(two), np.load(one))
 
 
+@pytest.mark.slow
 def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(job, tmp_path):
     reference = tmp_path / "reference.npy"
     done = qmia(*score_args(job, reference))
@@ -111,11 +113,17 @@ def test_chunk_store_rejects_a_foreign_manifest(tmp_path):
         ChunkStore(tmp_path / "c", {"score": {"method": "secmi"}}, 10, 5).open()
 
 
-def test_a_truncated_chunk_is_recomputed_not_trusted(tmp_path):
-    store = ChunkStore(tmp_path / "c", {"k": 1}, 10, 5).open()
+def test_a_truncated_or_altered_chunk_is_recomputed_not_trusted(tmp_path):
+    store = ChunkStore(tmp_path / "c", {"k": 1}, 15, 5).open()
     store.write_chunk(0, np.arange(5.0))
     store.chunk_path(1).write_bytes(b"\x93NUMPY")  # as if a non-atomic writer died
     assert store.load_chunk(0) is not None and store.load_chunk(1) is None
+    # A valid .npy put in place of a chunk (or a chunk with no recorded hash) is not reused.
+    store.write_chunk(2, np.arange(5.0))
+    np.save(store.chunk_path(2), np.arange(5.0) + 1)
+    assert store.load_chunk(2) is None
+    np.save(store.chunk_path(1), np.arange(5.0))
+    assert store.load_chunk(1) is None
 
 
 def test_atomic_write_never_leaves_a_partial_file_under_the_final_name(tmp_path):
@@ -130,10 +138,12 @@ def test_atomic_write_never_leaves_a_partial_file_under_the_final_name(tmp_path)
     assert oct(final.stat().st_mode & 0o777) != oct(0o600)
 
 
+@pytest.mark.slow
 def test_sigkilled_attack_reruns_to_complete_valid_outputs(job, tmp_path):
     out = tmp_path / "attack"
     args = ["attack", "--model", job / "model", "--data", job / "images.npy", "--members", job / "members.npy",
-            "--device", "cpu", "--batch-size", "8", "--chunk-size", "16", "--n-models", "3", "--reg-epochs", "2",
+            "--device", "cpu", "--batch-size", "8", "--unet-batch", "8", "--chunk-size", "16", "--n-models", "3",
+            "--reg-epochs", "2",
             "--no-progress", "--out", out]
     proc = subprocess.Popen([sys.executable, "-m", "qmia_fast", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=ENV)

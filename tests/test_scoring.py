@@ -12,9 +12,11 @@ from torch import nn
 
 from qmia_fast.errors import ConfigError, InputError, QmiaError
 from qmia_fast.kernels_reference import philox_normal_reference
-from qmia_fast.models import EpsModel, UNet
+from qmia_fast.models import EpsModel
 from qmia_fast.schedule import linear_schedule
 from qmia_fast.scoring import Scorer, score
+
+import model_helpers
 
 
 class CountingModel(EpsModel):
@@ -30,15 +32,7 @@ class CountingModel(EpsModel):
 
 
 def tiny_model(channels: int = 1, size: int = 8, seed: int = 0) -> CountingModel:
-    torch.manual_seed(seed)
-    net = UNet(T=1000, ch=32, ch_mult=(1, 2), attn=(1,), num_res_blocks=1, dropout=0.0, in_ch=channels,
-               img_size=size)
-    # The UNet's tail starts near zero (as in DDPM); perturb the weights so that eps, and
-    # with it the t-error, is as large as a trained model's rather than vanishing.
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return CountingModel(net, linear_schedule(), (channels, size, size), {"kind": "test"}, format="test").eval()
+    return model_helpers.tiny_model(channels, size, seed=seed, cls=CountingModel)
 
 
 class SmoothEps(nn.Module):

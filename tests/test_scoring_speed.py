@@ -6,23 +6,13 @@ import pytest
 import torch
 
 from qmia_fast import kernels
-from qmia_fast.models import EpsModel, UNet
 from qmia_fast.precision import resolve_precision
-from qmia_fast.schedule import linear_schedule
 from qmia_fast.scoring import Scorer, default_batch_size, score
 
-
-def tiny_model(channels: int = 3, size: int = 8) -> EpsModel:
-    torch.manual_seed(0)
-    net = UNet(T=1000, ch=32, ch_mult=(1, 2), attn=(1,), num_res_blocks=1, dropout=0.0, in_ch=channels, img_size=size)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return EpsModel(net, linear_schedule(), (channels, size, size), {"kind": "test"}, format="test").eval()
+from model_helpers import random_images, tiny_model
 
 
-def images(n: int, channels: int = 3, size: int = 8, seed: int = 1) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=(n, channels, size, size), dtype=np.uint8)
+images = random_images
 
 
 def test_threads_option_sets_and_restores_torch_threads():
