@@ -28,9 +28,10 @@ CIFAR10_UNET_CONFIG: dict[str, Any] = {
 # GroupNorm group count is fixed by the architecture (and hence by the checkpoints).
 _NORM_GROUPS = 32
 
-# What UNet.set_fused(None) means per device type. CPU: on, never slower in the measurements
-# of bench/README.md ("Fused GroupNorm"). CUDA: off until a GPU run has validated the fused
-# kernels against the plain path (tests/test_fused_group_norm.py, marked cuda).
+# What UNet.set_fused(None) means per device type, for models in channels_last memory. CPU: on,
+# never slower in the measurements of bench/README.md ("Fused GroupNorm"). CUDA: off until a
+# GPU run has validated the fused kernels against the plain path (tests/test_fused_group_norm.py,
+# marked cuda).
 FUSED_BY_DEFAULT: dict[str, bool] = {"cpu": True, "cuda": False}
 
 
@@ -327,8 +328,10 @@ class UNet(nn.Module):
 
         True: fused wherever it can run (CPU or CUDA, float32/bfloat16/float16 activations, no
         gradients needed; elsewhere the plain layers run). False: never. None (the default): the
-        device decides, see FUSED_BY_DEFAULT. Outputs equal the plain path's to float rounding.
-        Returns the model.
+        device decides (FUSED_BY_DEFAULT), for a model kept in channels_last memory
+        (model.to(memory_format=torch.channels_last), as the scorer keeps it); the fused op
+        works on NHWC memory and would otherwise move every activation there. Outputs equal
+        the plain path's to float rounding. Returns the model.
         """
         if fused is not None and not isinstance(fused, bool):
             raise ConfigError(f"fused must be True, False or None (the device decides), got {fused!r}")
@@ -337,8 +340,11 @@ class UNet(nn.Module):
 
     def _fused_now(self, x: torch.Tensor) -> bool:
         fused = getattr(self, "fused", None)  # absent on a UNet pickled before set_fused existed
-        wanted = FUSED_BY_DEFAULT.get(x.device.type, False) if fused is None else fused
-        if not wanted or x.device.type not in ("cpu", "cuda"):
+        if fused is None:
+            weight = self.tail[2].weight  # [in_ch, ch, 3, 3], ch > 1: its layout is never ambiguous
+            channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+            fused = FUSED_BY_DEFAULT.get(x.device.type, False) and channels_last
+        if not fused or x.device.type not in ("cpu", "cuda"):
             return False
         if self.tail[0].weight.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             return False
