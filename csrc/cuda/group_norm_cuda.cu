@@ -24,9 +24,9 @@ constexpr int64_t kMaxBlocks = int64_t(1) << 20;    // grid-stride loops cover t
 constexpr int kConstantRows = 4;
 
 struct Workspace {
-  float* partial;
-  float* pivot;
-  float* constants;
+  float* partial;    // [n, n_chunks, 2, channels]
+  float* pivot;      // [n, channels]
+  float* constants;  // [n, kConstantRows, channels]
 };
 
 Workspace split_workspace(float* base /* [group_norm_workspace_elements] */, int64_t n, int64_t channels,
@@ -249,12 +249,14 @@ unsigned grid_for(int64_t work_items) {
   return unsigned(std::max<int64_t>(1, std::min<int64_t>((work_items + kThreads - 1) / kThreads, kMaxBlocks)));
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+bool aligned16(const void* p /* any */) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 template <typename S, int V, int kAdd>
-cudaError_t launch_passes(const S* x, const S* add, int32_t param_dtype, const void* gamma, const void* beta, S* y,
-                          S* sum_out, const Workspace& w, int64_t n, int64_t pixels, int64_t channels, int64_t groups,
-                          float eps, bool apply_silu, cudaStream_t stream) {
+cudaError_t launch_passes(const S* x /* [n, pixels, channels] */, const S* add /* per kAdd, or null */,
+                          int32_t param_dtype, const void* gamma /* [channels] or null */,
+                          const void* beta /* [channels] or null */, S* y /* [n, pixels, channels] */,
+                          S* sum_out /* [n, pixels, channels] or null */, const Workspace& w, int64_t n, int64_t pixels,
+                          int64_t channels, int64_t groups, float eps, bool apply_silu, cudaStream_t stream) {
   const SumLoader<S, V, kAdd> source{x, add};
   const int64_t n_chunks = group_norm_num_chunks(pixels, channels);
   const unsigned stats_grid = unsigned(std::min<int64_t>(n * n_chunks, kMaxBlocks));

@@ -24,10 +24,13 @@ Contract:
   converted to float32 (C values).
 * The sum ``s = x + add`` is formed in float32 and normalised unrounded; the statistics
   are float64 on the CPU (two passes: the mean, then squared deviations) and float32
-  partial sums merged in float64 on CUDA; ``y = s * scale + shift`` with the per-channel
-  scale and shift rounded once to float32, then ``y * sigmoid(y)`` if ``silu``, then
-  rounded to x's dtype. The returned sum is ``s`` rounded to x's dtype.
+  partial sums merged in float64 on CUDA; ``y = (s - mean) * (gamma / std) + beta`` in
+  float32 (the mean subtracted before scaling, so y stays a few ulp from the float64
+  value whatever |mean| / std), then ``y * sigmoid(y)`` if ``silu``, then rounded to
+  x's dtype. The returned sum is ``s`` rounded to x's dtype. CPU and CUDA agree to
+  float32 rounding of the statistics, not bit for bit.
 
+With torch < 2.4 (no ``torch.library.custom_op``) the same kernels run eagerly, unregistered.
 No autograd: the ops are for inference (the UNet falls back to torch's layers when
 gradients are needed). Bad arguments raise :class:`qmia_fast.errors.InputError` naming
 the argument and the fix before any pointer reaches the compiled core, which checks again.
@@ -136,30 +139,36 @@ def _run(x: torch.Tensor, add: Optional[torch.Tensor], weight: Optional[torch.Te
     return y, total
 
 
-@torch.library.custom_op("qmia_fast::group_norm_act", mutates_args=())
-def _group_norm_act_op(x: torch.Tensor, add: Optional[torch.Tensor], weight: Optional[torch.Tensor],
-                       bias: Optional[torch.Tensor], groups: int, eps: float, silu: bool) -> torch.Tensor:
+def _group_norm_act_impl(x: torch.Tensor, add: Optional[torch.Tensor], weight: Optional[torch.Tensor],
+                         bias: Optional[torch.Tensor], groups: int, eps: float, silu: bool) -> torch.Tensor:
     return _run(x, add, weight, bias, groups, eps, silu, want_sum=False)[0]
 
 
-@_group_norm_act_op.register_fake
 def _group_norm_act_fake(x, add, weight, bias, groups, eps, silu):
     _check(x, add, weight, bias, groups, eps)
     return _empty_like_nhwc(x)
 
 
-@torch.library.custom_op("qmia_fast::add_group_norm_act", mutates_args=())
-def _add_group_norm_act_op(x: torch.Tensor, add: torch.Tensor, weight: Optional[torch.Tensor],
-                           bias: Optional[torch.Tensor], groups: int, eps: float,
-                           silu: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+def _add_group_norm_act_impl(x: torch.Tensor, add: torch.Tensor, weight: Optional[torch.Tensor],
+                             bias: Optional[torch.Tensor], groups: int, eps: float,
+                             silu: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     y, total = _run(x, add, weight, bias, groups, eps, silu, want_sum=True)
     return y, total
 
 
-@_add_group_norm_act_op.register_fake
 def _add_group_norm_act_fake(x, add, weight, bias, groups, eps, silu):
     _check(x, add, weight, bias, groups, eps)
     return _empty_like_nhwc(x), _empty_like_nhwc(x)
+
+
+if hasattr(torch.library, "custom_op"):  # torch >= 2.4
+    _group_norm_act_op = torch.library.custom_op("qmia_fast::group_norm_act", mutates_args=())(_group_norm_act_impl)
+    _group_norm_act_op.register_fake(_group_norm_act_fake)
+    _add_group_norm_act_op = torch.library.custom_op("qmia_fast::add_group_norm_act",
+                                                     mutates_args=())(_add_group_norm_act_impl)
+    _add_group_norm_act_op.register_fake(_add_group_norm_act_fake)
+else:  # pragma: no cover - older torch: the same kernels, eagerly, invisible to torch.compile
+    _group_norm_act_op, _add_group_norm_act_op = _group_norm_act_impl, _add_group_norm_act_impl
 
 
 def group_norm_act(x: torch.Tensor, groups: int, weight: Optional[torch.Tensor] = None,
