@@ -203,6 +203,11 @@ class Scorer:
     non-finite at bf16/fp16 (an overflow) is recomputed in fp32 and counted in
     ``recomputed_fp32``; a non-finite score at fp32 is a ScoreOverflowError.
 
+    ``fused``: run the project UNet's GroupNorms with the add before and the SiLU after them as
+    one kernel (models.unet.UNet.set_fused). None: the device decides (models.unet.
+    FUSED_BY_DEFAULT: on for CPU, off for CUDA until a GPU run has validated it); True / False
+    force it. Models of other classes are unaffected. ``self.fused`` records what runs.
+
     ``fast_layers`` (CPU, float32): run the UNet's 3x3 convolutions as Winograd
     F(4x4, 3x3) and its GroupNorms with our NHWC kernel, on channels_last activations
     (qmia_fast.fastconv). None turns it on where it was measured faster: CPU at fp32.
@@ -215,7 +220,7 @@ class Scorer:
                  n_draws: int = ScoreConfig.n_draws, seed: int = ScoreConfig.seed, batch_size: int | None = None,
                  unet_batch: int | None = None, device=None, precision: str = ScoreConfig.precision,
                  channels_last: bool | None = None, cuda_graphs: bool = True, compile: bool = False,
-                 threads: int | None = None, fast_layers: bool | None = None):
+                 threads: int | None = None, fast_layers: bool | None = None, fused: bool | None = None):
         if not callable(model) or not hasattr(model, "schedule"):
             raise InputError("model must be an eps-model from qmia_fast.load_model (callable (x, t) -> eps with .schedule)")
         self.device = resolve_device(device, default="auto")
@@ -245,6 +250,7 @@ class Scorer:
             channels_last = default_channels_last(self.device, resolved)
         self.channels_last = bool(channels_last)
         self._nets = self._networks(compile)
+        self.fused = _set_fused(self._nets.values(), fused, self.device, self.channels_last)
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         self._graphs: dict[tuple, _GraphedBatch] = {}
         self._graph_warned = False
@@ -528,6 +534,25 @@ def _start_download(result: torch.Tensor):
         event.record()
         return host, event
     return result, None
+
+
+def _set_fused(nets, fused: bool | None, device: torch.device, channels_last: bool) -> bool | None:
+    """Apply `fused` to every project UNet inside `nets`; what runs: True/False, or None without such a UNet."""
+    from .models.unet import FUSED_BY_DEFAULT
+
+    if fused is not None and not isinstance(fused, bool):
+        raise ConfigError(f"fused = {fused!r} must be True, False or None (the device decides)")
+    found = False
+    for net in nets:
+        for module in getattr(net, "modules", lambda: ())():
+            if hasattr(module, "set_fused"):
+                module.set_fused(fused)
+                found = True
+    if not found:
+        return None
+    if fused is not None:
+        return fused
+    return bool(FUSED_BY_DEFAULT.get(device.type, False) and channels_last)
 
 
 def _settings_text(cfg: ScoreConfig) -> str:

@@ -96,6 +96,9 @@ def scoring_options(func):
                      help="UNet precision. fp32 is strict; tf32, bf16, fp16; mixed / mixed-tf32 (secmi only): "
                           "bf16 inversion, fp32 / TF32 round trip. auto: fp16 on CUDA; on a CPU with fast bf16, "
                           "mixed for secmi and bf16 otherwise; else fp32."),
+        click.option("--fused", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]),
+                     help="Fused GroupNorm(+add, +SiLU) kernels in the built-in UNet; auto: on for CPU, off for "
+                          "CUDA until validated on a GPU."),
         click.option("--progress/--no-progress", default=True, show_default=True,
                      help="Progress bars on stderr."),
     )(func)
@@ -137,7 +140,8 @@ def data_spec(options: dict) -> DataSpec:
 def score_spec(options: dict) -> ScoreSpec:
     names = ("method", "t_sec", "k", "t", "p", "n_draws", "precision", "batch_size", "unet_batch", "device",
              "threads")
-    return ScoreSpec(**{name: options.pop(name) for name in names})
+    fused = {"auto": None, "on": True, "off": False}[options.pop("fused")]
+    return ScoreSpec(**{name: options.pop(name) for name in names}, fused=fused)
 
 
 def attack_spec(options: dict) -> AttackSpec:

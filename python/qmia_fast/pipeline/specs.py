@@ -82,6 +82,7 @@ class ScoreSpec:
     device: str = "auto"
     threads: int | None = None
     fast_layers: bool | None = None  # CPU fp32 Winograd/GroupNorm layers; None: where measured faster
+    fused: bool | None = None  # fused GroupNorm(+add, +SiLU) in the project UNet; None: the device decides
 
     def __post_init__(self):
         if self.method is not None:
@@ -136,7 +137,7 @@ class ScoreSpec:
         return Scorer(target, settings["method"], t_sec=settings["t_sec"], k=settings["k"], t=settings["t"],
                       p=settings["p"], n_draws=settings["n_draws"], seed=seed, batch_size=self.batch_size,
                       unet_batch=self.unet_batch, device=device or self.device, precision=self.precision,
-                      threads=self.threads, fast_layers=self.fast_layers)
+                      threads=self.threads, fast_layers=self.fast_layers, fused=self.fused)
 
 
 @dataclass(frozen=True)
