@@ -203,10 +203,11 @@ def test_fifo_as_data_or_model_path_is_refused(tmp_path):
     proc = _run_python(
         "from qmia_fast.data import load_data\nfrom qmia_fast.models import load_model\n"
         "from qmia_fast.errors import QmiaError\n"
-        "for call in (lambda: load_data('data.npy'), lambda: load_model('model.pt')):\n"
+        "for call in (lambda: load_data('data.npy'), lambda: load_model('model.pt'),\n"
+        "             lambda: load_data('builtin', split='data.npy')):\n"
         "    try:\n        call()\n    except QmiaError as exc:\n        print('REFUSED', exc)\n", tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("REFUSED") == 2 and proc.stdout.count("FIFO") == 2, proc.stdout
+    assert proc.stdout.count("REFUSED") == 3 and proc.stdout.count("FIFO") == 3, proc.stdout
 
 
 @pytest.fixture

@@ -223,7 +223,7 @@ def load_split(path, n_images: int, *, public_fraction: float = 0.5, seed: int =
     path = Path(path)
     origin = f"{where} {path}"
     if not path.is_file():
-        raise SplitError(f"{origin}: no such file")
+        raise SplitError(_not_a_file(path, origin))
     kind = sniff_format(path)
     if kind == "npz":
         with NpzReader(path, where=where) as npz:
@@ -259,6 +259,13 @@ def save_split(path, split: Split) -> None:
 
 # --------------------------------------------------------------------------- index files
 
+def _not_a_file(path: Path, origin: str) -> str:
+    if not path.exists():
+        return f"{origin}: no such file"
+    # A FIFO or device is never opened: reading it could block forever.
+    return f"{origin}: is not a regular file (a folder, FIFO or device); pass a file on disk"
+
+
 def _read_text(path: Path, origin: str) -> str:
     try:
         if path.stat().st_size > _MAX_TEXT_BYTES:
@@ -285,7 +292,7 @@ def read_index_file(path: Path, *, where: str = "--members") -> np.ndarray:
     or text (integers separated by whitespace or commas; '#' starts a comment)."""
     origin = f"{where} {path}"
     if not path.is_file():
-        raise SplitError(f"{origin}: no such file")
+        raise SplitError(_not_a_file(path, origin))
     kind = sniff_format(path)
     if kind == "npy":
         return read_npy(path, where=where)
