@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import resource
@@ -76,9 +77,11 @@ def qmia_weights(tmp_path_factory) -> tuple[Path, dict]:
     return folder / "model.pt", json.loads((folder / "config.json").read_text())
 
 
-def _qmia_folder(tmp_path: Path, weights: Path, config: dict, counter=[0]) -> Path:
-    counter[0] += 1
-    folder = tmp_path / f"m{counter[0]}"
+_FOLDER_NUMBERS = itertools.count()
+
+
+def _qmia_folder(tmp_path: Path, weights: Path, config: dict) -> Path:
+    folder = tmp_path / f"m{next(_FOLDER_NUMBERS)}"
     folder.mkdir()
     (folder / "model.pt").symlink_to(weights)
     (folder / "config.json").write_text(_json_text(config))

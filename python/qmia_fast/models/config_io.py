@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 from pathlib import Path
@@ -97,7 +98,7 @@ def check_schedule_steps(spec: Any, where: str, limit: int = MAX_SCHEDULE_STEPS)
         value = spec.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        if value != value or value > limit:  # NaN included: it is no step count either
+        if math.isnan(value) or value > limit:  # NaN is no step count either
             raise ModelLoadError(
                 f"{where}: schedule {key} = {value!r} steps; at most {limit} are supported "
                 "(DDPMs use 1000); fix the config"
