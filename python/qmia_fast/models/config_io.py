@@ -98,7 +98,7 @@ def check_schedule_steps(spec: Any, where: str, limit: int = MAX_SCHEDULE_STEPS)
         value = spec.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        if math.isnan(value) or value > limit:  # NaN is no step count either
+        if (isinstance(value, float) and math.isnan(value)) or value > limit:  # NaN is no step count either
             raise ModelLoadError(
                 f"{where}: schedule {key} = {value!r} steps; at most {limit} are supported "
                 "(DDPMs use 1000); fix the config"
