@@ -100,7 +100,7 @@ def check_schedule_steps(spec: Any, where: str, limit: int = MAX_SCHEDULE_STEPS)
             continue
         if (isinstance(value, float) and math.isnan(value)) or value > limit:  # NaN is no step count either
             raise ModelLoadError(
-                f"{where}: schedule {key} = {value!r} steps; at most {limit} are supported "
+                f"{where}: schedule {key} = {value!r:.40} steps; at most {limit} are supported "
                 "(DDPMs use 1000); fix the config"
             )
     for key in ("betas", "trained_betas"):
