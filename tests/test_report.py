@@ -1,13 +1,17 @@
-"""Reports: metrics per method, strict JSON, scores.npz contents, ROC plots or the one-line hint, the summary table."""
+"""Reports: metrics per method with counts and intervals, strict JSON, scores.npz / scores.csv contents, the plots or
+the one-line hint, the summary table and its legend."""
 from __future__ import annotations
 
 import builtins
+import csv
 import json
 
 import numpy as np
 import pytest
 
 from qmia_fast import metrics, report
+from qmia_fast.atomic_io import sha256_file
+from qmia_fast.attack import majority_vote
 from qmia_fast.errors import InputError
 
 
@@ -22,18 +26,40 @@ def results():
             "marginal_threshold": (marginal, None)}, labels
 
 
+def attack_like_arrays(methods, labels, n_models=5):
+    """Arrays as an audit holds them: raw scores, a bag's thresholds [B, N] and votes consistent with them."""
+    rng = np.random.default_rng(1)
+    log_raw = -methods["qmia_bag"][0]
+    thresholds = log_raw[None, :] + rng.normal(0.0, 1.0, size=(n_models, len(labels)))
+    votes, _ = majority_vote(log_raw, thresholds)
+    return report.score_arrays(methods, labels, raw_scores=np.exp(log_raw), indices=np.arange(len(labels)) + 7,
+                               votes=votes, thresholds=thresholds)
+
+
 def test_build_report_holds_every_metric(results):
     methods, labels = results
     built = report.build_report(methods, labels, config={"alpha": 0.01}, seed=3, alpha=0.01,
                                 timings={"fit_s": 1.5}, extra={"note": "x"})
+    assert built["format"] == "qmia-fast/report" and built["version"] == 2
     assert list(built["methods"]) == ["qmia_bag", "single_regressor", "marginal_threshold"]
     bag = built["methods"]["qmia_bag"]
     assert bag["title"] == "QMIA-bag"
     assert bag["auc"] == pytest.approx(metrics.auc(methods["qmia_bag"][0], labels))
     assert set(bag["tpr_at_fpr"]) == {"1%", "0.1%", "0.01%", "0%"}
     assert bag["tpr_at_fpr"]["1%"] == metrics.tpr_at_fpr(methods["qmia_bag"][0], labels, 0.01)
-    assert set(bag["decision"]) == {"fpr", "tpr"}
+    # 500 non-members resolve 1% (5 false positives) but not 0.1% (half of one).
+    assert bag["tpr_at_fpr"]["0.1%"] is None and bag["operating_points"]["0.1%"]["resolvable"] is False
+    point = bag["operating_points"]["1%"]
+    assert point["tpr"] == point["tp"] / 500 and point["fp"] <= 5
+    assert point["tpr_ci"] == list(metrics.clopper_pearson(point["tp"], 500))
+    decision = bag["decision"]
+    assert decision["kind"] == "calibrated" and decision["alpha"] == 0.01
+    assert decision["fp"] == int(np.count_nonzero(methods["qmia_bag"][1] & (labels == 0)))
+    assert decision["fpr_ci"] == list(metrics.clopper_pearson(decision["fp"], 500))
     assert "decision" not in built["methods"]["marginal_threshold"]
+    # 500 non-members x 1% = 5 expected false positives: alpha is not resolved, and the report says so.
+    assert built["resolution"]["alpha_resolved"] is False and built["resolution"]["min_resolvable_fpr"] == 1 / 500
+    assert len(built["warnings"]) == 1 and "at least 1000" in built["warnings"][0]
     assert built["seed"] == 3 and built["config"] == {"alpha": 0.01} and built["timings_s"] == {"fit_s": 1.5}
     assert built["versions"]["numpy"] == np.__version__
     assert built["build_info"]  # a dict from build_info(), or "unavailable ..."
@@ -41,37 +67,84 @@ def test_build_report_holds_every_metric(results):
     json.dumps(built, allow_nan=False)
 
 
-def test_nan_metrics_become_null():
-    built = report.build_report({"s": (np.array([0.1, 0.2]), None)}, np.array([0, 0]))
-    assert built["methods"]["s"]["auc"] is None
-    json.dumps(built, allow_nan=False)
+def test_a_resolved_alpha_gives_no_warning(results):
+    methods, labels = results
+    built = report.build_report(methods, labels, alpha=0.02)  # 500 x 2% = 10 expected false positives
+    assert built["warnings"] == [] and built["resolution"]["alpha_resolved"] is True
+
+
+def test_one_class_is_an_input_error():
+    with pytest.raises(InputError, match="at least one member"):
+        report.build_report({"s": (np.array([0.1, 0.2]), None)}, np.array([0, 0]))
+
+
+def test_oracle_threshold_is_reported_beside_the_decision(results):
+    methods, labels = results
+    built = report.build_report(methods, labels, alpha=0.01, oracle_alpha=0.05)
+    oracle = built["methods"]["marginal_threshold"]["oracle"]
+    assert oracle["kind"] == "oracle" and oracle["alpha"] == 0.05 and oracle["fpr"] <= 0.05
+    assert oracle["tpr"] == metrics.tpr_at_fpr(methods["marginal_threshold"][0], labels, 0.05)
+
+
+def test_vote_threshold_is_the_vote():
+    rng = np.random.default_rng(2)
+    for n_models in (1, 2, 3, 4, 7):
+        log_score = np.round(rng.normal(size=400), 1)
+        thresholds = np.round(rng.normal(size=(n_models, 400)), 1)  # ties with the scores too
+        _, decision = majority_vote(log_score, thresholds)
+        np.testing.assert_array_equal(log_score < report.vote_threshold(thresholds), decision)
 
 
 def test_write_report_files(tmp_path, results):
     pytest.importorskip("matplotlib")
     methods, labels = results
     built = report.build_report(methods, labels, alpha=0.01)
-    arrays = report.score_arrays(methods, labels, raw_scores=np.exp(-methods["qmia_bag"][0]),
-                                 indices=np.arange(1000) + 7, votes=np.zeros(1000, int))
+    arrays = attack_like_arrays(methods, labels)
     written = report.write_report(tmp_path / "out", built, arrays)
-    names = sorted(p.name for p in written["files"])
-    assert names == ["report.json", "roc.png", "roc_log.png", "scores.npz"]
+    names = [p.name for p in written["files"]]
+    assert names == ["scores.npz", "scores.csv", "leakpro.json", "roc.png", "roc_log.png", "score_histogram.png",
+                     "threshold_scatter.png", "report.json"]
     assert written["note"] is None
-    for png in ("roc.png", "roc_log.png"):
+    for png in names[3:7]:
         assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    saved = np.load(tmp_path / "out" / "scores.npz")
-    assert set(saved.files) == {"labels", "indices", "raw_scores", "votes", "membership_qmia_bag",
-                                "decision_qmia_bag", "membership_single_regressor",
-                                "decision_single_regressor", "membership_marginal_threshold"}
-    np.testing.assert_array_equal(saved["indices"], np.arange(1000) + 7)
+    with np.load(tmp_path / "out" / "scores.npz") as saved:
+        assert set(saved.files) == {"labels", "indices", "raw_scores", "votes", "bag_threshold", "metadata",
+                                    "membership_qmia_bag", "decision_qmia_bag", "membership_single_regressor",
+                                    "decision_single_regressor", "membership_marginal_threshold"}
+        np.testing.assert_array_equal(saved["indices"], np.arange(1000) + 7)
+        assert json.loads(str(saved["metadata"]))["alpha"] == 0.01
     on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
     # report.json is written last and names every other file with its hash.
-    assert list(on_disk["files"]) == ["scores.npz", "roc.png", "roc_log.png"]
-    from qmia_fast.atomic_io import sha256_file
-
+    assert list(on_disk["files"]) == names[:-1]
     assert all(entry["sha256"] == sha256_file(tmp_path / "out" / name) for name, entry in on_disk["files"].items())
+    report.validate_report(on_disk)
     # Nothing temporary is left behind.
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_scores_csv_has_one_row_per_image_with_everything_a_reviewer_needs(tmp_path, results):
+    methods, labels = results
+    built = report.build_report(methods, labels, alpha=0.01)
+    arrays = attack_like_arrays(methods, labels)
+    arrays["files"] = np.asarray([f"class{i % 3}/img {i},{i}.png" for i in range(1000)])  # a comma to quote
+    report.write_report(tmp_path, built, arrays, plots=False)
+    with open(tmp_path / "scores.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["index", "file", "label", "raw_score", "log_score", "bag_threshold", "votes",
+                             "membership_score", "decision", "membership_single_regressor",
+                             "decision_single_regressor", "membership_marginal_threshold"]
+    assert len(rows) == 1000
+    for i in (0, 499, 500, 999):
+        row = rows[i]
+        assert row["file"] == f"class{i % 3}/img {i},{i}.png" and int(row["index"]) == i + 7
+        assert int(row["label"]) == labels[i]
+        assert float(row["raw_score"]) == arrays["raw_scores"][i]  # every bit kept
+        assert float(row["log_score"]) == pytest.approx(np.log(arrays["raw_scores"][i]), rel=1e-15)
+        assert float(row["membership_score"]) == methods["qmia_bag"][0][i]
+        assert int(row["decision"]) == int(methods["qmia_bag"][1][i])
+    # The vote's threshold reproduces the votes: member iff log score < threshold.
+    called = [float(r["log_score"]) < float(r["bag_threshold"]) for r in rows]
+    np.testing.assert_array_equal(called, arrays["votes"] > 5 // 2)
 
 
 def test_without_matplotlib_json_is_still_written(tmp_path, results, monkeypatch):
@@ -88,7 +161,7 @@ def test_without_matplotlib_json_is_still_written(tmp_path, results, monkeypatch
     written = report.write_report(tmp_path, built, report.score_arrays(methods, labels))
     assert "pip install 'qmia-fast[plot]'" in written["note"]
     assert "\n" not in written["note"]
-    assert sorted(p.name for p in written["files"]) == ["report.json", "scores.npz"]
+    assert sorted(p.name for p in written["files"]) == ["leakpro.json", "report.json", "scores.csv", "scores.npz"]
     assert json.loads((tmp_path / "report.json").read_text())["plots"] == written["note"]
 
 
@@ -98,18 +171,38 @@ def test_score_arrays_shape_check(results):
         report.score_arrays(methods, labels, raw_scores=np.ones(3))
 
 
-def test_summary_table(results):
+def test_summary_table_names_each_column_and_explains_it(results):
     methods, labels = results
     built = report.build_report(methods, labels, alpha=0.01)
     table = report.format_summary_table(built)
     lines = table.splitlines()
-    assert len(lines) == 5
-    assert "AUC" in lines[0] and "TPR@1%FPR" in lines[0] and "FPR@1%" in lines[0]
-    assert lines[2].startswith("QMIA-bag") and lines[4].startswith("marginal threshold")
+    group, header = lines[0], lines[1]
+    assert "decision at alpha=1%" in group and "oracle" not in table
+    assert header.split()[:7] == ["method", "AUC", "TPR@1%FPR", "TPR@0.1%FPR", "bal.", "acc.", "FPR"]
+    # The calibrated decision's rates are no longer under the same headers as the ROC's.
+    assert "FPR@1%" not in table
+    assert lines[3].startswith("QMIA-bag") and lines[4].startswith("  95% CI")
     bag = built["methods"]["qmia_bag"]
-    assert f"{bag['auc']:.4f}" in lines[2]
-    assert f"{100 * bag['decision']['fpr']:.2f}%" in lines[2]
-    assert lines[4].rstrip().endswith("-")  # no fixed decision given for this row
+    assert f"{bag['auc']:.4f}" in lines[3]
+    assert f"{100 * bag['decision']['fpr']:.2f}%" in lines[3]
+    low, high = (100 * v for v in bag["operating_points"]["1%"]["tpr_ci"])
+    assert f"{low:.1f}-{high:.1f}%" in lines[4]
+    assert lines[3].split()[3] == "n/r"  # TPR@0.1%FPR on 500 non-members
+    marginal = next(line for line in lines if line.startswith("marginal threshold"))
+    assert marginal.rstrip().endswith("-")  # no fixed decision given for this row
+    legend = "\n".join(lines[lines.index("") + 1:])
+    assert "bal. acc.: best-threshold balanced accuracy" in legend
+    assert "n/r" in legend and "1/500" in legend and "Clopper-Pearson" in legend
+    assert "decision at alpha=1%" in legend
+    assert max(len(line) for line in legend.splitlines()) <= 100
+
+
+def test_summary_table_oracle_columns_have_their_own_name(results):
+    methods, labels = results
+    built = report.build_report({"scores": (methods["qmia_bag"][0], None)}, labels, oracle_alpha=0.05)
+    table = report.format_summary_table(built)
+    assert "oracle threshold at 5%" in table.splitlines()[0] and "decision at" not in table
+    assert "oracle threshold:" in table  # in the legend
 
 
 def test_report_from_attack(tmp_path):
@@ -128,7 +221,39 @@ def test_report_from_attack(tmp_path):
     assert built["fit"]["n_public"] == 200
     np.testing.assert_array_equal(arrays["votes"], result.votes)
     np.testing.assert_array_equal(arrays["decision_qmia_bag"], result.decision)
+    np.testing.assert_array_equal(arrays["bag_threshold"], report.vote_threshold(result.thresholds))
     written = report.write_report(tmp_path, built, arrays, plots=False)
-    assert sorted(p.name for p in written["files"]) == ["report.json", "scores.npz"]
-    json.loads((tmp_path / "report.json").read_text())
-    print(report.format_summary_table(built))
+    assert sorted(p.name for p in written["files"]) == ["leakpro.json", "report.json", "scores.csv", "scores.npz"]
+    report.validate_report(json.loads((tmp_path / "report.json").read_text()))
+
+
+def test_plots_span_the_resolvable_range_and_say_what_was_audited(results):
+    pytest.importorskip("matplotlib")
+    from qmia_fast import plots
+
+    methods, labels = results
+    built = report.build_report(methods, labels, alpha=0.01, config={
+        "spec": {"model": {"path": "/models/ddpm-cifar10"}, "data": {"path": "/data/cifar-10-batches-py"}},
+        "score": {"method": "secmi", "t_sec": 100, "k": 10, "seed": 0}})
+    arrays = attack_like_arrays(methods, labels)
+    labels_arr = np.asarray(labels)
+    figures = plots.roc_figures({name: m[0] for name, m in methods.items()}, labels_arr, built)
+    log_axes = figures["roc_log.png"].axes[0]
+    assert log_axes.get_xscale() == "log" and log_axes.get_xlim() == pytest.approx((1 / 500, 1.0))
+    assert log_axes.get_ylim() == pytest.approx((1 / 500, 1.0))
+    title = log_axes.get_title()
+    assert "ddpm-cifar10" in title and "secmi (t_sec=100, k=10)" in title and "cifar-10-batches-py" in title
+    assert "500 members vs 500 non-members" in title
+    legend = [text.get_text() for text in log_axes.get_legend().get_texts()]
+    assert any(t.startswith("QMIA-bag (AUC ") for t in legend) and "alpha = 1%" in legend
+    assert any("decision at alpha" in t for t in legend)
+    assert any(line.get_linestyle() == "--" for line in log_axes.get_lines())  # the chance diagonal
+    assert log_axes.get_xlabel().startswith("false positive rate")
+    histogram = plots.score_histogram_figure(built, arrays).axes[0]
+    assert "log s(x)" in histogram.get_xlabel() and histogram.get_ylabel()
+    assert any("members, n = 500" in t.get_text() for t in histogram.get_legend().get_texts())
+    scatter = plots.threshold_scatter_figure(built, arrays).axes[0]
+    assert "bag threshold" in scatter.get_ylabel() and "log s(x)" in scatter.get_xlabel()
+    texts = [t.get_text() for t in scatter.get_legend().get_texts()]
+    called = int(np.count_nonzero(arrays["votes"][:500] > 2))
+    assert f"members: {called} of 500 called member" in texts

@@ -1,7 +1,8 @@
-"""Attack reports: per-method metrics into report.json, per-sample arrays into scores.npz, ROC plots, a summary table."""
+"""Attack reports: per-method metrics into report.json, per-sample arrays into scores.npz and scores.csv, a LeakPro export, plots, a summary table."""
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import platform
 from pathlib import Path
@@ -10,43 +11,74 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import metrics
-from .atomic_io import atomic_path, save_npz, sha256_file, write_json
+from .atomic_io import save_npz, sha256_file, write_json
 from .errors import InputError
+from .plots import PLOT_HINT, plot_roc, run_caption, write_plots
+from .summary_table import TITLES, format_summary_table
+
+__all__ = [
+    "REPORT_FORMAT", "REPORT_VERSION", "SCHEMA_PATH", "SCORES_FORMAT", "TITLES", "PLOT_HINT", "build_report",
+    "report_from_attack", "score_arrays", "vote_threshold", "write_artifacts", "write_report_json", "write_report",
+    "plot_roc", "format_summary_table", "load_schema", "validate_report", "run_caption", "versions", "json_safe",
+]
 
 REPORT_FORMAT = "qmia-fast/report"
-REPORT_VERSION = 1
-PLOT_HINT = "plots skipped: matplotlib is not installed (pip install 'qmia-fast[plot]')"
-LOG_AXIS_FLOOR = 1e-5  # the log-log ROC shows FPR and TPR down to 1e-5 (DESIGN section 2)
-
-# Display titles of the methods the attack reports (attack.BAG, SINGLE, MARGINAL); other names are shown as given.
-TITLES = {"qmia_bag": "QMIA-bag", "single_regressor": "single regressor",
-          "marginal_threshold": "marginal threshold"}
+# 2: config is {"spec", "score", "attack", ...}, files is a dict, operating points with counts and
+# intervals, resolution and warnings.
+REPORT_VERSION = 2
+SCHEMA_PATH = Path(__file__).parent / "assets" / "report.schema.json"
+SCORES_FORMAT = "qmia-fast/audit-scores"  # the metadata string inside an audit's scores.npz
 
 
 def build_report(results: Mapping[str, tuple], labels, *, config: Mapping | None = None, seed: int | None = None,
-                 timings: Mapping | None = None, alpha: float | None = None, extra: Mapping | None = None) -> dict:
+                 timings: Mapping | None = None, alpha: float | None = None, extra: Mapping | None = None,
+                 oracle_alpha: float | None = None, decision_kind: str = "calibrated") -> dict:
     """The report dictionary: metrics of every method plus what is needed to reproduce the run.
 
     results: method name -> (membership scores [N], higher = member; fixed decision bool [N] or None).
-    labels: [N], 1 = member. Non-finite metrics (a class absent) are recorded as null.
+    labels: [N], 1 = member, both classes present (else InputError). alpha: the level of the fixed
+    decisions (decision_kind "calibrated": set without the evaluation labels). oracle_alpha: also
+    report, per method, the decision at the ROC point for FPR <= oracle_alpha ("oracle": a
+    threshold chosen on the evaluated non-members themselves).
     """
     labels_arr = metrics.check_labels(labels)
     if labels_arr.shape[0] == 0:
         raise InputError("labels is empty; a report needs at least one labelled sample")
+    n_pos, n_neg = metrics.require_both_classes(labels_arr)
     methods = {}
     for name, entry in results.items():
         scores, decision = entry if isinstance(entry, tuple) else (entry, None)
-        summary = metrics.summarize(scores, labels_arr, decision)
+        summary = metrics.summarize(scores, labels_arr, decision, alpha=alpha, decision_kind=decision_kind)
+        if oracle_alpha is not None:
+            oracle = metrics.oracle_decision(scores, labels_arr, oracle_alpha)
+            summary["oracle"] = metrics.decision_summary(oracle, labels_arr, oracle_alpha, "oracle")
         methods[name] = {"title": TITLES.get(name, name), **summary}
+    warnings = []
+    levels = sorted({level for level in (alpha, oracle_alpha) if level is not None})
+    for level in levels:
+        problem = metrics.alpha_resolution(level, n_neg)
+        if problem:
+            warnings.append(problem)
     report: dict[str, Any] = {
         "format": REPORT_FORMAT,
         "version": REPORT_VERSION,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "alpha": alpha,
         "n_samples": int(labels_arr.shape[0]),
-        "n_members": int(labels_arr.sum()),
-        "n_nonmembers": int(labels_arr.shape[0] - labels_arr.sum()),
+        "n_members": n_pos,
+        "n_nonmembers": n_neg,
+        "resolution": {
+            "confidence": metrics.CONFIDENCE,
+            "interval": "Clopper-Pearson (exact binomial), two-sided",
+            "min_resolvable_fpr": 1.0 / n_neg,
+            "min_resolvable_tpr": 1.0 / n_pos,
+            "alpha_resolved": None if alpha is None else metrics.alpha_resolution(alpha, n_neg) is None,
+            "rule": f"an FPR target below 1 / (non-members) is not resolvable (null); a level alpha is resolved "
+                    f"when at least {metrics.MIN_EXPECTED_FALSE_POSITIVES} false positives are expected at it "
+                    f"(non-members >= {metrics.MIN_EXPECTED_FALSE_POSITIVES} / alpha)",
+        },
         "methods": methods,
+        "warnings": warnings,
         "config": dict(config or {}),
         "seed": seed,
         "timings_s": dict(timings or {}),
@@ -57,12 +89,14 @@ def build_report(results: Mapping[str, tuple], labels, *, config: Mapping | None
     return json_safe(report)
 
 
-def report_from_attack(attack, result, labels, *, raw_scores=None, indices=None, config: Mapping | None = None,
-                       timings: Mapping | None = None, extra: Mapping | None = None) -> tuple[dict, dict]:
+def report_from_attack(attack, result, labels, *, raw_scores=None, indices=None, files=None,
+                       config: Mapping | None = None, timings: Mapping | None = None,
+                       extra: Mapping | None = None) -> tuple[dict, dict]:
     """(report, arrays) for a fitted QuantileAttack and its AttackResult on labelled images.
 
     The attack's resolved parameters go under config["attack"] and its fit facts under
-    "fit"; fit timings join `timings`. Pass both on to write_report(out_dir, report, arrays).
+    "fit"; fit timings join `timings`. files: per-image source names (an image folder's),
+    kept in scores.npz and scores.csv. Pass both on to write_report(out_dir, report, arrays).
     """
     results = result.report_results()
     merged_config = dict(config or {})
@@ -71,7 +105,8 @@ def report_from_attack(attack, result, labels, *, raw_scores=None, indices=None,
     fit_facts = {k: v for k, v in attack.fit_info.items() if k != "timings"}
     built = build_report(results, labels, config=merged_config, seed=attack.seed, alpha=attack.alpha,
                          timings=merged_timings, extra={"fit": fit_facts, **dict(extra or {})})
-    arrays = score_arrays(results, labels, raw_scores=raw_scores, indices=indices, votes=result.votes)
+    arrays = score_arrays(results, labels, raw_scores=raw_scores, indices=indices, votes=result.votes,
+                          thresholds=result.thresholds, files=files)
     return built, arrays
 
 
@@ -124,8 +159,24 @@ def json_safe(obj):
     return obj
 
 
-def score_arrays(results: Mapping[str, tuple], labels, raw_scores=None, indices=None, votes=None) -> dict:
-    """The contents of scores.npz: labels, per-method membership scores and decisions, raw scores, indices."""
+def vote_threshold(thresholds) -> np.ndarray:
+    """The bag's effective per-image threshold [N] from its B thresholds [B, N].
+
+    Majority vote calls x a member iff more than B/2 regressors have log s(x) < q_j(x), i.e. iff
+    log s(x) is below the (floor(B/2) + 1)-th largest q_j(x): that order statistic is the one
+    threshold equivalent to the vote (the median for odd B), ties included.
+    """
+    values = np.asarray(thresholds, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] == 0:
+        raise InputError(f"thresholds must be [B, N] with B >= 1, got shape {values.shape}")
+    n_models = values.shape[0]
+    return np.sort(values, axis=0)[n_models - (n_models // 2 + 1)]
+
+
+def score_arrays(results: Mapping[str, tuple], labels, raw_scores=None, indices=None, votes=None,
+                 thresholds=None, files: Sequence[str] | None = None) -> dict:
+    """The contents of scores.npz: labels, per-method membership scores and decisions, raw scores, indices,
+    and where known the votes, the bag's vote threshold (log scale) and per-image file names."""
     labels_arr = np.asarray(labels).astype(np.int8)
     arrays = {"labels": labels_arr,
               "indices": np.arange(len(labels_arr), dtype=np.int64) if indices is None
@@ -134,6 +185,10 @@ def score_arrays(results: Mapping[str, tuple], labels, raw_scores=None, indices=
         arrays["raw_scores"] = np.asarray(raw_scores, dtype=np.float64)
     if votes is not None:
         arrays["votes"] = np.asarray(votes, dtype=np.int32)
+    if thresholds is not None:
+        arrays["bag_threshold"] = vote_threshold(thresholds)
+    if files is not None:
+        arrays["files"] = np.asarray([str(name) for name in files], dtype=str)
     for name, entry in results.items():
         scores, decision = entry if isinstance(entry, tuple) else (entry, None)
         arrays[f"membership_{name}"] = np.asarray(scores, dtype=np.float64)
@@ -145,24 +200,35 @@ def score_arrays(results: Mapping[str, tuple], labels, raw_scores=None, indices=
     return arrays
 
 
+def _npz_metadata(report: dict) -> str:
+    # Tells `qmia-fast evaluate` (and anyone else) which way each array points and at which level the
+    # decisions were taken, so that reading the file back needs no guess.
+    attack = (report.get("config") or {}).get("attack") or {}
+    return json.dumps({"format": SCORES_FORMAT, "version": 1, "alpha": report.get("alpha"),
+                       "n_models": attack.get("n_models"), "membership_direction": "higher_is_member",
+                       "raw_direction": "lower_is_member", "bag_threshold": "log scale, the vote's threshold"})
+
+
 def write_artifacts(out_dir, report: dict, arrays: Mapping[str, np.ndarray], plots: bool = True
                     ) -> tuple[list[Path], str | None]:
-    """Write scores.npz and, where matplotlib is installed, the plots; all atomically.
+    """Write scores.npz, scores.csv, leakpro.json and, where matplotlib is installed, the plots; all atomically.
 
-    `arrays` is what score_arrays() returns; the plots take each `membership_<name>` array
-    with `labels`. Returns (written paths, one line for the user or None).
+    `arrays` is what score_arrays() returns (plus any other arrays to keep in scores.npz).
+    Returns (written paths, one line for the user or None).
     """
+    from .interop import write_leakpro_json, write_scores_csv
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    save_npz(out / "scores.npz", **arrays)
+    save_npz(out / "scores.npz", **arrays, metadata=np.array(_npz_metadata(report)))
     written.append(out / "scores.npz")
+    written.append(write_scores_csv(out / "scores.csv", report, arrays))
+    written.append(write_leakpro_json(out / "leakpro.json", report, arrays))
     note = None
     if plots:
-        curves = {name: arrays[f"membership_{name}"] for name in report.get("methods", {})
-                  if f"membership_{name}" in arrays}
         try:
-            written += plot_roc(out, curves, arrays["labels"], report)
+            written += write_plots(out, report, arrays)
         except ImportError:
             note = PLOT_HINT
     return written, note
@@ -180,7 +246,7 @@ def write_report_json(out_dir, report: dict, files: Sequence[Path], note: str | 
 
 
 def write_report(out_dir, report: dict, arrays: Mapping[str, np.ndarray], plots: bool = True) -> dict:
-    """scores.npz, the plots, then report.json (its presence means the rest is complete).
+    """scores.npz, scores.csv, leakpro.json, the plots, then report.json (its presence means the rest is complete).
 
     Returns {"files": [written paths], "note": one line for the user or None}.
     """
@@ -189,70 +255,13 @@ def write_report(out_dir, report: dict, arrays: Mapping[str, np.ndarray], plots:
     return {"files": written, "note": note}
 
 
-def plot_roc(out_dir: Path, curves: Mapping[str, np.ndarray], labels, report: dict) -> list[Path]:
-    """roc.png (linear axes) and roc_log.png (log-log, down to 1e-5); raises ImportError without matplotlib."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    roc = {name: metrics.roc_curve(scores, labels)[:2] for name, scores in curves.items()}
-    paths = []
-    for filename, log_axes in (("roc.png", False), ("roc_log.png", True)):
-        # The object-oriented API with the Agg canvas: no pyplot global state, no display needed.
-        figure = Figure(figsize=(5.0, 5.0), dpi=120)
-        FigureCanvasAgg(figure)
-        axes = figure.add_subplot()
-        low = LOG_AXIS_FLOOR if log_axes else 0.0
-        axes.plot([low, 1.0], [low, 1.0], linestyle="--", color="grey", linewidth=1, label="chance")
-        for name, (fpr, tpr) in roc.items():
-            method = report.get("methods", {}).get(name, {})
-            auc_value = method.get("auc")
-            label = TITLES.get(name, name) + (f" (AUC {auc_value:.4f})" if auc_value is not None else "")
-            if log_axes:
-                # Points at zero cannot sit on log axes; pin them to the floor so the 0%-FPR TPR shows.
-                fpr, tpr = np.maximum(fpr, LOG_AXIS_FLOOR), np.maximum(tpr, LOG_AXIS_FLOOR)
-            axes.plot(fpr, tpr, label=label, linewidth=1.5)  # straight segments: ties are diagonal steps
-        if log_axes:
-            axes.set_xscale("log")
-            axes.set_yscale("log")
-        axes.set_xlim(low, 1.0)
-        axes.set_ylim(low, 1.0)
-        axes.set_xlabel("false positive rate")
-        axes.set_ylabel("true positive rate")
-        axes.set_title("ROC, log-log" if log_axes else "ROC")
-        axes.grid(True, which="major", alpha=0.3)
-        axes.legend(loc="lower right", fontsize=8)
-        figure.tight_layout()
-        path = Path(out_dir) / filename
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png")
-        paths.append(path)
-    return paths
+def load_schema() -> dict:
+    """The JSON Schema of report.json (shipped as assets/report.schema.json)."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
-def _percent(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{100 * value:.2f}%"
+def validate_report(report: Mapping) -> None:
+    """Raise InputError naming the first place where `report` departs from the report.json schema."""
+    from .json_schema import validate
 
-
-def _number(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.4f}"
-
-
-def format_summary_table(report: dict) -> str:
-    """A fixed-width table, one row per method: AUC, TPR at 1% and 0.1% FPR, balanced accuracy, decision FPR/TPR."""
-    alpha = report.get("alpha")
-    alpha_text = f"{100 * alpha:g}%" if alpha else "alpha"
-    header = ["method", "AUC", "TPR@1%FPR", "TPR@0.1%FPR", "bal. acc.",
-              f"FPR@{alpha_text}", f"TPR@{alpha_text}"]
-    rows = []
-    for name, method in report.get("methods", {}).items():
-        tprs = method.get("tpr_at_fpr", {})
-        decision = method.get("decision") or {}
-        rows.append([method.get("title", name), _number(method.get("auc")), _percent(tprs.get("1%")),
-                     _percent(tprs.get("0.1%")), _percent(method.get("balanced_accuracy")),
-                     _percent(decision.get("fpr")) if decision else "-",
-                     _percent(decision.get("tpr")) if decision else "-"])
-    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(w) if i == 0 else str(cell).rjust(w)
-                       for i, (cell, w) in enumerate(zip(row, widths))) for row in [header] + rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    validate(report, load_schema(), name="report.json")

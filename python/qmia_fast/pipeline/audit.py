@@ -164,7 +164,8 @@ def _run(spec: AuditSpec, folder: AuditFolder | None, ctx, log: Log) -> AuditRes
     # (report_from_attack adds "attack").
     config = {"spec": spec.to_dict(),
               "score": {**scorer.config.applicable(), "batch_size": scorer.batch_size,
-                        "unet_batch": scorer.unet_batch, "device": str(scorer.device)},
+                        "unet_batch": scorer.unet_batch, "device": str(scorer.device), "fused": scorer.fused,
+                        "fast_layers": scorer.fast_layers},
               "score_settings_note": prepared.note, "world_size": ctx.world_size}
     report, arrays = report_from_attack(
         attack, result, labels, raw_scores=np.concatenate([raw["members"], raw["holdout"]]), indices=indices,
@@ -176,7 +177,15 @@ def _run(spec: AuditSpec, folder: AuditFolder | None, ctx, log: Log) -> AuditRes
                "scoring_images_per_s": n_scored / max(timings["score_s"], 1e-9),
                "recomputed_fp32_micro_batches": scorer.recomputed_fp32})
     arrays.update(public_indices=np.asarray(prepared.sets["public"], np.int64), public_raw_scores=raw["public"])
+    from ..interop import image_file_names
+
+    # Images from a folder keep their file names (relative to it) in scores.npz and scores.csv.
+    names = image_file_names(prepared.loaded, indices, spec.data.path)
+    if names is not None:
+        arrays["files"] = np.asarray(names, dtype=str)
     table = format_summary_table(report)
+    for warning in report["warnings"]:
+        say(f"warning: {warning}")
     files: list[Path] = []
     note = None
     if folder is not None:
