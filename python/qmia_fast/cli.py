@@ -19,6 +19,7 @@ COMMANDS = {
     "evaluate": "evaluate:evaluate",
     "bench": "bench:bench",
     "info": "info:info",
+    "experiment": "experiment:experiment",
 }
 
 
@@ -43,7 +44,7 @@ class QmiaGroup(click.Group):
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
-            _one_line("aborted")
+            _one_line(interrupted_message(args))
             sys.exit(130)
         except click.ClickException as exc:
             # Usage errors, bad option values: click would print a usage block; we keep one line.
@@ -53,7 +54,7 @@ class QmiaGroup(click.Group):
             _one_line(str(exc))
             sys.exit(2)
         except KeyboardInterrupt:
-            _one_line("interrupted")
+            _one_line(interrupted_message(args))
             sys.exit(130)
         except SystemExit:
             raise
@@ -66,6 +67,20 @@ class QmiaGroup(click.Group):
         if not standalone_mode:
             return rv
         sys.exit(0 if not isinstance(rv, int) else rv)
+
+
+# Commands whose scores survive an interruption (resumable chunks) and what a rerun does not keep.
+RESUMABLE = {"attack": " (the regressors are fitted again)", "score": ""}
+
+
+def interrupted_message(args) -> str:
+    """The one line printed on Ctrl-C: for resumable commands, that rerunning them picks up where they stopped."""
+    argv = list(sys.argv[1:] if args is None else args)
+    command = next((a for a in argv if not str(a).startswith("-")), None)
+    if command in RESUMABLE:
+        return (f"aborted; rerun the same command to resume: the scores already computed are kept"
+                f"{RESUMABLE[command]}")
+    return "aborted"
 
 
 def _one_line(message: str) -> None:
