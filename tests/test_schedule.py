@@ -9,6 +9,7 @@ import torch
 
 from qmia_fast.errors import ConfigError
 from qmia_fast.schedule import (
+    MAX_STEPS,
     Schedule,
     cosine_schedule,
     linear_schedule,
@@ -141,3 +142,16 @@ def test_diffusers_config_matches_ddpm_scheduler(config, tmp_path):
 
 def test_cosine_equals_squaredcos_cap_v2():
     assert schedule_from_diffusers_config({"beta_schedule": "squaredcos_cap_v2"}) == cosine_schedule()
+
+
+@pytest.mark.parametrize("call", [
+    lambda: linear_schedule(10**9),
+    lambda: linear_schedule(float("inf")),
+    lambda: cosine_schedule(10**7),
+    lambda: schedule_from_diffusers_config({"trained_betas": [[0.1, 0.2], [0.3]]}),
+    lambda: schedule_from_dict({"kind": "betas", "betas": "abc"}),
+    lambda: schedule_from_dict({"kind": "betas", "betas": [0.01] * (MAX_STEPS + 1)}),
+])
+def test_oversized_or_malformed_schedules_are_config_errors_before_any_array(call):
+    with pytest.raises(ConfigError):
+        call()

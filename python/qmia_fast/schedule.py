@@ -11,7 +11,11 @@ import numpy as np
 
 from .errors import ConfigError
 
+# DDPMs use 1000 steps; more than this is a malformed config, refused before any array is made.
+MAX_STEPS = 100_000
+
 __all__ = [
+    "MAX_STEPS",
     "Schedule",
     "linear_schedule",
     "cosine_schedule",
@@ -29,7 +33,12 @@ class Schedule:
     """
 
     def __init__(self, betas, description: Mapping[str, Any] | None = None):
-        betas = np.asarray(betas, dtype=np.float64).reshape(-1)
+        try:
+            betas = np.asarray(betas, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError("schedule: betas must be a flat list of numbers in (0, 1]") from None
+        if betas.size > MAX_STEPS:
+            raise ConfigError(f"schedule: {betas.size} betas; at most {MAX_STEPS} steps are supported")
         if betas.size == 0:
             raise ConfigError("schedule: betas is empty; a schedule needs at least one timestep")
         if not np.all(np.isfinite(betas)) or np.any(betas <= 0) or np.any(betas > 1):
@@ -182,7 +191,7 @@ def schedule_from_diffusers_config(config: Mapping[str, Any] | str | os.PathLike
     kind = config.get("beta_schedule", "linear")
     trained = config.get("trained_betas")
     if trained is not None:
-        sched = Schedule(np.asarray(trained, dtype=np.float64))
+        sched = Schedule(trained)
     elif kind == "linear":
         sched = linear_schedule(T, beta_start, beta_end)
     elif kind == "scaled_linear":
@@ -225,7 +234,7 @@ def schedule_from_dict(spec: Mapping[str, Any]) -> Schedule:
         if kind == "sigmoid":
             return sigmoid_schedule(spec.get("T", 1000), spec["beta_start"], spec["beta_end"])
         if kind == "betas":
-            return Schedule(np.asarray(spec["betas"], dtype=np.float64))
+            return Schedule(spec["betas"])
     except KeyError as exc:
         raise ConfigError(f"schedule: a {kind!r} schedule needs the key {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:
@@ -266,10 +275,11 @@ def _read_json_config(path) -> dict:
 
 
 def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
-        if isinstance(value, float) and value.is_integer() and value >= 1:
-            return int(value)
-        raise ConfigError(f"schedule: {name} = {value!r} must be a positive integer")
+    """A step count: a positive integer (or an integral float) of at most MAX_STEPS."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= int(value) <= MAX_STEPS:
+        raise ConfigError(f"schedule: {name} = {value!r} must be a positive integer of at most {MAX_STEPS}")
     return int(value)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ModelLoadError
+from ..schedule import MAX_STEPS
 
 __all__ = [
     "MAX_CONFIG_BYTES", "MAX_SCHEDULE_STEPS", "MAX_IMAGE_SIDE", "require_regular_file", "read_config_text", "read_config_json",
@@ -19,7 +20,7 @@ __all__ = [
 # its betas) are kilobytes; anything far larger is not a config and must not be parsed into memory.
 MAX_CONFIG_BYTES = 16 << 20
 # DDPMs train with 1000 steps (4000 in improved DDPM); every schedule array has T entries.
-MAX_SCHEDULE_STEPS = 100_000
+MAX_SCHEDULE_STEPS = MAX_STEPS
 # The data readers refuse images above 4096 x 4096 pixels, so no model needs a larger side.
 MAX_IMAGE_SIDE = 4096
 

@@ -90,7 +90,7 @@ def _int(value, key: str, minimum: int) -> int:
         raise ConfigError(f"UNet config: {key} = {value!r} must be an integer >= {minimum}")
     try:
         as_int = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"UNet config: {key} = {value!r} must be an integer >= {minimum}") from None
     if as_int != value and not (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
         raise ConfigError(f"UNet config: {key} = {value!r} must be an integer >= {minimum}")
