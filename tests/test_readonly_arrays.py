@@ -67,16 +67,12 @@ majority_vote(read_only(np.zeros(5)), read_only(np.zeros((3, 5))), with_margin=T
 # The attack takes numpy arrays with np.ascontiguousarray, which keeps a read-only array read-only, before
 # torch.from_numpy: regress/inputs.py (as_image_tensor, as_aux_tensor) and attack.py (majority_vote) need to
 # copy read-only inputs. Strict: these fail loudly once fixed, so the marks get removed.
-NOT_YET = pytest.mark.xfail(strict=True, reason="regress/inputs.py and attack.py pass read-only arrays to "
-                                               "torch.from_numpy")
-
-
 @pytest.mark.parametrize("snippet", [
     pytest.param(SCORING, id="scorer-memmap-and-split-indices"),
     pytest.param(REPORT, id="report"),
-    pytest.param(ATTACK_FIT, id="attack-fit", marks=NOT_YET),
-    pytest.param(ATTACK_PREDICT, id="attack-predict", marks=NOT_YET),
-    pytest.param(VOTE, id="vote", marks=NOT_YET),
+    pytest.param(ATTACK_FIT, id="attack-fit"),
+    pytest.param(ATTACK_PREDICT, id="attack-predict"),
+    pytest.param(VOTE, id="vote"),
 ])
 def test_read_only_arrays_raise_no_warning(tmp_path, snippet):
     code = PRELUDE + f"WORK = {str(tmp_path)!r}\n" + textwrap.dedent(snippet) + "\nprint('clean')\n"

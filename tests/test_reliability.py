@@ -163,4 +163,5 @@ def test_sigkilled_attack_reruns_to_complete_valid_outputs(job, tmp_path):
     with np.load(out / "scores.npz") as arrays:
         assert len(arrays["labels"]) == report["n_samples"]
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == \
-        ["attack.pt", "report.json", "roc.png", "roc_log.png", "scores.npz"]
+        ["attack.pt", "leakpro.json", "report.json", "roc.png", "roc_log.png", "score_histogram.png", "scores.csv",
+         "scores.npz", "threshold_scatter.png"]

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import regress
+from .arrays import to_tensor
 from .atomic_io import atomic_path
 from .errors import ConfigError, DataError, InputError
 from .runtime import resolve_device
@@ -276,8 +277,7 @@ def majority_vote(log_score: np.ndarray, thresholds: np.ndarray, with_margin: bo
 
     single = np.asarray(log_score).dtype == np.float32 and np.asarray(thresholds).dtype == np.float32
     dtype = np.float32 if single else np.float64
-    votes, decision, margin = vote(torch.from_numpy(np.ascontiguousarray(log_score, dtype=dtype)),
-                                   torch.from_numpy(np.ascontiguousarray(thresholds, dtype=dtype)))
+    votes, decision, margin = vote(to_tensor(log_score, dtype), to_tensor(thresholds, dtype))
     result = (np.asarray(votes.numpy(), dtype=np.int32), np.asarray(decision.numpy(), dtype=bool))
     return (*result, margin.numpy()) if with_margin else result
 

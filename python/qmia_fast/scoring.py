@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from . import kernels
+from .arrays import to_tensor
 from .errors import ConfigError, InputError, ScoreOverflowError
 from .precision import (
     autocast_context, call_precisions, matmul_precision, resident_weights, resolve_precision,
@@ -338,10 +339,7 @@ class Scorer:
     def _upload(self, batch) -> torch.Tensor:
         """The batch as it came (uint8 or float pixels) on the device; conversion happens in _prepare."""
         if not isinstance(batch, torch.Tensor):
-            batch = np.asarray(batch)
-            # A read-only (memory-mapped) array is copied rather than shared, so torch never
-            # holds a writable view of memory it must not write.
-            batch = torch.from_numpy(np.array(batch) if not batch.flags.writeable else np.ascontiguousarray(batch))
+            batch = to_tensor(np.asarray(batch))
         if self.device.type == "cuda" and batch.device.type == "cpu":
             # Pinned staging lets the copy run asynchronously; the caching host allocator
             # keeps the buffer alive until the copy has finished.

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..arrays import to_tensor
 from ..errors import InputError
 
 
@@ -14,7 +15,7 @@ def as_image_tensor(images, name: str = "images") -> torch.Tensor:
     if isinstance(images, np.ndarray):
         if images.dtype.kind not in "uif":
             raise InputError(f"{name} must be uint8 or float, got dtype {images.dtype}")
-        tensor = torch.from_numpy(np.ascontiguousarray(images))
+        tensor = to_tensor(images)
     elif isinstance(images, torch.Tensor):
         tensor = images.detach().cpu()
     else:
@@ -41,7 +42,7 @@ def as_aux_tensor(aux, images: torch.Tensor, name: str = "aux") -> torch.Tensor 
     """Optional extra per-pixel feature channels N x K x H x W, finite floats, matching the images."""
     if aux is None:
         return None
-    tensor = torch.from_numpy(np.ascontiguousarray(aux)) if isinstance(aux, np.ndarray) else aux
+    tensor = to_tensor(aux) if isinstance(aux, np.ndarray) else aux
     if not isinstance(tensor, torch.Tensor):
         raise InputError(f"{name} must be a numpy array or torch tensor, got {type(aux).__name__}")
     tensor = tensor.detach().cpu().float()
