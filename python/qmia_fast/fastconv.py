@@ -5,13 +5,12 @@ oneDNN's direct 3x3 convolutions already run near the machine's float32 multiply
 rate (bench/README.md). Winograd's F(4x4, 3x3) computes a 4x4 output tile from a 6x6
 input patch with 36 multiplications per input/output channel pair instead of 144, so
 the same convolution needs 4x fewer multiplications in its matrix products. The
-transforms around them add work and memory traffic; measured per layer on a 2-core
-AVX2 machine the whole convolution runs 1.2-2.7x faster than oneDNN for 32-512
-channels.
+transforms around them add work and memory traffic; per layer the whole convolution
+still runs faster than oneDNN's from 32 to 512 channels (bench/README.md).
 
 GroupNorm: torch's CPU kernel for channels_last input is slow when a group holds one
-or two channels (the demo UNet's 32 channels in 32 groups: 21 ms per call against
-1.9 ms in NCHW, measured); ours (fused_ops.group_norm_act) is two float64-accumulated
+or two channels (the demo UNet's 32 channels in 32 groups; bench/README.md); ours
+(fused_ops.group_norm_act) is two float64-accumulated
 passes and one normalising pass over NHWC memory, vectorised across channels. The mode
 routes only F.group_norm; fusing the SiLU and the adds around it is the UNet's own
 fused forward path (models/unet.py, UNet.set_fused).

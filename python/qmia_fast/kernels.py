@@ -369,11 +369,10 @@ def _launch(kernel: str, device: torch.device, *args: Any, elements: Optional[in
     getattr(_cuda, kernel)(*args, *map(_address, buffers), *_device_args(device))
 
 
-# Below this many elements a CPU kernel runs on the calling thread alone. Measured on a
-# busy 2-core machine (bench/README.md): a 50k-element ddim_step right after a torch op
-# took 0.06-0.5 ms on one thread and ~10 ms on two, because the parallel region waits for
-# a second core held by torch's still-spinning OpenMP pool (another OpenMP runtime) or
-# by another process. Up to this size one thread finishes in about a millisecond.
+# Below this many elements a CPU kernel runs on the calling thread alone: a parallel region
+# right after a torch op waits for a second core that torch's still-spinning OpenMP pool (or
+# another process) holds, which costs more than the work itself (bench/README.md has the
+# measurements); up to this size one thread finishes in about a millisecond.
 _SERIAL_ELEMENTS = 1 << 20
 
 
