@@ -247,3 +247,24 @@ def test_predict_refuses_images_of_another_size_than_fitted():
                             stem_stride=2).fit(images, rng.uniform(1, 2, 40))
     with pytest.raises(InputError, match="fitted on 1x8x8"):
         attack.predict(rng.integers(0, 256, size=(5, 1, 16, 16), dtype=np.uint8), np.ones(5))
+
+
+def test_warnings_reach_the_user_as_one_line_without_source_lines():
+    import subprocess
+    import sys
+
+    code = "\n".join([
+        "import warnings",
+        "import qmia_fast.cli as cli",
+        "import qmia_fast.commands.info as info",
+        "show = info.info.callback",
+        "def noisy(*args, **kwargs):",
+        "    warnings.warn('careful:\\n  two lines', UserWarning)",
+        "    return show(*args, **kwargs)",
+        "info.info.callback = noisy",
+        "cli.main(['info'])",
+    ])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "qmia-fast: warning: careful: two lines" in done.stderr.splitlines()
+    assert ".py:" not in done.stderr

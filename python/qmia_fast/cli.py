@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 
 import click
 
@@ -38,6 +39,7 @@ class QmiaGroup(click.Group):
         return getattr(module, attr)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        warnings.formatwarning = _one_line_warning
         try:
             rv = super().main(args=args, prog_name=prog_name or "qmia-fast",
                               complete_var=complete_var, standalone_mode=False, **extra)
@@ -81,6 +83,11 @@ def interrupted_message(args) -> str:
         return (f"aborted; rerun the same command to resume: the scores already computed are kept"
                 f"{RESUMABLE[command]}")
     return "aborted"
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    # A warning is for the user of the command, not a pointer into our source files.
+    return f"qmia-fast: warning: {' '.join(str(message).split())}\n"
 
 
 def _one_line(message: str) -> None:
