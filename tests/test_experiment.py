@@ -1,0 +1,169 @@
+"""`qmia-fast experiment`: every experiment end to end on a tiny target, caching, the defended model, intervals, errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from model_helpers import tiny_model, tiny_unet
+from qmia_fast.cli import cli
+from qmia_fast.commands.experiment import NAMES
+from qmia_fast.errors import ConfigError
+from qmia_fast.experiments import EXPERIMENTS, defended_model
+from qmia_fast.experiments.mismatch import shift_images
+from qmia_fast.experiments.stats import _clopper_pearson, clopper_pearson, mean_sd
+from qmia_fast.models import save_model
+from qmia_fast.schedule import linear_schedule
+
+SIZE = 8
+# The tiny budget, one thread, small UNet micro-batches: the whole suite of experiments in seconds.
+FAST = ["--budget", "tiny", "--threads", "1", "--unet-batch", "16", "--no-progress"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny 1 x 8 x 8 target and 120 labelled images split 30 / 50 / 40."""
+    root = tmp_path_factory.mktemp("experiment")
+    save_model(tiny_unet(1, SIZE, attn=(), perturb=0.2), root / "model", linear_schedule())
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(120, 1, SIZE, SIZE), dtype=np.uint8)
+    order = rng.permutation(120)
+    np.savez(root / "data.npz", images=images, labels=np.arange(120) % 10, members=np.sort(order[:30]),
+             public=np.sort(order[30:80]), holdout=np.sort(order[80:]))
+    return root
+
+
+def run(*args, expect=0):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == expect, result.output
+    return result
+
+
+def test_the_command_lists_every_experiment():
+    assert list(NAMES) == [*EXPERIMENTS, "all"]
+
+
+def test_all_experiments_write_report_results_and_figures_and_reuse_their_caches(workspace, tmp_path):
+    out = tmp_path / "all"
+    common = ["experiment", "all", "--model", workspace / "model", "--data", workspace / "data.npz", "--out", out,
+              *FAST]
+    first = run(*common)
+    assert f"to {out}/" in first.output
+    report = (out / "report.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] is True
+    assert list(results["experiments"]) == list(EXPERIMENTS)
+    for module in EXPERIMENTS.values():
+        assert f"## {module.TITLE}" in report
+    for name, entry in results["experiments"].items():
+        assert entry["figures"], name
+        for figure in entry["figures"]:
+            assert (out / figure).read_bytes()[:4] == b"\x89PNG"
+            assert f"]({figure})" in report
+    alpha = results["experiments"]["alpha"]["by_alpha"]["0.1"]["methods"]
+    assert set(alpha) == {"qmia_bag", "single_regressor", "marginal_threshold"}
+    assert alpha["qmia_bag"]["tpr_at_1pct"]["n"] == 2  # two bag seeds
+    low, high = alpha["qmia_bag"]["fpr_ci"]
+    assert 0.0 <= low <= high <= 1.0
+    assert {s["method"] for s in results["experiments"]["timestep"]["settings"]} == {"secmi", "loss", "pia"}
+    assert "classes" in results["experiments"]["mismatch"]["kinds"]
+    assert len(results["experiments"]["targets"]["targets"]) == 2  # the given model and one trained variant
+    assert (out / "targets" / "linear" / "model.pt").is_file()
+    assert results["setup"]["sets"] == {"members": 30, "public": 30, "holdout": 30}
+
+    # Rerun: every score and fit comes from the cache, so the numbers are the same and nothing is scored again.
+    run(*common)
+    again = json.loads((out / "results.json").read_text())
+    assert again["experiments"]["alpha"]["by_alpha"] == results["experiments"]["alpha"]["by_alpha"]
+    assert again["experiments"]["alpha"]["score_cost"]["cached"] is True
+    assert not list((out / "cache" / "scores").glob("*/chunks"))
+
+
+def test_one_experiment_defaults_its_folder_and_records_the_command(workspace, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run("experiment", "oracle", "--seeds", "1", *FAST)
+    results = json.loads((tmp_path / "experiments" / "oracle" / "results.json").read_text())
+    assert list(results["experiments"]) == ["oracle"]
+    assert results["command"].startswith("qmia-fast experiment oracle")
+    assert "--seeds 1" in results["command"]
+    oracle = results["experiments"]["oracle"]
+    assert set(oracle["oracle"]) == {"oracle_quantile", "oracle_likelihood_ratio"}
+    assert oracle["threshold_error"]["bag_rmse"]["mean"] >= 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["experiment", "nonsense"], "nonsense"),
+    (["experiment", "alpha", "--seeds", "0"], "seeds"),
+    (["experiment", "targets", "--variants", "linear,huge"], "--variants"),
+    (["experiment", "targets", "--targets", "/nonexistent/model"], "nonexistent"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "o"), *FAST])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("qmia-fast: error")]
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    file = tmp_path / "file"
+    file.write_text("x")
+    result = CliRunner().invoke(cli, ["experiment", "oracle", "--out", str(file), *FAST])
+    assert result.exit_code == 2 and "not a folder" in result.output
+
+
+def test_the_defended_model_adds_reproducible_noise_of_scale_sigma():
+    model = tiny_model(1, SIZE)
+    x = torch.rand(6, 1, SIZE, SIZE) * 2 - 1
+    t = torch.full((6,), 100, dtype=torch.long)
+    with torch.no_grad():
+        clean = model(x, t)
+        assert torch.equal(defended_model(model, 0.0)(x, t), clean)
+        noisy = defended_model(model, 0.5, seed=3)
+        out = noisy(x, t)
+        noise = (out - clean) / 0.5
+        assert abs(float(noise.std()) - 1.0) < 0.1
+        assert torch.equal(noisy(x, t), out)                       # same query, same answer
+        # The same noise whatever else is in the batch (the UNet itself may round differently by batch).
+        assert torch.allclose(noisy(x[3:], t[3:]), out[3:], atol=1e-5)
+        assert not torch.equal(noisy(x, t + 1), out)               # another timestep, other noise
+        assert not torch.equal(defended_model(model, 0.5, seed=4)(x, t), out)
+    from qmia_fast.pipeline.resumable import fingerprint_model
+
+    assert fingerprint_model(noisy) != fingerprint_model(defended_model(model, 0.25, seed=3))
+    with pytest.raises(ConfigError, match="sigma"):
+        defended_model(model, -1.0)
+
+
+def test_clopper_pearson_matches_closed_forms():
+    # k = 0: upper = 1 - (a/2)^(1/n); k = n: lower = (a/2)^(1/n).
+    for k, n in ((0, 10), (10, 10), (3, 1000), (500, 1000)):
+        low, high = _clopper_pearson(k, n, 0.95)
+        shared_low, shared_high = clopper_pearson(k, n)
+        assert low <= k / n <= high
+        assert abs(low - shared_low) < 1e-6 and abs(high - shared_high) < 1e-6
+    assert _clopper_pearson(0, 10, 0.95) == (0.0, pytest.approx(1 - 0.025 ** 0.1, abs=1e-9))
+    assert _clopper_pearson(10, 10, 0.95) == (pytest.approx(0.025 ** 0.1, abs=1e-9), 1.0)
+    assert mean_sd([1.0, 3.0]) == {"mean": 2.0, "sd": pytest.approx(2 ** 0.5), "n": 2}
+    assert mean_sd([1.0])["sd"] != mean_sd([1.0])["sd"]  # NaN with one seed
+
+
+def test_pixel_shifts_stay_uint8_and_move_the_images():
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 1, SIZE, SIZE), dtype=np.uint8)
+    for kind in ("brightness", "contrast", "noise"):
+        shifted = shift_images(images, kind, seed=0)
+        assert shifted.dtype == np.uint8 and shifted.shape == images.shape
+        assert not np.array_equal(shifted, images)
+    assert shift_images(images, "brightness", 0).mean() > images.mean()
+    assert shift_images(images, "contrast", 0).std() < images.std()
+    assert np.array_equal(shift_images(images, "noise", 1), shift_images(images, "noise", 1))
