@@ -1,10 +1,9 @@
-"""`qmia-fast bench`: SecMI scoring throughput against a SecMI-style plain-PyTorch baseline, measured in one run (JSON + table)."""
+"""`qmia-fast bench`: SecMI scoring throughput against a plain-PyTorch baseline, measured in one run (JSON + table)."""
 from __future__ import annotations
 
 import click
 
 from ..errors import ConfigError
-from ..precision import PRECISIONS
 
 
 def parse_batch_sizes(text: str | None, models) -> dict | None:
@@ -38,9 +37,26 @@ def parse_list(text: str, allowed, name: str) -> list[str]:
     return values
 
 
-def build_options(*, models: str, batch_sizes: str | None, precisions: str, device: str, threads: int | None,
-                  rounds: int | None, batches_per_job: int | None, quick: bool, direct: bool, slow_bf16: bool,
-                  vote: bool, bag: bool, matmul: bool):
+def parse_variants(text: str | None) -> list[str] | None:
+    """'auto,fp16:fused,tf32' -> the list, each checked (benchmark.parse_variant); None: the device's defaults."""
+    from ..benchmark import parse_variant
+
+    if text is None:
+        return None
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise ConfigError(f"--precisions {text!r}: name at least one precision, e.g. auto,fp32")
+    try:
+        for value in values:
+            parse_variant(value)
+    except ConfigError as exc:
+        raise ConfigError(f"--precisions: {exc}") from None
+    return values
+
+
+def build_options(*, models: str, batch_sizes: str | None, precisions: str | None, device: str,
+                  threads: int | None, rounds: int | None, batches_per_job: int | None, quick: bool, direct: bool,
+                  slow_bf16: bool, vote: bool, matmul: bool):
     """BenchOptions from command-line values (shared by `qmia-fast bench` and bench/bench_scoring.py)."""
     from ..benchmark import MODEL_NAMES, BenchOptions
 
@@ -54,7 +70,7 @@ def build_options(*, models: str, batch_sizes: str | None, precisions: str, devi
             raise ConfigError(f"--batch-sizes names unknown model(s) {', '.join(unknown)}; "
                               f"use {', '.join(MODEL_NAMES)}")
         options.batch_sizes = {**options.batch_sizes, **sizes}
-    options.precisions = parse_list(precisions, PRECISIONS, "precisions")
+    options.precisions = parse_variants(precisions)
     options.device = device
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads {threads} must be at least 1")
@@ -68,19 +84,54 @@ def build_options(*, models: str, batch_sizes: str | None, precisions: str, devi
     options.batches_per_job = batches_per_job
     options.direct_layers = direct
     options.slow_bf16 = slow_bf16
-    options.vote, options.bag, options.matmul = vote, bag, matmul
+    options.vote, options.matmul = vote, matmul
     return options
+
+
+def run_bench(*, accuracy: bool, accuracy_method: str, out_path: str | None, on_case=None,
+              accuracy_max_per_set: int | None = None, **values) -> tuple[dict, str]:
+    """(report, table) of a `qmia-fast bench` run; with out_path the JSON is rewritten atomically as parts finish.
+
+    on_case: see benchmark.scoring_rows; it and accuracy_max_per_set are for bench/bench_scoring.py
+    (kernel profiles, quick CPU dry runs of the accuracy check).
+    """
+    from .. import benchmark
+    from ..atomic_io import write_json
+
+    def log(text: str) -> None:
+        click.echo(text, err=True)
+
+    def save(report: dict) -> None:
+        if out_path:
+            write_json(out_path, report)
+
+    options = build_options(**values)
+    if accuracy:
+        import torch
+
+        if options.threads is not None:
+            torch.set_num_threads(options.threads)
+        device_type = torch.device(options.device).type
+        variants = [p for p in (options.precisions or benchmark.ACCURACY_VARIANTS.get(device_type, ("auto",)))
+                    if p != "fp32"] or ["auto"]
+        report = benchmark.accuracy_check(variants, device=options.device, method=accuracy_method, log=log,
+                                          max_per_set=accuracy_max_per_set, on_update=save)
+        return report, benchmark.format_accuracy(report)
+    report = benchmark.run(options, log=log, on_update=save, on_case=on_case)
+    return report, benchmark.format_table(report)
 
 
 @click.command("bench")
 @click.option("--models", default="demo,cifar10", show_default=True,
-              help="Models to time: demo (the shipped target, or its architecture with random weights until it is "
-                   "trained) and cifar10 (the 35.7M-parameter CIFAR-10 DDPM architecture, random weights).")
+              help="Models to time: demo (the shipped, trained target) and cifar10 (the 35.7M-parameter CIFAR-10 "
+                   "DDPM architecture, random weights).")
 @click.option("--batch-sizes", default=None,
               help="Batch sizes: '16,64' for every model or 'demo=16,64;cifar10=16'. "
                    "Default: demo 16..1024 and cifar10 16,32 (with --quick: demo 32 and cifar10 16).")
-@click.option("--precisions", default="auto,fp32,bf16", show_default=True,
-              help="qmia-fast precisions to time beside the fp32 baseline.")
+@click.option("--precisions", default=None,
+              help="qmia-fast variants to time beside the baseline: precisions, each optionally with :fused or "
+                   ":unfused (the fused GroupNorm path forced on or off). Default: auto,fp32,bf16 on a CPU; "
+                   "auto,fp16:fused,fp16:unfused,tf32,mixed,mixed-tf32,fp32,bf16 on CUDA.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]))
 @click.option("--threads", type=int, default=None,
               help="torch intra-op threads for the whole run (default: torch's). On a shared machine use 1.")
@@ -93,48 +144,25 @@ def build_options(*, models: str, batch_sizes: str | None, precisions: str, devi
 @click.option("--slow-bf16", is_flag=True, default=False,
               help="Time bf16 on the CIFAR-10 model even where the CPU emulates bf16 (very slow).")
 @click.option("--vote/--no-vote", default=True, show_default=True, help="Time the vote kernel against numpy.")
-@click.option("--bag/--no-bag", default=True, show_default=True,
-              help="Time quantile-bag training, batched against one regressor at a time.")
 @click.option("--matmul/--no-matmul", default=True, show_default=True,
-              help="Measure this device's fp32 and bf16 matrix-multiply rates.")
+              help="Measure this device's matrix-multiply rates (fp32, bf16; on CUDA also tf32 and fp16).")
 @click.option("--accuracy", is_flag=True, default=False,
-              help="Instead: run the demo attack on fp32 scores and on each --precisions' scores and compare "
-                   "AUC and TPR at 1%% FPR (needs the trained demo target).")
+              help="Instead: run the demo attack on strict fp32 scores and on each --precisions' scores and compare "
+                   "AUC and TPR at 1%% FPR (default: auto and bf16 on a CPU, auto on CUDA).")
 @click.option("--accuracy-method", default="recommended", show_default=True,
               type=click.Choice(["recommended", "secmi", "loss", "pia"]),
               help="Score used by --accuracy: the demo target's recommended one (what `qmia-fast attack` uses) "
                    "or a method with its defaults.")
-@click.option("--out", "out_path", default=None, help="Write the JSON report here.")
-def bench(models, batch_sizes, precisions, device, threads, rounds, batches_per_job, quick, direct, slow_bf16, vote,
-          bag, matmul, accuracy, accuracy_method, out_path):
+@click.option("--out", "out_path", default=None,
+              help="Write the JSON report here (rewritten as each part finishes; 'complete' says whether all ran).")
+def bench(out_path, **values):
     """Measure SecMI scoring throughput against a plain-PyTorch baseline in the same run (JSON + table).
 
     Nothing is asserted: the table reports images per second (wall and process CPU time),
-    the ratio to the baseline measured round by round, the UNet FLOP rate and this
-    machine's matrix-multiply rates.
+    the ratio to the baseline measured round by round (on CUDA also to the same loop with
+    TF32 off), the UNet FLOP rate and its share of this machine's matrix-multiply rate.
     """
-    from .. import benchmark
-    from ..atomic_io import write_json
-
-    def log(text: str) -> None:
-        click.echo(text, err=True)
-
-    options = build_options(models=models, batch_sizes=batch_sizes, precisions=precisions, device=device,
-                            threads=threads, rounds=rounds, batches_per_job=batches_per_job, quick=quick,
-                            direct=direct, slow_bf16=slow_bf16, vote=vote, bag=bag, matmul=matmul)
-    if accuracy:
-        import torch
-
-        if threads is not None:
-            torch.set_num_threads(threads)
-        report = benchmark.accuracy_check([p for p in options.precisions if p != "fp32"] or ["auto"],
-                                          device=device, method=accuracy_method, log=log)
-        text = benchmark.format_accuracy(report)
-    else:
-        report = benchmark.run(options, log=log)
-        text = benchmark.format_table(report)
-    if out_path:
-        write_json(out_path, report)
+    report, text = run_bench(out_path=out_path, **values)
     click.echo(text)
     if out_path:
         click.echo(f"\nwrote {out_path}", err=True)
