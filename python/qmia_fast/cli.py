@@ -40,6 +40,7 @@ class QmiaGroup(click.Group):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         warnings.formatwarning = _one_line_warning
+        settle_threads()
         try:
             rv = super().main(args=args, prog_name=prog_name or "qmia-fast",
                               complete_var=complete_var, standalone_mode=False, **extra)
@@ -83,6 +84,22 @@ def interrupted_message(args) -> str:
         return (f"aborted; rerun the same command to resume: the scores already computed are kept"
                 f"{RESUMABLE[command]}")
     return "aborted"
+
+
+def settle_threads() -> None:
+    """Before torch loads: OpenMP threads that sleep while they wait, and as many as there are free cores.
+
+    On a machine shared with other work, OpenMP's default spin-waiting lets each waiting
+    thread burn a core that a descheduled sibling needs; README "Speed" has the measurement.
+    OMP_WAIT_POLICY and OMP_NUM_THREADS set by the user, and --threads, still win.
+    """
+    if "torch" in sys.modules:  # too late to change the OpenMP runtime's settings
+        return
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_NUM_THREADS" not in os.environ:
+        from .runtime import free_cores
+
+        os.environ["OMP_NUM_THREADS"] = str(free_cores())
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
