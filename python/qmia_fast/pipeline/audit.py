@@ -11,6 +11,7 @@ import numpy as np
 from .. import distributed
 from ..errors import ConfigError, DataError
 from ..runtime import device_type
+from .loading import load_for_scoring
 from .outputs import AuditFolder
 from .resumable import score_identity, score_indices
 from .specs import AttackSpec, AuditSpec
@@ -62,8 +63,8 @@ def prepare(spec: AuditSpec, ctx: distributed.Context | None = None, log: Log | 
     """Load the model and data, resolve the score settings and the sets; check images before any UNet call."""
     log = log or (lambda text: None)
     ctx = ctx or distributed.Context()
-    target = spec.model.load()
-    loaded = spec.data.load(spec.seed, expected_shape=getattr(target, "image_shape", None))
+    run = load_for_scoring(spec.model, spec.data, spec.score, spec.seed, ctx)
+    target, loaded, settings, note, scorer = run.target, run.data, run.settings, run.note, run.scorer
     split = loaded.split
     if split is None:
         raise ConfigError("the audit needs to know the members: pass --split FILE (SecMI/PIA or ours) "
@@ -74,15 +75,9 @@ def prepare(spec: AuditSpec, ctx: distributed.Context | None = None, log: Log | 
     for name, idx in sets.items():
         if len(idx) < 10:
             raise DataError(f"the {name} set has {len(idx)} images; the attack needs at least 10 in each set")
-    settings, note = spec.score.resolve(target)
-    scorer = spec.score.scorer(target, settings, spec.seed, device=distributed.device_for_rank(spec.score.device, ctx))
-    scorer.check_images(loaded.images)
-    log(f"data: {loaded.description}")
-    if note:
-        log(note)
+    run.announce(log)
     log(f"target: {target.format} model, image {'x'.join(map(str, target.image_shape))}, T = {target.schedule.T}; "
-        f"score {settings['method']} on {scorer.device} ({scorer.config.precision}, batch {scorer.batch_size}, "
-        f"UNet micro-batch {scorer.unet_batch}, {scorer.config.unet_calls} UNet calls per image)")
+        f"score {run.describe_scorer()}")
     log(f"sets: {len(sets['members'])} members, {len(sets['public'])} public, {len(sets['holdout'])} holdout")
     return Prepared(spec, target, loaded, sets, settings, note, scorer, ctx)
 

@@ -13,6 +13,7 @@ from .. import distributed
 from ..errors import ConfigError
 from ..runtime import device_type
 from ..score_files import SUFFIXES, score_metadata, write_scores
+from .loading import load_for_scoring
 from .outputs import check_output_file
 from .resumable import fingerprint_model, score_identity, score_indices
 from .specs import ScoreJob
@@ -60,18 +61,11 @@ def run_score(job: ScoreJob, log: Log | None = None) -> ScoreResult | None:
 
 def _run(job: ScoreJob, out: Path, ctx, log: Log) -> ScoreResult | None:
     say = log if ctx.is_main else (lambda text: None)
-    target = job.model.load()
-    loaded = job.data.load(job.seed, expected_shape=getattr(target, "image_shape", None))
+    run = load_for_scoring(job.model, job.data, job.score, job.seed, ctx)
+    target, loaded, scorer = run.target, run.data, run.scorer
     indices = select_indices(job.subset, loaded.split, len(loaded.images))
-    settings, note = job.score.resolve(target)
-    scorer = job.score.scorer(target, settings, job.seed, device=distributed.device_for_rank(job.score.device, ctx))
-    scorer.check_images(loaded.images)
-    say(f"data: {loaded.description}")
-    if note:
-        say(note)
-    say(f"scoring {len(indices)} images with {scorer.config.method} on {scorer.device} ({scorer.config.precision}, "
-        f"batch {scorer.batch_size}, UNet micro-batch {scorer.unet_batch}, {scorer.config.unet_calls} UNet calls "
-        "per image" + (f", {ctx.world_size} ranks" if ctx.active else "") + ")")
+    run.announce(say)
+    say(f"scoring {len(indices)} images with {run.describe_scorer()}" + (f", {ctx.world_size} ranks" if ctx.active else ""))
     identity = score_identity(scorer, target, loaded.images, indices)
     chunks = Path(job.work_dir) if job.work_dir else out.with_name(out.name + ".chunks")
     started = time.perf_counter()
