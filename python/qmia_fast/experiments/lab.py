@@ -108,7 +108,7 @@ class Lab:
                                                        "T": p.target.schedule.T},
                 "sets": {name: int(len(idx)) for name, idx in p.sets.items()}, "score": self.settings,
                 "score_note": p.note, "alpha": self.alpha, "n_models": self.n_models,
-                "regressor": self.regressor_options(), "seed": self.spec.seed}
+                "regressor": self.regressor_options(), "seed": self.spec.seed, "threads": self.spec.score.threads}
 
     # -- scoring --------------------------------------------------------------------------
 

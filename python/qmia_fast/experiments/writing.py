@@ -68,7 +68,7 @@ def pct(stat: dict | float, digits: int = 1) -> str:
         mean, sd = stat.get("mean"), stat.get("sd")
         if not finite(mean):
             return "n/a"
-        if finite(sd):
+        if finite(sd) and sd > 0:  # a deterministic method (sd 0) shows its value alone
             return f"{100 * mean:.{digits}f} ± {100 * sd:.{digits}f}%"
         return f"{100 * mean:.{digits}f}%"
     return f"{100 * stat:.{digits}f}%" if finite(stat) else "n/a"
@@ -79,7 +79,7 @@ def num(stat: dict | float, digits: int = 3) -> str:
         mean, sd = stat.get("mean"), stat.get("sd")
         if not finite(mean):
             return "n/a"
-        return f"{mean:.{digits}f} ± {sd:.{digits}f}" if finite(sd) else f"{mean:.{digits}f}"
+        return f"{mean:.{digits}f} ± {sd:.{digits}f}" if finite(sd) and sd > 0 else f"{mean:.{digits}f}"
     return f"{stat:.{digits}f}" if finite(stat) else "n/a"
 
 
@@ -175,7 +175,8 @@ def write_outputs(out: Path, sections: Sequence[Section], setup: dict[str, Any],
              f"Command: `{command}`  ", f"Started {started.strftime('%Y-%m-%d %H:%M')} UTC"
              + ("" if finished else " (run still in progress: sections below are the ones finished so far)") + "  ",
              f"Machine: {host['cpu']} ({host['logical_cpus']} logical CPUs, {host['cpu_flags'] or 'no AVX2'}), "
-             f"torch {results['versions'].get('torch', '?')} with {host['torch_threads']} threads"
+             f"torch {results['versions'].get('torch', '?')}, "
+             f"{setup.get('threads') or host['torch_threads']} thread(s) for scoring and fitting"
              + (f", GPU {host['gpu']}" if "gpu" in host else "") + "", "",
              _setup_text(setup), ""]
     if len(sections) > 1:
