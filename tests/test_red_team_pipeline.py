@@ -28,6 +28,7 @@ def demo():
 
 # --- scores have the same bits at any batch size, thread count, subset or shard --------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("threads", [1, 2])
 def test_demo_scores_are_bit_identical_at_any_batch_size_and_thread_count(demo, threads):
     model, images = demo

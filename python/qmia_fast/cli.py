@@ -39,7 +39,7 @@ class QmiaGroup(click.Group):
         return getattr(module, attr)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        warnings.formatwarning = _one_line_warning
+        formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
         settle_threads()
         try:
             rv = super().main(args=args, prog_name=prog_name or "qmia-fast",
@@ -67,6 +67,8 @@ class QmiaGroup(click.Group):
             _one_line(f"internal error: {type(exc).__name__}: {exc} "
                       "(set QMIA_DEBUG=1 for the traceback and please report it)")
             sys.exit(1)
+        finally:
+            warnings.formatwarning = formatwarning
         if not standalone_mode:
             return rv
         sys.exit(0 if not isinstance(rv, int) else rv)
