@@ -79,7 +79,8 @@ def test_cuda_tensors_without_the_cuda_module_are_an_input_error(monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
 def test_cuda_device_without_a_gpu_is_an_input_error():
-    with pytest.raises(InputError, match="no CUDA device"):
+    # Either message is right: no GPU, or (in a build without nvcc) no CUDA module either.
+    with pytest.raises(InputError, match="no CUDA device|without its CUDA module"):
         K.philox_normal((2, 3), seed=1, device="cuda")
 
 

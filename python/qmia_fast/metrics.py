@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import InputError
 
-# The FPR targets every report carries (DESIGN section 2): 1%, 0.1%, 0.01% and 0%.
+# The FPR targets every report carries (the field's convention): 1%, 0.1%, 0.01% and 0%.
 REPORT_FPRS = (1e-2, 1e-3, 1e-4, 0.0)
 # Two-sided coverage of every interval in a report.
 CONFIDENCE = 0.95

@@ -9,11 +9,11 @@ from typing import Iterator
 from .errors import ConfigError
 
 
-def resolve_device(device=None, *, default: str = "auto"):
+def resolve_device(device=None, *, default: str = "auto", name: str = "device"):
     """'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N' -> torch.device, or a ConfigError.
 
     None means `default`. A CUDA name where no GPU is usable, or an index past the last
-    GPU, is an error that says to use --device cpu.
+    GPU, is an error that says to use --device cpu. `name`: the argument as the caller knows it.
     """
     import torch
 
@@ -27,16 +27,16 @@ def resolve_device(device=None, *, default: str = "auto"):
         try:
             resolved = torch.device(device)
         except (RuntimeError, TypeError, ValueError) as exc:
-            raise ConfigError(f"device = {device!r} is not a device name ({' '.join(str(exc).split())}); "
+            raise ConfigError(f"{name} = {device!r} is not a device name ({' '.join(str(exc).split())}); "
                               "use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device = {device!r} but CUDA is not available here; use --device cpu")
+            raise ConfigError(f"{name} = {device!r} but CUDA is not available here; use --device cpu")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ConfigError(f"device = {device!r}: only {torch.cuda.device_count()} CUDA device(s) here; "
+            raise ConfigError(f"{name} = {device!r}: only {torch.cuda.device_count()} CUDA device(s) here; "
                               f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     elif resolved.type != "cpu":
-        raise ConfigError(f"device = {device!r} is not supported; use cpu or cuda")
+        raise ConfigError(f"{name} = {device!r} is not supported; use cpu or cuda")
     return resolved
 
 

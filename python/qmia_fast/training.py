@@ -18,7 +18,9 @@ from .models.checkpoint_io import safe_torch_load
 from .models.qmia_format import FORMAT_TAG as MODEL_FORMAT_TAG
 from .models.qmia_format import save_model
 from .models.unet import UNet, count_parameters, normalize_unet_config
+from .runtime import resolve_device
 from .schedule import Schedule, linear_schedule, schedule_from_dict
+from .seeds import check_seed
 
 __all__ = ["train_ddpm", "TRAIN_DEFAULTS", "CHECKPOINT_NAME", "SUMMARY_NAME"]
 
@@ -309,7 +311,7 @@ def _validate_hparams(h: dict[str, Any]) -> dict[str, Any]:
         check(isinstance(h[name], (int, np.integer)) and not isinstance(h[name], bool) and h[name] >= 1,
               name, "must be an integer >= 1")
     check(isinstance(h["warmup"], (int, np.integer)) and h["warmup"] >= 0, "warmup", "must be an integer >= 0")
-    check(isinstance(h["seed"], (int, np.integer)) and 0 <= h["seed"] < 2**63, "seed", "must be an integer >= 0")
+    check_seed(h["seed"], "--seed")
     check(_finite(h["lr"]) and h["lr"] > 0, "lr", "must be a positive number")
     check(_finite(h["ema_decay"]) and 0.0 <= h["ema_decay"] < 1.0, "ema_decay", "must be in [0, 1)")
     check(_finite(h["grad_clip"]) and h["grad_clip"] >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")
@@ -326,21 +328,10 @@ def _finite(value) -> bool:
 
 
 def _resolve_device(device) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"--device {device!r} is not a torch device ({exc}); use cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-        if resolved.index is None:
-            resolved = torch.device("cuda", torch.cuda.current_device())
-    elif resolved.type != "cpu":
-        raise ConfigError(f"--device {device}: training runs on cpu or cuda")
+    # Training pins the GPU index, so that the checkpoint records where it ran.
+    resolved = resolve_device(device, default="auto", name="--device")
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", torch.cuda.current_device())
     return resolved
 
 

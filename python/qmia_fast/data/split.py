@@ -12,6 +12,7 @@ import numpy as np
 from .. import atomic_io
 from .formats import NpzReader, read_npy, sniff_format
 from ..errors import ConfigError, QmiaError, SplitError
+from ..seeds import check_seed
 
 __all__ = [
     "Split", "load_split", "save_split", "split_from_secmi", "split_from_members",
@@ -155,8 +156,7 @@ def partition_nonmembers(nonmembers: np.ndarray, public_fraction: float = 0.5,
     if isinstance(public_fraction, bool) or not isinstance(public_fraction, (int, float, np.floating)) \
             or not 0.0 < float(public_fraction) < 1.0:
         raise ConfigError(f"--public-fraction must be a number strictly between 0 and 1, not {public_fraction!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= _MASK64:
-        raise ConfigError(f"--seed must be an integer in [0, 2**64), not {seed!r}")
+    seed = check_seed(seed, "--seed")
     nonmembers = np.asarray(nonmembers, dtype=np.int64)
     n = len(nonmembers)
     n_public = math.floor(float(public_fraction) * n + 0.5)

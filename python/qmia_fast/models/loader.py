@@ -5,7 +5,8 @@ import os
 import zipfile
 from pathlib import Path
 
-from ..errors import ConfigError, ModelLoadError
+from ..errors import ModelLoadError
+from ..runtime import resolve_device
 from .checkpoint_io import is_torchscript_archive
 from .config_io import require_regular_file
 from .diffusers_format import is_diffusers_folder, load_diffusers
@@ -125,14 +126,5 @@ def load_model(
     model = _LOADERS[format](path, config, trust_checkpoint)
     model.eval()
     if device is not None:
-        model.to(_device(device))
+        model.to(resolve_device(device))
     return model
-
-
-def _device(device):
-    import torch
-
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device = {device!r} is not a valid torch device ({exc}); use e.g. cpu or cuda:0") from None
