@@ -41,7 +41,7 @@ def test_kernel_philox_zero_key_is_the_known_answer():
 
 @pytest.mark.parametrize(
     "seed,offset,stream",
-    [(0, 0, 0), (1, 5, 1), (2**64 - 1, 2**40 + 3, 2**32 - 1), (0x0123456789ABCDEF, 2**62, 7)],
+    [(0, 0, 0), (1, 5, 1), (2**63 - 1, 2**40 + 3, 2**32 - 1), (0x0123456789ABCDEF, 2**62, 7)],
 )
 def test_philox_uint32_equals_int64_reference_bit_for_bit(seed, offset, stream):
     got = K.philox_uint32(6, 37, seed, offset, stream)

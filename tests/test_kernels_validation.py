@@ -35,8 +35,8 @@ BAD_CALLS = [
     (lambda: K.ddim_step(X.to_sparse(), E, 1.0, 1.0), InputError, ["x", "dense"]),
     (lambda: K.ddim_step_sqerr(X, E, 1.0, 1.0, X[:1]), InputError, ["ref", "shape"]),
     (lambda: K.eps_sq_error(torch.randn(3, 4, dtype=torch.complex64), seed=1), InputError, ["eps_pred", "complex"]),
-    (lambda: K.noise_inject(X, 1.0, 1.0, seed=-1), ConfigError, ["seed", "2**64"]),
-    (lambda: K.noise_inject(X, 1.0, 1.0, seed=2**64), ConfigError, ["seed"]),
+    (lambda: K.noise_inject(X, 1.0, 1.0, seed=-1), ConfigError, ["seed", "2**63"]),
+    (lambda: K.noise_inject(X, 1.0, 1.0, seed=2**63), ConfigError, ["seed", "2**63"]),
     (lambda: K.noise_inject(X, 1.0, 1.0, seed=1.5), ConfigError, ["seed", "integer"]),
     (lambda: K.noise_inject(X, 1.0, 1.0, seed=None), ConfigError, ["seed", "integer"]),
     (lambda: K.noise_inject(X, 1.0, 1.0, seed=1, offset=-1), ConfigError, ["offset", ">= 0"]),
@@ -186,11 +186,11 @@ def test_fuzz_elementwise_wrappers(x, y, data):
 def test_fuzz_noise_wrappers(x, data):
     n = x.shape[0] if x.dim() else 0
     a = data.draw(coefficients(n))
-    seed = data.draw(st.one_of(st.integers(-5, 2**64 + 5), st.integers(0, 10)))
+    seed = data.draw(st.one_of(st.integers(-5, 2**64 + 5), st.integers(2**63 - 5, 2**63 + 5), st.integers(0, 10)))
     offset = data.draw(st.one_of(st.integers(-3, 100), st.integers(2**63 - 10, 2**63 + 10)))
     stream = data.draw(st.integers(-2, 2**32 + 2))
     result = _run_or_qmia_error(lambda: K.noise_inject(x, a, 0.5, seed, offset, True, stream))
-    keys_ok = 0 <= seed < 2**64 and 0 <= offset and offset + n <= 2**63 and 0 <= stream < 2**32
+    keys_ok = 0 <= seed < 2**63 and 0 <= offset and offset + n <= 2**63 and 0 <= stream < 2**32
     if result is not None:
         assert keys_ok and x.dtype in VALID
         x_t, eps = result

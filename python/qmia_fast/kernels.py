@@ -17,7 +17,7 @@ combine their 4096-element chunks in float64.
 Noise (``philox_normal``, ``noise_inject``, ``eps_sq_error``) is Philox4x32-10 with a
 Box-Muller transform, the same bits on CPU and CUDA::
 
-    key     = (seed mod 2**32, seed // 2**32)                 seed in [0, 2**64)
+    key     = (seed mod 2**32, seed // 2**32)                 seed in [0, 2**63) (seeds.SEED_LIMIT)
     counter = (e // 4, stream, sample mod 2**32, sample // 2**32)
     sample  = offset + i, or samples[i]                       offset >= 0; samples int64 >= 0
     e       = logical C-order index of the element in its row (c*H*W + h*W + w)
@@ -63,6 +63,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 
 from .errors import ConfigError, InputError, QmiaError
+from .seeds import SEED_LIMIT, check_seed
 
 __all__ = [
     "philox_normal",
@@ -85,7 +86,6 @@ _VOTE_CODES = {**_STORAGE_CODES, torch.float64: 3}
 _STORAGE_NAMES = "float32, bfloat16 or float16"
 
 REDUCE_CHUNK = 4096  # elements per chunk of a row sum (csrc/common/row_reduce.h)
-SEED_LIMIT = 2**64  # seeds are in [0, SEED_LIMIT)
 STREAM_LIMIT = 2**32  # streams are in [0, STREAM_LIMIT)
 _SAMPLE_LIMIT = 2**63  # offset + N must stay an int64
 _ROW_LENGTH_LIMIT = 2**34  # Philox element groups are 32-bit
@@ -160,10 +160,8 @@ def _as_int(value: Any, name: str) -> int:
 
 
 def _check_seed(seed: Any) -> int:
-    seed = _as_int(seed, "seed")
-    if not 0 <= seed < SEED_LIMIT:
-        raise ConfigError(f"seed must be in [0, 2**64), got {seed}; pick a non-negative 64-bit seed")
-    return seed
+    # The package's one seed range (the Philox key could take 64 bits; every caller stays in 63).
+    return check_seed(_as_int(seed, "seed"))
 
 
 def _check_stream(stream: Any) -> int:
