@@ -53,12 +53,19 @@ def pytest_configure(config):
 def one_torch_thread():
     """One torch thread for the test: tiny convolutions gain nothing from a second, and on a busy
     machine two spinning threads can be many times slower than one."""
-    import torch
+    from qmia_fast.runtime import torch_threads
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread_per_module():
+    """The same for a whole module, whose module-scoped fixtures build and run models too."""
+    from qmia_fast.runtime import torch_threads
+
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])

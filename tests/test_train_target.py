@@ -19,13 +19,7 @@ TINY_CLI = ["--ch", "32", "--ch-mult", "1,2", "--attn", "1", "--num-res-blocks",
             "--batch-size", "4", "--warmup", "2", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models run faster on one thread, and two threads thrash when the CI cores are shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import DataError, QmiaError, require_extra
+from ..file_kinds import file_kind
 from .safe_pickle import checked_element_count, materialize_array, safe_unpickle
 
 __all__ = [
@@ -72,24 +73,12 @@ def open_regular_file(path) -> "io.BufferedReader":
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise DataError(f"is {_file_kind(mode)}, not a regular file; only regular files are read "
+            raise DataError(f"is {file_kind(mode)}, not a regular file; only regular files are read "
                             "(remove it or pass a file on disk)")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
-
-
-def _file_kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "a special file"
 
 
 def _guard(where: str, path, action):

@@ -23,11 +23,8 @@ def run(lab: Lab, section: Section) -> None:
     per_alpha = {}
     with lab.fit_bar(len(budget.alphas) * len(seeds), "alpha: fitting") as bar:
         for alpha in budget.alphas:
-            fits = []
-            for seed in seeds:
-                fits.append(lab.fit(public_images, raw["public"], eval_images, eval_raw, labels, seed=seed,
-                                    alpha=alpha))
-                bar.update(1)
+            fits = lab.fit_seeds(public_images, raw["public"], eval_images, eval_raw, labels,
+                                 seeds=seeds, bar=bar, alpha=alpha)
             per_alpha[alpha] = aggregate(fits)
     n_neg = len(sets["holdout"])
     section.text(

@@ -26,11 +26,8 @@ def run(lab: Lab, section: Section) -> None:
     total = len(seeds) * (len(budget.bag_sizes) + len(widths))
 
     def fits(n_models, width=None):
-        out = []
-        for seed in seeds:
-            out.append(lab.fit(public_images, raw["public"], eval_images, eval_raw, labels, seed=seed,
-                               n_models=n_models, width=width, baselines=False))
-            bar.update(1)
+        out = lab.fit_seeds(public_images, raw["public"], eval_images, eval_raw, labels,
+                            seeds=seeds, bar=bar, n_models=n_models, width=width, baselines=False)
         return aggregate(out)
 
     with lab.fit_bar(total, "bag-size: fitting") as bar:

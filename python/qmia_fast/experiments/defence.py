@@ -42,11 +42,8 @@ def run(lab: Lab, section: Section) -> None:
     with lab.fit_bar(len(scored) * len(seeds), "defence: fitting") as bar:
         for sigma, (raw, cost, utility) in scored.items():
             eval_raw = np.concatenate([raw["members"], raw["holdout"]])
-            fits = []
-            for seed in seeds:
-                fits.append(lab.fit(public_images, raw["public"], eval_images, eval_raw, labels, seed=seed,
-                                    baselines=False))
-                bar.update(1)
+            fits = lab.fit_seeds(public_images, raw["public"], eval_images, eval_raw, labels,
+                                 seeds=seeds, bar=bar, baselines=False)
             by[sigma] = {**aggregate(fits), "utility_mse_per_pixel": {str(t): v for t, v in utility.items()},
                          "utility_mean": float(np.mean(list(utility.values()))) if utility else float("nan"),
                          "score_cost": cost}

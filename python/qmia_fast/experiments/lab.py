@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -147,6 +147,17 @@ class Lab:
         indices = np.concatenate([sets["members"], sets["holdout"]])
         labels = np.concatenate([np.ones(len(sets["members"]), np.int64), np.zeros(len(sets["holdout"]), np.int64)])
         return self.images[indices], labels
+
+    def fit_seeds(self, public_images: np.ndarray, public_raw: np.ndarray, eval_images: np.ndarray,
+                  eval_raw: np.ndarray, labels: np.ndarray, *, seeds: Sequence[int], bar=None,
+                  **options: Any) -> list[dict[str, Any]]:
+        """`fit` once per bag seed (same inputs and options), advancing `bar` after each."""
+        fits = []
+        for seed in seeds:
+            fits.append(self.fit(public_images, public_raw, eval_images, eval_raw, labels, seed=seed, **options))
+            if bar is not None:
+                bar.update(1)
+        return fits
 
     def fit(self, public_images: np.ndarray, public_raw: np.ndarray, eval_images: np.ndarray,
             eval_raw: np.ndarray, labels: np.ndarray, *, seed: int, alpha: float | None = None,

@@ -99,10 +99,7 @@ def run(lab: Lab, section: Section) -> None:
     with lab.fit_bar(len(grid) * len(seeds), "mismatch: fitting") as bar:
         for kind, fraction in grid:
             images, scores = public_at(kinds[0] if kind == "none" else kind, fraction)
-            fits = []
-            for seed in seeds:
-                fits.append(lab.fit(images, scores, eval_images, eval_raw, labels, seed=seed, baselines=False))
-                bar.update(1)
+            fits = lab.fit_seeds(images, scores, eval_images, eval_raw, labels, seeds=seeds, bar=bar, baselines=False)
             by[(kind, fraction)] = aggregate(fits)
     clean = by[("none", 0.0)]
 

@@ -54,12 +54,9 @@ def run(lab: Lab, section: Section) -> None:
         return out
 
     seeds = lab.seeds(budget.seeds)
-    fits = []
     with lab.fit_bar(len(seeds), "oracle: fitting") as bar:
-        for seed in seeds:
-            fits.append(lab.fit(public.images, public.scores, test.images, test.scores, test.labels, seed=seed,
-                                extra=threshold_error, extra_name="oracle-threshold-error"))
-            bar.update(1)
+        fits = lab.fit_seeds(public.images, public.scores, test.images, test.scores, test.labels, seeds=seeds, bar=bar,
+                             extra=threshold_error, extra_name="oracle-threshold-error")
     agg = aggregate(fits)
     errors = {key: mean_sd(f["extra"][key] for f in fits if key in f["extra"])
               for key in ("bag_rmse", "single_rmse", "marginal_rmse", "bag_bias", "single_bias")}

@@ -105,11 +105,8 @@ def run(lab: Lab, section: Section, targets: tuple[str, ...] = (), variants: tup
     with lab.fit_bar(len(scored) * len(seeds), "targets: fitting") as bar:
         for entry, raw, cost in scored:
             eval_raw = np.concatenate([raw["members"], raw["holdout"]])
-            fits = []
-            for seed in seeds:
-                fits.append(lab.fit(public_images, raw["public"], eval_images, eval_raw, labels, seed=seed,
-                                    baselines=False))
-                bar.update(1)
+            fits = lab.fit_seeds(public_images, raw["public"], eval_images, eval_raw, labels,
+                                 seeds=seeds, bar=bar, baselines=False)
             agg = aggregate(fits)
             model = entry["model"]
             meta = (model.config or {}).get("metadata") or {}

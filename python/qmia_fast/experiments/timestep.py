@@ -44,11 +44,8 @@ def run(lab: Lab, section: Section) -> None:
     with lab.fit_bar(len(scored) * len(seeds), "timestep: fitting") as bar:
         for method, t, raw, cost in scored:
             eval_raw = np.concatenate([raw["members"], raw["holdout"]])
-            fits = []
-            for seed in seeds:
-                fits.append(lab.fit(public_images, raw["public"], eval_images, eval_raw, labels, seed=seed,
-                                    baselines=False))
-                bar.update(1)
+            fits = lab.fit_seeds(public_images, raw["public"], eval_images, eval_raw, labels,
+                                 seeds=seeds, bar=bar, baselines=False)
             results.append({"method": method, "t": t, "cost": cost, **aggregate(fits)})
     section.text(
         f"Each setting scores the same {len(sets['members'])} members, {len(sets['public'])} public and "

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ModelLoadError
+from ..file_kinds import file_kind
 from ..schedule import MAX_STEPS
 
 __all__ = [
@@ -36,18 +37,8 @@ def require_regular_file(path: Path, what: str) -> os.stat_result:
     if stat.S_ISDIR(info.st_mode):
         raise ModelLoadError(f"{what} {path} is a folder; expected a file")
     if not stat.S_ISREG(info.st_mode):
-        raise ModelLoadError(f"{what} {path} is not a regular file ({_kind(info.st_mode)}); pass a file on disk")
+        raise ModelLoadError(f"{what} {path} is not a regular file ({file_kind(info.st_mode)}); pass a file on disk")
     return info
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a plain file"
 
 
 def read_config_text(path: Path, what: str = "model config") -> str:
