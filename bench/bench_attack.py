@@ -22,22 +22,13 @@ import torch
 
 from qmia_fast import metrics, regress
 from qmia_fast.attack import BAG, QuantileAttack, majority_vote, synthetic_problem
+from qmia_fast.benchmark import best_wall
 
 
 def _images(n: int, channels: int, size: int, seed: int = 0):
     problem = synthetic_problem(n, image_size=size, seed=seed)
     images = np.repeat(problem.images, channels, axis=1)
     return images, np.log(problem.scores)
-
-
-def _best_of(fn, repeats: int) -> float:
-    """Fastest wall time of `repeats` runs (the machine may be shared: the minimum is the least disturbed)."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def _best_cpu_of(fn, repeats: int) -> tuple[float, float]:
@@ -106,7 +97,7 @@ def bench_predict(args) -> dict:
     bag = regress.fit_bag(images, targets, plans, seeds, [0.01], config)
     many = np.concatenate([images] * max(1, args.predict_n // args.n))[:args.predict_n]
     bag.predict(many[:256])  # warm-up
-    seconds = _best_of(lambda: bag.predict(many, batch_size=1024, threads=args.threads), args.repeats)
+    seconds = best_wall(lambda: bag.predict(many, batch_size=1024, threads=args.threads), args.repeats)
     return {"images": len(many), "models": args.models, "seconds": seconds,
             "images_per_s": len(many) / seconds, "regressor_evals_per_s": len(many) * args.models / seconds}
 
@@ -122,8 +113,8 @@ def bench_vote(args) -> dict:
         votes = (scores[None, :] < thresholds).sum(axis=0)
         return votes, 2 * votes > args.models, (thresholds - scores[None, :]).mean(axis=0)
 
-    kernel_s = _best_of(lambda: majority_vote(scores, thresholds), args.repeats)
-    numpy_s = _best_of(numpy_vote, args.repeats)
+    kernel_s = best_wall(lambda: majority_vote(scores, thresholds), args.repeats)
+    numpy_s = best_wall(numpy_vote, args.repeats)
     return {"n": n, "models": args.models, "kernel_s": kernel_s, "numpy_s": numpy_s,
             "numpy_over_kernel": numpy_s / kernel_s}
 

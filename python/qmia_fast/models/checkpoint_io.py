@@ -139,20 +139,25 @@ def _few(keys, limit: int = 5) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
+def key_mismatch(expected, found) -> str | None:
+    """None when two sets of parameter names agree, else 'missing keys: ...; unexpected keys: ...'."""
+    missing, unexpected = set(expected) - set(found), set(found) - set(expected)
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {_few(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {_few(unexpected)}")
+    return "; ".join(parts) or None
+
+
 def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, Any], source: str) -> None:
     """Load strictly, raising ModelLoadError that names missing/unexpected keys or the first shape mismatch."""
     tensor_shapes(state_dict, source)
     expected = module.state_dict()
-    missing = set(expected) - set(state_dict)
-    unexpected = set(state_dict) - set(expected)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_few(unexpected)}")
+    mismatch = key_mismatch(expected, state_dict)
+    if mismatch:
         raise ModelLoadError(
-            f"{source}: the weights do not match the architecture ({'; '.join(parts)}); "
+            f"{source}: the weights do not match the architecture ({mismatch}); "
             "check the model config (--model-config) and --model-format"
         )
     for key, tensor in expected.items():

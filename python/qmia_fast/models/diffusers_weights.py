@@ -9,7 +9,7 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from ..errors import ModelLoadError
-from .checkpoint_io import read_safetensors, safe_torch_load, safetensors_shapes, tensor_shapes
+from .checkpoint_io import key_mismatch, read_safetensors, safe_torch_load, safetensors_shapes, tensor_shapes
 from .config_io import MAX_IMAGE_SIDE, read_config_json, require_regular_file
 from .unet_shapes import BYTES_PER_PARAMETER_MIN
 
@@ -173,15 +173,10 @@ def check_against_weights(meta_model: torch.nn.Module, index: WeightsIndex, wher
     shapes = dict(index.shapes)
     fix_legacy_names(meta_model, shapes)
     expected = {name: tuple(t.shape) for name, t in meta_model.state_dict().items()}
-    missing, unexpected = set(expected) - set(shapes), set(shapes) - set(expected)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_few(unexpected)}")
+    mismatch = key_mismatch(expected, shapes)
+    if mismatch:
         raise ModelLoadError(f"{where}: the weights do not match the architecture in config.json "
-                             f"({'; '.join(parts)}); the folder's config and weights belong to different models")
+                             f"({mismatch}); the folder's config and weights belong to different models")
     for name, shape in expected.items():
         if tuple(shapes[name]) != shape:
             raise ModelLoadError(f"{where}: shape mismatch for {name}: the weights have {tuple(shapes[name])}, "
@@ -200,8 +195,3 @@ def read_weights(index: WeightsIndex, meta_model: torch.nn.Module) -> dict[str, 
             state.update(read_safetensors(path))
     fix_legacy_names(meta_model, state)
     return state
-
-
-def _few(names, limit: int = 5) -> str:
-    shown = sorted(names)
-    return ", ".join(shown[:limit]) + (f", ... ({len(shown)} in all)" if len(shown) > limit else "")
