@@ -29,3 +29,16 @@ def tiny_model(channels: int = 3, size: int = 8, seed: int = 0, cls=EpsModel, **
 
 def random_images(n: int, channels: int = 3, size: int = 8, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, channels, size, size), dtype=np.uint8)
+
+
+def tiny_diffusers_unet(out_channels: int = 3):
+    """A diffusers UNet2DModel for 3 x 8 x 8 images with one attention level (skips the test without diffusers)."""
+    import pytest
+
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    return diffusers.UNet2DModel(
+        sample_size=8, in_channels=3, out_channels=out_channels, block_out_channels=(32, 32),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1, norm_num_groups=32,
+    )

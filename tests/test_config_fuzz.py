@@ -19,6 +19,7 @@ from qmia_fast.models.flagfile import MODEL_FLAGS, parse_flagfile
 from qmia_fast.models.wrapper import EpsModel
 from qmia_fast.schedule import linear_schedule
 
+from model_helpers import tiny_diffusers_unet
 from test_data_helpers import bounded, read_or_qmia_error
 
 FUZZ = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -120,16 +121,9 @@ def test_qmia_config_bytes_give_a_model_or_a_qmia_error(tmp_path, qmia_weights, 
 
 @pytest.fixture(scope="module")
 def diffusers_folder(tmp_path_factory) -> tuple[Path, dict]:
-    diffusers = pytest.importorskip("diffusers")
     pytest.importorskip("safetensors")
     folder = tmp_path_factory.mktemp("diffusers_model")
-    torch.manual_seed(0)
-    net = diffusers.UNet2DModel(
-        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(32, 32),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1, norm_num_groups=32,
-    )
-    net.save_pretrained(folder)
+    tiny_diffusers_unet().save_pretrained(folder)
     return folder / "diffusion_pytorch_model.safetensors", json.loads((folder / "config.json").read_text())
 
 

@@ -21,6 +21,7 @@ from qmia_fast.models import (
 )
 from qmia_fast.models.flagfile import parse_flagfile
 from qmia_fast.schedule import cosine_schedule, linear_schedule
+from model_helpers import tiny_diffusers_unet
 
 TINY = dict(T=50, ch=32, ch_mult=[1, 2], attn=[1], num_res_blocks=1, dropout=0.0, img_size=8)
 TINY_FLAGFILE = """--T=50
@@ -304,14 +305,7 @@ def test_torchscript_round_trip(tiny_net, probe, tmp_path):
 
 
 def _tiny_diffusers_unet(out_channels=3):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    net = diffusers.UNet2DModel(
-        sample_size=8, in_channels=3, out_channels=out_channels, block_out_channels=(32, 32),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1, norm_num_groups=32,
-    )
-    return _randomized(net)
+    return _randomized(tiny_diffusers_unet(out_channels))
 
 
 def test_diffusers_unet_folder(probe, tmp_path):

@@ -25,6 +25,7 @@ from qmia_fast.errors import ConfigError, DataError, InputError, ModelLoadError,
 from qmia_fast.models import BUILTIN_TARGET_DIR, UNet, load_model, normalize_unet_config, save_model
 from qmia_fast.models.unet_shapes import unet_state_shapes
 from qmia_fast.schedule import linear_schedule
+from model_helpers import tiny_diffusers_unet
 
 # Enough for the interpreter, torch and a small model; far below what any of the bombs asks for.
 ADDRESS_SPACE_LIMIT = 3 << 30
@@ -134,14 +135,7 @@ def test_pytorch_ddpm_flagfile_bombs_are_refused(tmp_path, flag, needle):
 
 
 def _tiny_diffusers_folder(folder: Path, **overrides) -> Path:
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    net = diffusers.UNet2DModel(
-        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(32, 32),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        layers_per_block=1, norm_num_groups=32,
-    )
-    net.save_pretrained(folder)
+    tiny_diffusers_unet().save_pretrained(folder)
     if overrides:
         config = json.loads((folder / "config.json").read_text())
         config.update(overrides)
