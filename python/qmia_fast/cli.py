@@ -89,19 +89,18 @@ def interrupted_message(args) -> str:
 
 
 def settle_threads() -> None:
-    """Before torch loads: OpenMP threads that sleep while they wait, and as many as there are free cores.
+    """Before torch loads: OpenMP threads that sleep while they wait, unless the user chose a wait policy.
 
     On a machine shared with other work, OpenMP's default spin-waiting lets each waiting
-    thread burn a core that a descheduled sibling needs; README "Speed" has the measurement.
-    OMP_WAIT_POLICY and OMP_NUM_THREADS set by the user, and --threads, still win.
+    thread burn a core that a descheduled sibling needs; on an idle machine sleeping costs
+    nothing measurable (README "Speed" has both measurements). The thread count stays
+    torch's (the cores this process may use): a count from the load average lagged behind
+    the load and halved the threads right after any other run. OMP_WAIT_POLICY and
+    OMP_NUM_THREADS set by the user, and --threads, still win.
     """
     if "torch" in sys.modules:  # too late to change the OpenMP runtime's settings
         return
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if "OMP_NUM_THREADS" not in os.environ:
-        from .runtime import free_cores
-
-        os.environ["OMP_NUM_THREADS"] = str(free_cores())
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

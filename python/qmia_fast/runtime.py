@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from typing import Iterator
 
@@ -48,23 +47,6 @@ def device_type(device=None) -> str:
     if text == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return "cuda" if text.startswith("cuda") else "cpu"
-
-
-def free_cores() -> int:
-    """The cores this process may use (its CPU affinity) minus those other work keeps busy (1-minute load average).
-
-    At least 1. A busy machine shared with other jobs gets fewer threads: threads that spin
-    waiting for descheduled siblings cost many times their work there.
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not on Linux
-        cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # pragma: no cover
-        return cores
-    return max(1, min(cores, int(cores - load + 0.5)))
 
 
 def check_threads(threads, name: str = "threads") -> int | None:
