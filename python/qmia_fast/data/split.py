@@ -12,6 +12,7 @@ import numpy as np
 from .. import atomic_io
 from .formats import NpzReader, read_npy, sniff_format
 from ..errors import ConfigError, QmiaError, SplitError
+from ..file_kinds import file_kind
 from ..seeds import check_seed
 
 __all__ = [
@@ -263,7 +264,7 @@ def _not_a_file(path: Path, origin: str) -> str:
     if not path.exists():
         return f"{origin}: no such file"
     # A FIFO or device is never opened: reading it could block forever.
-    return f"{origin}: is not a regular file (a folder, FIFO or device); pass a file on disk"
+    return f"{origin}: is {file_kind(path.stat().st_mode)}, not a regular file; pass a file on disk"
 
 
 def _read_text(path: Path, origin: str) -> str:

@@ -12,8 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import atomic_io
-from ..pipeline.resumable import ChunkStore, default_chunk_size, fingerprint_array, fingerprint_model
-from ..runtime import progress_bar
+from ..pipeline.resumable import fingerprint_array, fingerprint_model, score_indices
 
 # Bumped whenever what a cached fit records changes, so stale fits are never read back.
 FIT_CACHE_VERSION = 1
@@ -75,29 +74,11 @@ class ScoreCache:
                     return values, {**meta, "cached": True}
             except (OSError, ValueError):
                 pass  # unreadable: score again
-        store = ChunkStore(folder / "chunks", identity, len(ids), default_chunk_size(scorer.batch_size)).open()
-        values = np.empty(len(ids), dtype=np.float64)
-        todo, done_before = [], 0
-        for i, (start, end) in enumerate(store.bounds):
-            chunk = store.load_chunk(i)
-            if chunk is None:
-                todo.append(i)
-            else:
-                values[start:end] = chunk
-                done_before += end - start
-        if done_before:
-            self.log(f"{label}: resuming, {done_before} of {len(ids)} images already scored")
-        n_todo = len(ids) - done_before
-        if todo:
-            scorer.check_images(images)
-        started = time.perf_counter()
-        with progress_bar(progress, n_todo, f"scoring {label}") as ticker:
-            for i in todo:
-                start, end = store.bounds[i]
-                for at, batch in scorer.iter_scores(images[start:end], indices=ids[start:end], validated=True):
-                    values[start + at:start + at + len(batch)] = batch
-                    ticker.update(len(batch))
-                store.write_chunk(i, values[start:end])
+        started, report = time.perf_counter(), {}
+        values = score_indices(scorer, images, np.arange(len(ids)), sample_ids=ids, work_dir=folder / "chunks",
+                               identity=identity, progress=progress, log=self.log, label=f"scoring {label}",
+                               report=report)
+        n_todo = report["scored_now"]
         seconds = time.perf_counter() - started
         meta = {"label": label, "n": int(len(ids)), "scored_now": int(n_todo), "seconds": seconds,
                 "per_image_s": seconds / n_todo if n_todo else float("nan"),

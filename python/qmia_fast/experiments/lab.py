@@ -205,14 +205,10 @@ def method_metrics(score, decision, labels, alpha: float) -> dict[str, Any]:
     """One method on one evaluation set: ROC numbers and the fixed decision's counts and rates."""
     labels = np.asarray(labels, np.int64)
     tprs = metrics.tpr_at_fpr(score, labels, [0.01, 0.001, alpha])
-    decision = np.asarray(decision, bool)
-    members = labels == 1
-    tp, fp = int(np.count_nonzero(decision & members)), int(np.count_nonzero(decision & ~members))
-    n_pos, n_neg = int(members.sum()), int((~members).sum())
+    counts = metrics.decision_counts(np.asarray(decision, bool), labels)
     return {"auc": metrics.auc(score, labels), "tpr_at_1pct": float(tprs[0]), "tpr_at_0.1pct": float(tprs[1]),
-            "tpr_at_alpha": float(tprs[2]), "decision_tpr": tp / n_pos if n_pos else float("nan"),
-            "decision_fpr": fp / n_neg if n_neg else float("nan"), "tp": tp, "fp": fp, "n_members": n_pos,
-            "n_nonmembers": n_neg}
+            "tpr_at_alpha": float(tprs[2]), "decision_tpr": counts["tp"] / counts["n_members"],
+            "decision_fpr": counts["fp"] / counts["n_nonmembers"], **counts}
 
 
 def score_label(config) -> str:

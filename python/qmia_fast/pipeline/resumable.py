@@ -13,7 +13,7 @@ import torch
 
 from .. import atomic_io
 from ..distributed import Context, barrier, gather_to_main
-from ..errors import ResumeMismatchError
+from ..errors import InputError, ResumeMismatchError
 from ..runtime import progress_bar
 
 MANIFEST = "manifest.json"
@@ -151,18 +151,24 @@ def score_identity(scorer, model, images, indices) -> dict[str, Any]:
 
 def score_indices(scorer, images, indices, *, work_dir: str | Path | None, identity: dict[str, Any],
                   ctx: Context | None = None, chunk_size: int | None = None, progress: bool = False,
-                  overwrite: bool = False, log=None) -> np.ndarray | None:
+                  overwrite: bool = False, log=None, sample_ids=None, label: str | None = None,
+                  report: dict[str, Any] | None = None) -> np.ndarray | None:
     """Scores (float64, in the order of `indices`) of images[indices], chunked, resumable and sharded.
 
     Chunk i covers positions [i*chunk_size, (i+1)*chunk_size) of `indices`; rank r of W
-    computes the chunks with i % W == r. Every image is scored under its global index, so
-    the bits do not depend on the chunking or the ranks. With work_dir, finished chunks are
-    saved and reused on the next run; the caller removes work_dir once the final output is
-    safely written. Images are validated before any UNet call. Returns the scores on
-    rank 0 and None on the other ranks.
+    computes the chunks with i % W == r. Every image is scored under its global index
+    (`sample_ids[i]` instead of `indices[i]` where given, e.g. altered copies keep their
+    originals' noise), so the bits do not depend on the chunking or the ranks. With work_dir,
+    finished chunks are saved and reused on the next run; the caller removes work_dir once
+    the final output is safely written. Images are validated before any UNet call. `label`
+    names the progress bar; `report` receives {"scored_now": images this rank computed}.
+    Returns the scores on rank 0 and None on the other ranks.
     """
     ctx = ctx or Context()
     indices = np.asarray(indices, dtype=np.int64)
+    ids = indices if sample_ids is None else np.asarray(sample_ids, dtype=np.int64)
+    if ids.shape != indices.shape:
+        raise InputError(f"sample_ids has shape {ids.shape} but indices has {indices.shape}; give one identity per index")
     chunk_size = int(chunk_size or default_chunk_size(scorer.batch_size))
     store = None
     if work_dir is not None:
@@ -191,14 +197,17 @@ def score_indices(scorer, images, indices, *, work_dir: str | Path | None, ident
         log(f"resuming: {len(results)} of {len(mine)} chunks already scored in {store.folder}; "
             f"{left} images left to score")
     total = sum(bounds[i][1] - bounds[i][0] for i in todo)
-    label = (f"scoring {total} of {len(indices)} images ({scorer.config.method}"
-             + (f", rank 0 of {ctx.world_size}" if ctx.active else "") + ")")
+    if report is not None:
+        report["scored_now"] = total
+    if label is None:
+        label = (f"scoring {total} of {len(indices)} images ({scorer.config.method}"
+                 + (f", rank 0 of {ctx.world_size}" if ctx.active else "") + ")")
     with progress_bar(progress and ctx.is_main, total, label) as ticker:
         for i in todo:
             start, end = bounds[i]
-            chunk_idx = indices[start:end]
             values = np.empty(end - start, dtype=np.float64)
-            for at, batch_values in scorer.iter_scores(images[chunk_idx], indices=chunk_idx, validated=True):
+            for at, batch_values in scorer.iter_scores(images[indices[start:end]], indices=ids[start:end],
+                                                       validated=True):
                 values[at:at + len(batch_values)] = batch_values
                 ticker.update(len(batch_values))
             if store is not None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import distributed
 from ..errors import ConfigError
+from ..interop import image_file_names
 from ..runtime import device_type
 from ..score_files import SUFFIXES, score_metadata, write_scores
 from .loading import load_for_scoring
@@ -79,8 +80,7 @@ def _run(job: ScoreJob, out: Path, ctx, log: Log) -> ScoreResult | None:
                               data=loaded.description, subset=job.subset, seconds=seconds,
                               recomputed_fp32_micro_batches=scorer.recomputed_fp32)
     # An image folder names one file per image; an array file is one file for all.
-    per_image = len(loaded.files) == len(loaded.images) and loaded.format == "images"
-    files = [str(loaded.files[i]) for i in indices] if per_image else None
+    files = image_file_names(loaded, indices)
     labels = None
     if loaded.split is not None:
         labels = np.isin(indices, loaded.split.members).astype(np.int8)
