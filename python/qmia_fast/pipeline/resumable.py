@@ -120,8 +120,10 @@ class ChunkStore:
         buffer = io.BytesIO()
         np.save(buffer, np.asarray(values, dtype=np.float64))
         data = buffer.getvalue()
-        atomic_io.write_bytes(self.chunk_path(i), data)
+        # The hash first: a chunk file that is visible is a finished chunk (a kill between the two
+        # writes leaves a hash without its chunk, which is recomputed).
         atomic_io.write_text(self.hash_path(i), hashlib.sha256(data).hexdigest() + "\n")
+        atomic_io.write_bytes(self.chunk_path(i), data)
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
