@@ -1,4 +1,4 @@
-"""DDPM noise schedules (linear, cosine, diffusers configs) in float64, with SecMI's 0-based timestep indexing."""
+"""Noise schedules in float64 with SecMI's 0-based timestep indexing: DDPM (linear, cosine, diffusers configs) and flow matching."""
 from __future__ import annotations
 
 import json
@@ -13,10 +13,15 @@ from .errors import ConfigError
 
 # DDPMs use 1000 steps; more than this is a malformed config, refused before any array is made.
 MAX_STEPS = 100_000
+# What a model's prediction means: "ddpm" models predict eps (after EpsModel's conversion of v and
+# x0 predictions), "flow" models the velocity v = eps - x0 of x_s = (1 - s) x0 + s eps.
+PROCESSES = ("ddpm", "flow")
 
 __all__ = [
     "MAX_STEPS",
+    "PROCESSES",
     "Schedule",
+    "FlowSchedule",
     "linear_schedule",
     "cosine_schedule",
     "schedule_from_diffusers_config",
@@ -123,6 +128,28 @@ class Schedule:
             template = t_cur if np.ndim(cur) > 0 or isinstance(t_cur, np.ndarray) else t_next
         return _like_input(template, c1), _like_input(template, c2)
 
+    # ------------------------------------------------------------------ what the scores need (both processes)
+
+    process = "ddpm"
+    # loss: the prediction's target is eps - loss_x0_weight * x0 (eps for a DDPM, v = eps - x0 for flow).
+    loss_x0_weight = 0.0
+
+    def step_coefficients(self, t_cur: int, t_next: int) -> tuple[float, float]:
+        """(c1, c2) of the deterministic step x_next = c1 x + c2 pred(x, t_cur): the DDIM step."""
+        return self.ddim_coefficients(int(t_cur), int(t_next))
+
+    def noise_coefficients(self, t: int) -> tuple[float, float]:
+        """(a, b) of x_t = a x0 + b eps: (sqrt(abar_t), sqrt(1 - abar_t))."""
+        return float(self.sqrt_abar_at(int(t))), float(self.sqrt_one_minus_abar_at(int(t)))
+
+    def pia_coefficients(self, t: int) -> tuple[float, float]:
+        """(a, b) of PIA's x_t = a x0 + b pred(x0, 0): the model's eps at t = 0 stands for the noise."""
+        return self.noise_coefficients(t)
+
+    def fingerprint_bytes(self) -> bytes:
+        """What identifies the schedule in a run's identity."""
+        return b"ddpm|" + np.asarray(self.betas, dtype=np.float64).tobytes()
+
     # ------------------------------------------------------------------ (de)serialisation
 
     def to_dict(self) -> dict:
@@ -136,6 +163,86 @@ class Schedule:
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> "Schedule":
         return schedule_from_dict(spec)
+
+
+class FlowSchedule:
+    """Flow matching (rectified flow, SD3-style): x_s = (1 - s) x0 + s eps for s in [0, 1], the model predicts v = eps - x0.
+
+    Timesteps are the integer grid t = 0..T-1 with s = t / T, and the model is called with
+    the timestep t itself (as a float: diffusers' FlowMatchEulerDiscreteScheduler feeds
+    sigma * num_train_timesteps). A ``shift`` of the training sigmas changes where training
+    spent its steps, not the relation between s and the model's timestep, so it is recorded
+    but no score formula reads it. The deterministic (Euler ODE) step from s_c to s_n is
+    x_n = x_c + (s_n - s_c) v(x_c, s_c): the same affine form c1 x + c2 pred as the DDIM step.
+    """
+
+    process = "flow"
+    loss_x0_weight = 1.0
+
+    def __init__(self, T: int = 1000, shift: float = 1.0, description: Mapping[str, Any] | None = None):
+        self._T = _positive_int(T, "T")
+        try:
+            shift = float(shift)
+        except (TypeError, ValueError):
+            raise ConfigError(f"flow schedule: shift = {shift!r} must be a positive number") from None
+        if not (math.isfinite(shift) and shift > 0):
+            raise ConfigError(f"flow schedule: shift = {shift!r} must be a positive number")
+        self.shift = shift
+        self._description = dict(description) if description is not None else None
+
+    @property
+    def T(self) -> int:
+        return self._T
+
+    def __len__(self) -> int:
+        return self._T
+
+    def __repr__(self) -> str:
+        return f"FlowSchedule(T={self._T}, shift={self.shift:g})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, FlowSchedule) and self.T == other.T and self.shift == other.shift
+
+    def __hash__(self) -> int:  # pragma: no cover
+        return hash((self._T, self.shift))
+
+    def check_timestep(self, t, name: str = "t"):
+        """t as an int or int64 array, or a ConfigError if any value is outside [0, T)."""
+        values = _as_int_array(t, name)
+        if np.size(values):
+            lo, hi = int(np.min(values)), int(np.max(values))
+            if lo < 0 or hi >= self._T:
+                culprit = lo if lo < 0 else hi
+                raise ConfigError(f"{name} = {culprit} is outside the flow schedule's timesteps [0, {self._T}) "
+                                  f"(s = t / {self._T}); use a timestep between 0 and {self._T - 1}")
+        return values
+
+    def sigma_at(self, t) -> float:
+        """s = t / T (float64)."""
+        return float(self.check_timestep(int(t))) / self._T
+
+    def step_coefficients(self, t_cur: int, t_next: int) -> tuple[float, float]:
+        """(1, s_next - s_cur): the Euler step of the probability-flow ODE."""
+        return 1.0, self.sigma_at(t_next) - self.sigma_at(t_cur)
+
+    def noise_coefficients(self, t: int) -> tuple[float, float]:
+        """(1 - s, s)."""
+        s = self.sigma_at(t)
+        return 1.0 - s, s
+
+    def pia_coefficients(self, t: int) -> tuple[float, float]:
+        """(1, s): x_s = (1 - s) x0 + s (v0 + x0) = x0 + s v0, where v0 = v(x0, 0) stands for eps - x0."""
+        return 1.0, self.sigma_at(t)
+
+    def fingerprint_bytes(self) -> bytes:
+        return f"flow|{self._T}|{self.shift!r}".encode()
+
+    def to_dict(self) -> dict:
+        return {"kind": "flow", "T": self._T, "shift": self.shift}
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> "FlowSchedule":
+        return cls(spec.get("T", 1000), spec.get("shift", 1.0), spec)
 
 
 # ---------------------------------------------------------------------- constructors
@@ -235,13 +342,15 @@ def schedule_from_dict(spec: Mapping[str, Any]) -> Schedule:
             return sigmoid_schedule(spec.get("T", 1000), spec["beta_start"], spec["beta_end"])
         if kind == "betas":
             return Schedule(spec["betas"])
+        if kind == "flow":
+            return FlowSchedule.from_dict(spec)
     except KeyError as exc:
         raise ConfigError(f"schedule: a {kind!r} schedule needs the key {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"schedule: malformed {kind!r} description: {exc}") from None
-    raise ConfigError(f"schedule: kind = {kind!r} is unknown; use linear, cosine, scaled_linear, sigmoid or betas")
+    raise ConfigError(f"schedule: kind = {kind!r} is unknown; use linear, cosine, scaled_linear, sigmoid, betas or flow")
 
 
 # ---------------------------------------------------------------------- helpers

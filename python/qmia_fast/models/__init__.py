@@ -4,7 +4,7 @@ from __future__ import annotations
 from .loader import BUILTIN_TARGET_DIR, FORMATS, detect_format, load_model
 from .qmia_format import save_model
 from .unet import CIFAR10_UNET_CONFIG, UNet, count_parameters, normalize_unet_config
-from .wrapper import EpsModel, check_image_shape
+from .wrapper import Conditioning, EpsModel, check_image_shape
 
 __all__ = [
     "load_model",
@@ -12,6 +12,7 @@ __all__ = [
     "detect_format",
     "check_image_shape",
     "EpsModel",
+    "Conditioning",
     "UNet",
     "CIFAR10_UNET_CONFIG",
     "normalize_unet_config",

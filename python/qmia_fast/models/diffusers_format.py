@@ -79,7 +79,7 @@ def _scheduler_settings(config, folder: Path, unet_folder: Path) -> tuple[dict[s
     return settings, str(found)
 
 
-def _call_diffusers(net, x, t):
+def _call_diffusers(net, x, t, cond=None):
     return net(x, t, return_dict=False)[0]
 
 

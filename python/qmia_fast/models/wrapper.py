@@ -1,6 +1,7 @@
-"""EpsModel: one calling convention, eps = model(x, t), over every supported network, with its schedule and image shape."""
+"""EpsModel: one calling convention, pred = model(x, t, cond), over every supported denoiser, with its schedule, condition and latent space."""
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -10,22 +11,53 @@ from torch import nn
 from ..errors import InputError
 from ..schedule import Schedule
 
-__all__ = ["EpsModel", "check_image_shape", "PREDICTION_TYPES"]
+__all__ = ["EpsModel", "Conditioning", "check_image_shape", "PREDICTION_TYPES", "CONDITION_KINDS"]
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+# "flow": the network predicts the flow-matching velocity v = eps - x0 (schedule.process == "flow").
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow")
+CONDITION_KINDS = ("class", "text")
 
 
-def _call_plain(net: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return net(x, t)
+@dataclass(frozen=True)
+class Conditioning:
+    """What a conditional denoiser takes besides x and t.
+
+    kind "class": cond is an int64 [N] tensor of class labels in [0, num_classes); the null
+    label (classifier-free guidance's unconditional class) is ``null_label`` where the model
+    was trained with one, else None.
+    kind "text": cond is a float tensor [N, L, D] of text-encoder hidden states (the
+    model's ``text_encoder`` turns captions into them; the empty prompt is the null condition).
+    """
+
+    kind: str
+    num_classes: int | None = None
+    null_label: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in CONDITION_KINDS:
+            raise InputError(f"conditioning kind {self.kind!r} is unknown; use one of {', '.join(CONDITION_KINDS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _call_plain(net: nn.Module, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+    return net(x, t) if cond is None else net(x, t, cond)
 
 
 class EpsModel(nn.Module):
-    """A noise predictor eps_theta(x, t) for x in [-1, 1] (N x C x H x W) and integer timesteps t (int64 [N] or int).
+    """A denoiser pred_theta(x, t[, cond]) for x in the model's input space (N x C x h x w) and integer timesteps t.
 
-    Attributes: ``net`` (the wrapped module), ``schedule`` (a Schedule), ``image_shape``
-    (C, H, W), ``config`` (JSON-serialisable description recorded in reports), ``format``.
-    Networks that predict v or x0 are converted to eps with the schedule; networks with
-    learned variance (2C output channels) keep the first C channels.
+    Attributes: ``net`` (the wrapped module), ``schedule`` (a Schedule, or a FlowSchedule
+    for flow-matching models), ``image_shape`` (C, H, W of the pixels the data must have),
+    ``input_shape`` (what the denoiser takes: the latent shape behind a VAE, else
+    image_shape), ``process`` ("ddpm": the prediction is eps; "flow": the velocity
+    v = eps - x0), ``conditioning`` (None or a Conditioning), ``latent`` (None or a codec
+    with ``encode(x in [-1, 1]) -> z0``: the posterior mean times the VAE's scaling factor),
+    ``text_encoder`` (None or an object with ``encode(list of captions) -> (float32 [n, L, D],
+    number truncated)``), ``config`` (JSON-serialisable description recorded in reports),
+    ``format``. DDPM networks that predict v or x0 are converted to eps with the schedule;
+    networks with learned variance (2C output channels) keep the first C channels.
     """
 
     def __init__(
@@ -36,31 +68,52 @@ class EpsModel(nn.Module):
         config: dict[str, Any],
         format: str,
         prediction_type: str = "epsilon",
-        call: Callable[[nn.Module, torch.Tensor, torch.Tensor], Any] = _call_plain,
+        call: Callable[..., Any] = _call_plain,
+        conditioning: Conditioning | None = None,
+        latent: Any = None,
+        input_shape: tuple[int, int, int] | None = None,
+        text_encoder: Any = None,
     ):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
             raise InputError(
                 f"prediction_type = {prediction_type!r} is not supported; use one of {', '.join(PREDICTION_TYPES)}"
             )
+        process = getattr(schedule, "process", "ddpm")
+        if (process == "flow") != (prediction_type == "flow"):
+            raise InputError(f"prediction_type = {prediction_type!r} does not fit a {process} schedule; a flow-matching "
+                             "model predicts the velocity (prediction_type 'flow') with a FlowSchedule")
+        if conditioning is not None and not isinstance(conditioning, Conditioning):
+            raise InputError("conditioning must be a qmia_fast.models.Conditioning or None")
+        if conditioning is not None and conditioning.kind == "text" and text_encoder is None:
+            raise InputError("a text-conditioned model needs its text_encoder (captions -> hidden states)")
         self.net = net
         self.schedule = schedule
+        self.process = process
         self.image_shape = tuple(int(v) for v in image_shape)
+        self.input_shape = tuple(int(v) for v in (input_shape or image_shape))
         self.config = config
         self.format = format
         self.prediction_type = prediction_type
+        self.conditioning = conditioning
+        # Submodules when they are modules, so that .to(device) and .eval() reach them.
+        self.latent = latent
+        self.text_encoder = text_encoder
         self._call = call
-        # float32 tables for converting v / x0 predictions; buffers so that .to(device) moves them.
-        self.register_buffer("_sqrt_abar", torch.from_numpy(np.sqrt(schedule.abar)).float(), persistent=False)
-        self.register_buffer(
-            "_sqrt_one_minus_abar", torch.from_numpy(np.sqrt(1.0 - schedule.abar)).float(), persistent=False
-        )
+        if process == "ddpm":
+            # float32 tables for converting v / x0 predictions; buffers so that .to(device) moves them.
+            self.register_buffer("_sqrt_abar", torch.from_numpy(np.sqrt(schedule.abar)).float(), persistent=False)
+            self.register_buffer(
+                "_sqrt_one_minus_abar", torch.from_numpy(np.sqrt(1.0 - schedule.abar)).float(), persistent=False
+            )
 
     @property
     def device(self) -> torch.device:
         for tensor in self.net.parameters():
             return tensor.device
-        return self._sqrt_abar.device
+        for tensor in self.buffers():
+            return tensor.device
+        return torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -84,16 +137,23 @@ class EpsModel(nn.Module):
         self.schedule.check_timestep(t)
         return torch.full((batch,), int(t), dtype=torch.long, device=device)
 
-    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t, cond=None) -> torch.Tensor:
         if x.dim() != 4:
             raise InputError(f"x must be N x C x H x W, got shape {tuple(x.shape)}")
         t = self.timesteps(t, x.shape[0], x.device)
-        out = self._call(self.net, x, t)
+        if cond is not None and self.conditioning is None:
+            raise InputError("this model is unconditional; call it without a condition")
+        if cond is None:
+            out = self._call(self.net, x, t)
+        else:
+            if cond.shape[0] != x.shape[0]:
+                raise InputError(f"cond has {cond.shape[0]} rows for {x.shape[0]} images; pass one condition per image")
+            out = self._call(self.net, x, t, cond)
         out = _first_tensor(out)
         channels = x.shape[1]
         if out.shape[1] == 2 * channels:  # learned variance: [eps, variance] stacked on channels
             out = out[:, :channels]
-        if self.prediction_type == "epsilon":
+        if self.prediction_type in ("epsilon", "flow"):
             return out
         sqrt_abar = self._sqrt_abar[t].view(-1, 1, 1, 1).to(out.dtype)
         sqrt_one_minus = self._sqrt_one_minus_abar[t].view(-1, 1, 1, 1).to(out.dtype)
@@ -104,7 +164,11 @@ class EpsModel(nn.Module):
         return (x.to(out.dtype) - sqrt_abar * out) / sqrt_one_minus
 
     def extra_repr(self) -> str:
-        return f"format={self.format!r}, image_shape={self.image_shape}, T={self.schedule.T}, prediction={self.prediction_type!r}"
+        extra = "" if self.conditioning is None else f", conditioning={self.conditioning.kind!r}"
+        if self.latent is not None:
+            extra += f", latent={self.input_shape}"
+        return (f"format={self.format!r}, image_shape={self.image_shape}, T={self.schedule.T}, "
+                f"prediction={self.prediction_type!r}{extra}")
 
 
 def _first_tensor(out) -> torch.Tensor:
