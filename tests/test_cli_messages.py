@@ -23,7 +23,7 @@ def test_ctrl_c_prints_one_line_that_says_how_to_resume(tmp_path, monkeypatch, c
     (tmp_path / "scores.npz").write_bytes(b"")
     target = importlib.import_module(module)
     if function == "evaluate":
-        import qmia_fast.score_files as score_files
+        import qmia_fast.results.score_files as score_files
 
         monkeypatch.setattr(score_files, "read_score_table", interrupted)
     else:

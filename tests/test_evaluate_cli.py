@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from qmia_fast import metrics
 from qmia_fast.cli import cli
-from qmia_fast.report import validate_report
-from qmia_fast.score_files import read_score_table, score_metadata, write_scores
+from qmia_fast.results import validate_report
+from qmia_fast.results.score_files import read_score_table, score_metadata, write_scores
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def test_score_then_evaluate_through_the_cli(tmp_path):
 
 
 def test_an_audit_scores_csv_can_be_evaluated(tmp_path, data):
-    from qmia_fast import report
+    from qmia_fast.results import report
 
     raw, labels = data
     built = report.build_report({"qmia_bag": (-raw, raw < 0.3)}, labels, alpha=0.01)

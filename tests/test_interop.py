@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qmia_fast import interop, metrics, report
+from qmia_fast import metrics
+from qmia_fast.results import interop, report
 
 # The fields of LeakPro's MIAResultSchema (leakpro/schemas.py), which forbids any other.
 LEAKPRO_FIELDS = {"result_name", "result_type", "id", "tpr", "fpr", "roc_auc", "accuracy", "fixed_fpr",

@@ -36,7 +36,7 @@ assert np.array_equal(scores, scorer.score(np.array(mapped), indices=np.array(id
 """
 
 REPORT = """
-from qmia_fast import report
+from qmia_fast.results import report
 labels = read_only(np.repeat([1, 0], 50))
 scores = read_only(np.linspace(0.0, 1.0, 100))
 built = report.build_report({"s": (scores, read_only(scores > 0.5))}, labels, alpha=0.1)

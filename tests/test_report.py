@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from qmia_fast import metrics, report
+from qmia_fast import metrics
+from qmia_fast.results import report
 from qmia_fast.atomic_io import sha256_file
 from qmia_fast.attack import majority_vote
 from qmia_fast.errors import InputError
@@ -229,7 +230,7 @@ def test_report_from_attack(tmp_path):
 
 def test_plots_span_the_resolvable_range_and_say_what_was_audited(results):
     pytest.importorskip("matplotlib")
-    from qmia_fast import plots
+    from qmia_fast.results import plots
 
     methods, labels = results
     built = report.build_report(methods, labels, alpha=0.01, config={

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from qmia_fast import report
+from qmia_fast.results import report
 from qmia_fast.errors import InputError
-from qmia_fast.json_schema import validate
+from qmia_fast.results.schema import validate
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

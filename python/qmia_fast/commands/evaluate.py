@@ -28,8 +28,8 @@ def evaluate(inputs, higher_is_member, alpha, out_dir, plots):
     the metadata line `qmia-fast score` writes; or an audit's scores.csv), pairs.npy (N x 2),
     or scores.npy labels.npy.
     """
-    from .. import report as reporting
-    from ..score_files import read_score_table
+    from ..results import report as reporting
+    from ..results.score_files import read_score_table
 
     started = time.perf_counter()
     direction = None if higher_is_member is None else ("higher_is_member" if higher_is_member else "lower_is_member")

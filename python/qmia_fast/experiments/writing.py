@@ -161,7 +161,7 @@ def machine() -> dict[str, Any]:
 def write_outputs(out: Path, sections: Sequence[Section], setup: dict[str, Any], command: str,
                   started: datetime.datetime, finished: bool) -> list[Path]:
     """report.md and results.json in `out` (rewritten after every experiment, so a long run shows its progress)."""
-    from ..report import json_safe, versions
+    from ..results.report import json_safe, versions
 
     out.mkdir(parents=True, exist_ok=True)
     host = machine()

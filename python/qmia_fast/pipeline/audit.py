@@ -132,7 +132,7 @@ def run_audit(spec: AuditSpec, log: Log | None = None) -> AuditResult | None:
 
 
 def _run(spec: AuditSpec, folder: AuditFolder | None, ctx, log: Log) -> AuditResult | None:
-    from ..report import format_summary_table, report_from_attack, write_artifacts
+    from ..results.report import format_summary_table, report_from_attack, write_artifacts
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -172,7 +172,7 @@ def _run(spec: AuditSpec, folder: AuditFolder | None, ctx, log: Log) -> AuditRes
                "scoring_images_per_s": n_scored / max(timings["score_s"], 1e-9),
                "recomputed_fp32_micro_batches": scorer.recomputed_fp32})
     arrays.update(public_indices=np.asarray(prepared.sets["public"], np.int64), public_raw_scores=raw["public"])
-    from ..interop import image_file_names
+    from ..results.interop import image_file_names
 
     # Images from a folder keep their file names (relative to it) in scores.npz and scores.csv.
     names = image_file_names(prepared.loaded, indices, spec.data.path)

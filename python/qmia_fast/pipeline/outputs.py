@@ -74,7 +74,7 @@ class AuditFolder:
 
     def finish(self, report: dict, written: list[Path], note: str | None = None) -> Path:
         """Write report.json last, naming every file of the run with its sha256; drop the score chunks."""
-        from ..report import write_report_json
+        from ..results.report import write_report_json
 
         path = write_report_json(self.path, report, written, note)
         shutil.rmtree(self.chunks, ignore_errors=True)

@@ -11,9 +11,9 @@ import numpy as np
 
 from .. import distributed
 from ..errors import ConfigError
-from ..interop import image_file_names
+from ..results.interop import image_file_names
 from ..runtime import device_type
-from ..score_files import SUFFIXES, score_metadata, write_scores
+from ..results.score_files import SUFFIXES, score_metadata, write_scores
 from .loading import load_for_scoring
 from .outputs import check_output_file
 from .resumable import fingerprint_model, score_identity, score_indices

@@ -9,8 +9,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import metrics
-from .atomic_io import write_json, write_text
+from .. import metrics
+from ..atomic_io import write_json, write_text
 
 # LeakPro's fixed-FPR table: these targets, keyed as it formats them ("TPR@0.1%FPR").
 LEAKPRO_FPRS = (0.0, 1e-4, 1e-3, 1e-2, 0.1)

@@ -10,9 +10,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import metrics
-from .atomic_io import save_npz, sha256_file, write_json
-from .errors import InputError
+from .. import metrics
+from ..atomic_io import save_npz, sha256_file, write_json
+from ..errors import InputError
 from .plots import PLOT_HINT, plot_roc, run_caption, write_plots
 from .summary_table import TITLES, format_summary_table
 
@@ -26,7 +26,7 @@ REPORT_FORMAT = "qmia-fast/report"
 # 2: config is {"spec", "score", "attack", ...}, files is a dict, operating points with counts and
 # intervals, resolution and warnings.
 REPORT_VERSION = 2
-SCHEMA_PATH = Path(__file__).parent / "assets" / "report.schema.json"
+SCHEMA_PATH = Path(__file__).parent.parent / "assets" / "report.schema.json"
 SCORES_FORMAT = "qmia-fast/audit-scores"  # the metadata string inside an audit's scores.npz
 
 
@@ -112,7 +112,7 @@ def report_from_attack(attack, result, labels, *, raw_scores=None, indices=None,
 
 def versions() -> dict:
     """Versions of the pieces that determine the numbers in a report."""
-    from . import __version__
+    from .. import __version__
 
     from importlib import metadata
 
@@ -133,7 +133,7 @@ def versions() -> dict:
 
 def _build_info():
     try:
-        from .build_info import build_info
+        from ..build_info import build_info
     except ImportError:
         return "unavailable"
     try:
@@ -262,6 +262,6 @@ def load_schema() -> dict:
 
 def validate_report(report: Mapping) -> None:
     """Raise InputError naming the first place where `report` departs from the report.json schema."""
-    from .json_schema import validate
+    from .schema import validate
 
     validate(report, load_schema(), name="report.json")

@@ -6,8 +6,8 @@ from typing import Mapping
 
 import numpy as np
 
-from . import metrics
-from .atomic_io import atomic_path
+from .. import metrics
+from ..atomic_io import atomic_path
 
 PLOT_HINT = "plots skipped: matplotlib is not installed (pip install 'qmia-fast[plot]')"
 _DPI = 120

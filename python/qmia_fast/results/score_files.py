@@ -10,9 +10,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import atomic_io
-from .data.formats import NpzReader, open_regular_file, read_array_file, read_npz_arrays
-from .errors import ConfigError, DataError, InputError
+from .. import atomic_io
+from ..data.formats import NpzReader, open_regular_file, read_array_file, read_npz_arrays
+from ..errors import ConfigError, DataError, InputError
 
 FORMAT = "qmia-fast/scores"
 VERSION = 1

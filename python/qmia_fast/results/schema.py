@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from .errors import InputError
+from ..errors import InputError
 
 _TYPES = {
     "object": lambda v: isinstance(v, dict),
