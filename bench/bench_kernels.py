@@ -31,10 +31,10 @@ from typing import Callable, Dict, List
 
 import torch
 
-from qmia_fast import fastconv
-from qmia_fast import fused_ops
+from qmia_fast.kernels import winograd as fastconv
+from qmia_fast.kernels import group_norm as fused_ops
 from qmia_fast import kernels as K
-from qmia_fast import kernels_reference as R
+from qmia_fast.kernels import reference as R
 from qmia_fast.atomic_io import write_json
 from qmia_fast.build_info import build_info
 

@@ -116,7 +116,7 @@ build() {
     rm -f "python/qmia_fast/$(basename "$module")"
     cp "$module" python/qmia_fast/
   done
-  "$PYTHON" -c "import qmia_fast.kernels as k; assert k.cuda_built(), k._CUDA_IMPORT_ERROR; \
+  "$PYTHON" -c "import qmia_fast.kernels.dispatch as k; assert k.cuda_built(), k._CUDA_IMPORT_ERROR; \
 print('CUDA module imported:', k._cuda.build_info())"
 }
 if [[ "$DEVICE" == cuda ]]; then

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qmia_fast import fastconv as W
-from qmia_fast import kernels
+from qmia_fast.kernels import winograd as W
+from qmia_fast.kernels import dispatch as kernels
 from qmia_fast.errors import InputError
 
 

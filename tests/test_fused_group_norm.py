@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qmia_fast import fused_ops as FO
+from qmia_fast.kernels import group_norm as FO
 from qmia_fast import kernels as K
-from qmia_fast import kernels_reference as R
+from qmia_fast.kernels import reference as R
 from qmia_fast.errors import ConfigError, InputError
 from qmia_fast.models.unet import UNet
 
@@ -107,7 +107,7 @@ def test_any_layout_is_copied_to_channels_last_with_the_same_result():
 
 
 def test_the_fp32_fast_layer_route_is_the_same_kernel():
-    from qmia_fast import fastconv
+    from qmia_fast.kernels import winograd as fastconv
 
     x, _, weight, bias = _inputs((2, 32, 7, 7), torch.float32, "none", seed=4)
     assert torch.equal(fastconv.group_norm_nhwc(x, 32, weight, bias, 1e-6, silu=True),
@@ -150,7 +150,7 @@ def test_meta_tensors_get_the_output_shape():
 def test_the_registered_op_checks_too_and_the_core_checks_again():
     with pytest.raises(InputError, match="divide"):
         torch.ops.qmia_fast.group_norm_act(X, None, None, None, 3, 1e-5, False)
-    core = K._cpu
+    core = K.dispatch._cpu
     out = torch.empty(8)
     with pytest.raises(ValueError, match="null pointer"):  # x missing
         core.group_norm_act(0, 0, 0, 0, 0, 0, out.data_ptr(), 0, 0, 1, 2, 4, 2, 1e-5, 0)

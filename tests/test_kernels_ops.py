@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from qmia_fast import kernels as K
-from qmia_fast import kernels_reference as R
+from qmia_fast.kernels import reference as R
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from qmia_fast import kernels as K
-from qmia_fast import kernels_reference as R
+from qmia_fast.kernels import reference as R
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -152,11 +152,11 @@ def test_neighbouring_elements_and_samples_are_uncorrelated():
 
 @pytest.mark.parametrize("dtype", DTYPES[1:])
 def test_every_16_bit_value_converts_like_torch(dtype):
-    code = K._STORAGE_CODES[dtype]
+    code = K.dispatch._STORAGE_CODES[dtype]
     bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
     storage = bits.view(dtype)
     out = torch.empty(65536, dtype=torch.float32)
-    K._cpu.storage_to_float(storage.data_ptr(), out.data_ptr(), code, 65536)
+    K.dispatch._cpu.storage_to_float(storage.data_ptr(), out.data_ptr(), code, 65536)
     expected = storage.float()
     nan = torch.isnan(expected)
     assert torch.equal(torch.isnan(out), nan)
@@ -165,7 +165,7 @@ def test_every_16_bit_value_converts_like_torch(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES[1:])
 def test_float_to_16_bit_rounds_like_torch(dtype):
-    code = K._STORAGE_CODES[dtype]
+    code = K.dispatch._STORAGE_CODES[dtype]
     g = torch.Generator().manual_seed(0)
     random_bits = torch.randint(-(2**31), 2**31, (200_000,), generator=g, dtype=torch.int64).to(torch.int32)
     specials = torch.tensor([0.0, -0.0, 65504.0, 65519.99, 65520.0, 2**-25, 1.5 * 2**-25, 2**-24, 1.5 * 2**-24,
@@ -178,7 +178,7 @@ def test_float_to_16_bit_rounds_like_torch(dtype):
     halfway_floats = ((halfway << shift) | (1 << (shift - 1))).view(torch.float32)
     values = torch.cat([values, halfway_floats]).contiguous()
     out = torch.empty(values.numel(), dtype=dtype)
-    K._cpu.float_to_storage(values.data_ptr(), out.data_ptr(), code, values.numel())
+    K.dispatch._cpu.float_to_storage(values.data_ptr(), out.data_ptr(), code, values.numel())
     expected = values.to(dtype)
     nan = torch.isnan(expected)
     assert torch.equal(torch.isnan(out), nan)
@@ -192,11 +192,11 @@ def test_baseline_and_avx2_builds_of_the_noise_loop_give_the_same_bits():
     best = K.philox_normal(shape, seed=6, offset=1, stream=2)
     sums = K.eps_sq_error(best * 0.5, seed=6, offset=1, stream=2)
     try:
-        K._cpu.force_simd_level(0)
-        assert K._cpu.simd_level() == "generic"
+        K.dispatch._cpu.force_simd_level(0)
+        assert K.dispatch._cpu.simd_level() == "generic"
         baseline = K.philox_normal(shape, seed=6, offset=1, stream=2)
         baseline_sums = K.eps_sq_error(best * 0.5, seed=6, offset=1, stream=2)
     finally:
-        K._cpu.force_simd_level(-1)
+        K.dispatch._cpu.force_simd_level(-1)
     assert torch.equal(best.view(torch.int32), baseline.view(torch.int32))
     assert torch.equal(sums, baseline_sums)

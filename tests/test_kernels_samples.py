@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from qmia_fast import kernels as K
-from qmia_fast import kernels_reference as R
+from qmia_fast.kernels import reference as R
 from qmia_fast.errors import ConfigError, InputError, QmiaError
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
@@ -81,7 +81,7 @@ def test_the_core_rejects_negative_indices_too():
     out = torch.empty(2, 4)
     bad = torch.tensor([0, -3])
     with pytest.raises(ValueError, match="negative"):
-        K._cpu.philox_normal(out.data_ptr(), 0, 2, 4, 0, 1, 1, 0, 0, bad.data_ptr(), 0, 1)
+        K.dispatch._cpu.philox_normal(out.data_ptr(), 0, 2, 4, 0, 1, 1, 0, 0, bad.data_ptr(), 0, 1)
 
 
 def test_strided_samples_are_made_contiguous():

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qmia_fast import kernels as K
-from qmia_fast import kernels_reference as R
+from qmia_fast.kernels import reference as R
 from qmia_fast.errors import ConfigError, InputError, QmiaError
 
 X = torch.randn(5, 3, 4, 4)
@@ -72,9 +72,9 @@ def test_bad_inputs_raise_a_clear_qmia_error(call, error, words):
 
 
 def test_cuda_tensors_without_the_cuda_module_are_an_input_error(monkeypatch):
-    monkeypatch.setattr(K, "_cuda", None)
+    monkeypatch.setattr(K.dispatch, "_cuda", None)
     with pytest.raises(InputError, match=r"x0 is on cuda:0 .*\.cpu\(\)"):
-        K._backend(torch.device("cuda", 0), "x0")
+        K.dispatch._backend(torch.device("cuda", 0), "x0")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
@@ -86,7 +86,7 @@ def test_cuda_device_without_a_gpu_is_an_input_error():
 
 def test_the_compiled_core_checks_again():
     # Called directly (bypassing the wrappers), the C++ side raises ValueError, not a crash.
-    core = K._cpu
+    core = K.dispatch._cpu
     with pytest.raises(ValueError, match="null pointer"):
         core.philox_normal(0, 0, 5, 4, 0, 1, 1, 0, 0, 0, 0)
     out = torch.empty(20)

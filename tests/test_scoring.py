@@ -11,7 +11,7 @@ import qmia_fast
 from torch import nn
 
 from qmia_fast.errors import ConfigError, InputError, QmiaError
-from qmia_fast.kernels_reference import philox_normal_reference
+from qmia_fast.kernels.reference import philox_normal_reference
 from qmia_fast.models import EpsModel
 from qmia_fast.schedule import linear_schedule
 from qmia_fast.scoring import Scorer, score

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from qmia_fast import kernels
+from qmia_fast.kernels import dispatch
 from qmia_fast.precision import resolve_precision
 from qmia_fast.scoring import Scorer, default_batch_size, score
 
@@ -55,9 +56,9 @@ def test_timestep_tensors_are_made_once_per_batch_size_and_t():
 
 
 def test_small_kernels_run_on_one_thread_and_big_ones_on_torchs():
-    assert kernels._threads(1000) == 1
-    assert kernels._threads(1 << 22) == max(1, torch.get_num_threads())
-    assert kernels._threads() == max(1, torch.get_num_threads())
+    assert dispatch._threads(1000) == 1
+    assert dispatch._threads(1 << 22) == max(1, torch.get_num_threads())
+    assert dispatch._threads() == max(1, torch.get_num_threads())
 
 
 def test_defaults_per_device():

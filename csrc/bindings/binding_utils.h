@@ -45,7 +45,7 @@ inline RowLayout make_layout(int64_t row_length, int32_t channels_last, int64_t 
   return layout;
 }
 
-// Contract constants that kernels.py (and fused_ops.py, for GroupNorm) check against their own copy at import.
+// Contract constants that kernels/dispatch.py (and kernels/group_norm.py, for GroupNorm) check against their own copy at import.
 inline py::dict contract_constants() {
   py::dict constants;
   constants["reduce_chunk"] = kReduceChunk;

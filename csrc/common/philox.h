@@ -5,7 +5,7 @@
 
 namespace qmia {
 
-// ---- Key and counter layout (a contract: kernels.py and kernels_reference.py repeat it) ----
+// ---- Key and counter layout (a contract: kernels/ops.py and kernels/reference.py repeat it) ----
 //
 //   key     = (seed mod 2^32, seed div 2^32)                  seed in [0, 2^64)
 //   counter = (group, stream, sample mod 2^32, sample div 2^32)

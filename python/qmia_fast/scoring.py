@@ -211,7 +211,7 @@ class Scorer:
 
     ``fast_layers`` (CPU, float32): run the UNet's 3x3 convolutions as Winograd
     F(4x4, 3x3) and its GroupNorms with our NHWC kernel, on channels_last activations
-    (qmia_fast.fastconv). None turns it on where it was measured faster: CPU at fp32.
+    (qmia_fast.kernels.winograd). None turns it on where it was measured faster: CPU at fp32.
     ``compile`` wraps the model in torch.compile (off by default: on a 2-core CPU the
     compilation took longer than the demo's whole scoring job).
     """
@@ -243,7 +243,7 @@ class Scorer:
         self.fast_layers = bool(fast_layers)
         self._layers = None
         if self.fast_layers:
-            from .fastconv import WinogradConvs
+            from .kernels.winograd import WinogradConvs
 
             self._layers = WinogradConvs()
             channels_last = True  # the fast layers work on NHWC memory

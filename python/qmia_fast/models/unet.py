@@ -147,11 +147,11 @@ class TimeEmbedding(nn.Module):
 
 def _fused_norm(x: torch.Tensor, norm: nn.GroupNorm, silu: bool = False, add: torch.Tensor | None = None,
                 return_sum: bool = False):
-    """norm(x + add), then SiLU if `silu`, as one fused_ops.group_norm_act call (and x + add with `return_sum`).
+    """norm(x + add), then SiLU if `silu`, as one kernels.group_norm.group_norm_act call (and x + add with `return_sum`).
 
     x and add are brought to their promoted dtype first, as `x + add` would be.
     """
-    from ..fused_ops import group_norm_act
+    from ..kernels.group_norm import group_norm_act
 
     if add is not None and add.dtype != x.dtype:
         dtype = torch.promote_types(x.dtype, add.dtype)
@@ -324,7 +324,7 @@ class UNet(nn.Module):
 
     def set_fused(self, fused: bool | None = True) -> "UNet":
         """Run each GroupNorm with the SiLU after it and the add before it (the time embedding, the
-        residual before attention) as one fused kernel (qmia_fast.fused_ops), on channels_last memory.
+        residual before attention) as one fused kernel (qmia_fast.kernels.group_norm), on channels_last memory.
 
         True: fused wherever it can run (CPU or CUDA, float32/bfloat16/float16 activations, no
         gradients needed; elsewhere the plain layers run). False: never. None (the default): the

@@ -10,7 +10,7 @@ still runs faster than oneDNN's from 32 to 512 channels (bench/README.md).
 
 GroupNorm: torch's CPU kernel for channels_last input is slow when a group holds one
 or two channels (the demo UNet's 32 channels in 32 groups; bench/README.md); ours
-(fused_ops.group_norm_act) is two float64-accumulated
+(group_norm.group_norm_act) is two float64-accumulated
 passes and one normalising pass over NHWC memory, vectorised across channels. The mode
 routes only F.group_norm; fusing the SiLU and the adds around it is the UNet's own
 fused forward path (models/unet.py, UNet.set_fused).
@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from . import kernels
-from .errors import InputError
-from .fused_ops import group_norm_act
+from . import dispatch as kernels
+from ..errors import InputError
+from .group_norm import group_norm_act
 
 __all__ = ["winograd_weights", "winograd_conv2d", "group_norm_nhwc", "WinogradConvs", "eligible"]
 
@@ -113,7 +113,7 @@ def winograd_conv2d(x: torch.Tensor, weights: torch.Tensor, bias: Optional[torch
 def group_norm_nhwc(x: torch.Tensor, groups: int, weight: Optional[torch.Tensor] = None,
                     bias: Optional[torch.Tensor] = None, eps: float = 1e-5, silu: bool = False) -> torch.Tensor:
     """F.group_norm (then F.silu if `silu`) for a float32 CPU tensor N x C x H x W, computed on its channels_last
-    memory (copied there if needed) by fused_ops.group_norm_act; returns a channels_last tensor."""
+    memory (copied there if needed) by group_norm.group_norm_act; returns a channels_last tensor."""
     if x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu":
         raise InputError(f"x must be a float32 CPU tensor N x C x H x W, got {x.dtype} {tuple(x.shape)} on {x.device}")
     return group_norm_act(x, groups, weight, bias, eps, silu=silu)

@@ -43,8 +43,8 @@ from typing import Any, Optional, Tuple
 
 import torch
 
-from . import kernels
-from .errors import InputError
+from . import dispatch as kernels
+from ..errors import InputError
 
 __all__ = ["group_norm_act", "STORAGE_DTYPES"]
 

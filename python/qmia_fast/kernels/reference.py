@@ -166,7 +166,7 @@ def vote_reference(scores: torch.Tensor, thresholds: torch.Tensor):
 def group_norm_act_reference(x: torch.Tensor, groups: int, weight: Optional[torch.Tensor] = None,
                              bias: Optional[torch.Tensor] = None, eps: float = 1e-5, silu: bool = False,
                              add: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(y, s) in float64 for fused_ops.group_norm_act: s = x + add formed in float32 from the
+    """(y, s) in float64 for group_norm.group_norm_act: s = x + add formed in float32 from the
     stored values, as the kernel forms it, and y = act(GroupNorm(s)) from there in float64.
 
     ``add`` is x's shape, [N, C] or [N, C, 1, 1]; the kernel returns s rounded to x's dtype.
