@@ -29,8 +29,7 @@ import torch
 import qmia_fast as qf
 from qmia_fast import metrics
 from qmia_fast.atomic_io import write_json
-from qmia_fast.benchmark import parse_variant, scoring_variants, spearman
-from qmia_fast.precision import resolve_precision
+from qmia_fast.benchmark import parse_variant, planned_runs_as, scoring_variants, spearman
 from qmia_fast.scoring import Scorer, default_unet_batch
 
 RULE = {"median_rel_diff_below": 0.01, "spearman_at_least": 0.999, "auc_within": 0.005}
@@ -85,16 +84,18 @@ def main(argv=None) -> int:
     specs = [v.strip() for v in (args.variants or DEFAULT_VARIANTS[device.type]).split(",") if v.strip()]
     for spec in specs:
         parse_variant(spec)  # a bad name fails before any scoring
-    variants, notes = scoring_variants(specs, device)
-
     model = qf.load_model("builtin")
     images, split = qf.load_data("builtin")
     members, holdout = split.members[:args.members], split.holdout[:args.holdout]
+    # What each variant runs as is the demo target's run plan at the micro-batch score() uses.
+    unet_batch = min(default_unet_batch(device), len(members) + len(holdout))
+    runs_as = planned_runs_as(model, device, unet_batch)
+    variants, notes = scoring_variants(specs, device, runs_as=runs_as)
     index = np.concatenate([members, holdout])
     labels = np.r_[np.ones(len(members)), np.zeros(len(holdout))]
     report = {"method": "secmi (t_sec 100, k 10)", "device": args.device, "members": int(len(members)),
               "holdout": int(len(holdout)), "rule": RULE, "notes": notes, "torch": torch.__version__,
-              "auto_resolves_to": resolve_precision("auto", device, method="secmi"),
+              "auto_resolves_to": runs_as({"precision": "auto"})[0],
               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
               "complete": False, "runs": {}}
 

@@ -7,6 +7,12 @@ import pytest
 
 # Tests must not fight over the two cores of a CI machine with torch's own pool.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# The run plans' measurements go to a cache of this test session (inherited by the CLI runs in
+# subprocesses), never to the user's ~/.cache: every test sees decisions made in this session.
+if "QMIA_FAST_PLAN_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["QMIA_FAST_PLAN_CACHE"] = os.path.join(tempfile.mkdtemp(prefix="qmia-plans-"), "run_plans.json")
 
 
 def _cuda_skip_reason() -> str | None:

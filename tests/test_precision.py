@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from qmia_fast import precision
+from qmia_fast import plan, precision
 from qmia_fast.errors import ConfigError
 from qmia_fast.scoring import Scorer, score
 
@@ -15,17 +15,17 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
 def test_tf32_variants_run_as_their_fp32_counterparts_on_a_cpu():
-    assert precision.resolve_precision("tf32", CPU) == "fp32"
-    assert precision.resolve_precision("mixed-tf32", CPU, method="secmi") == "mixed"
-    assert precision.resolve_precision("tf32", CUDA) == "tf32"
-    assert precision.resolve_precision("mixed-tf32", CUDA, method="secmi") == "mixed-tf32"
+    assert plan.resolve_precision("tf32", CPU) == "fp32"
+    assert plan.resolve_precision("mixed-tf32", CPU, method="secmi") == "mixed"
+    assert plan.resolve_precision("tf32", CUDA) == "tf32"
+    assert plan.resolve_precision("mixed-tf32", CUDA, method="secmi") == "mixed-tf32"
 
 
 @pytest.mark.parametrize("method", ["secmi", "loss", "pia"])
 def test_auto_on_cuda_is_fp16_for_every_method(method):
     # The rule auto must keep (t-errors within 1% median of strict fp32, Spearman >= 0.999, AUC within
     # 0.005) held for fp16 and TF32 on the demo target and failed for bf16 in every call (README).
-    assert precision.resolve_precision("auto", CUDA, method=method) == "fp16"
+    assert plan.resolve_precision("auto", CUDA, method=method) == "fp16"
 
 
 def test_call_plans():
@@ -36,7 +36,7 @@ def test_call_plans():
     with pytest.raises(ConfigError):
         precision.call_precisions("auto")
     with pytest.raises(ConfigError, match="unknown"):
-        precision.resolve_precision("fp8", CPU)
+        plan.resolve_precision("fp8", CPU)
 
 
 def test_mixed_variants_are_for_secmi_only():

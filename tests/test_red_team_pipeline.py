@@ -70,15 +70,14 @@ def test_the_unet_result_does_not_depend_on_position_or_padding_in_a_micro_batch
     sits and whatever else is in the micro-batch (checked on the platform the tests run on)."""
     model, images = demo
     scorer = qf.Scorer(model, "loss", unet_batch=16)
-    x = scorer._prepare(torch.from_numpy(images[:16]))
-    t = torch.full((16,), 200, dtype=torch.long)
-    net = scorer._nets["fp32"]
-    with torch.inference_mode(), scorer._layers:
-        reference = net(x, t)
+    layout = torch.channels_last if scorer.channels_last else torch.contiguous_format
+    with torch.inference_mode():
+        x = scorer._prepare(torch.from_numpy(images[:16]), "pixels")
+        reference = scorer.pred(x, 200, None, scorer.inversion)
         order = torch.randperm(16, generator=torch.Generator().manual_seed(0))
-        shuffled = net(x[order].contiguous(memory_format=torch.channels_last), t)
-        padded = torch.cat([x[:3], torch.zeros_like(x[3:])]).contiguous(memory_format=torch.channels_last)
-        alone = net(padded, t)
+        shuffled = scorer.pred(x[order].contiguous(memory_format=layout), 200, None, scorer.inversion)
+        padded = torch.cat([x[:3], torch.zeros_like(x[3:])]).contiguous(memory_format=layout)
+        alone = scorer.pred(padded, 200, None, scorer.inversion)
     assert torch.equal(shuffled, reference[order])
     assert torch.equal(alone[:3], reference[:3])
 
@@ -208,7 +207,8 @@ def test_pia_exponents_that_overflow_or_underflow_are_refused(small, tmp_path, p
 def test_a_non_finite_fp32_score_is_an_error_not_an_output(monkeypatch):
     model = tiny_model(1, 8)
     scorer = qf.Scorer(model, "loss", device="cpu", unet_batch=4)
-    monkeypatch.setattr(scorer, "_compute", lambda x0, samples, force=None: torch.full((x0.shape[0],), float("inf")))
+    scorer = qf.Scorer(model, "loss", device="cpu", unet_batch=4, precision="fp32")
+    monkeypatch.setattr(scorer, "_compute", lambda raw, samples, cond, inputs: torch.full((raw.shape[0],), float("inf")))
     with pytest.raises(qf.QmiaError, match="not finite"):
         scorer.score(random_images(4, channels=1))
 
@@ -219,9 +219,9 @@ def test_a_half_precision_overflow_is_recomputed_in_fp32_and_counted(monkeypatch
     exact = qf.Scorer(model, "loss", device="cpu", unet_batch=2, precision="fp32", fast_layers=False)
     real = scorer._compute
 
-    def overflow_once(x0, samples, force=None):
-        out = real(x0, samples, force=force)
-        if force is None and int(samples[0]) == 2:  # the second micro-batch overflows at bf16
+    def overflow_once(raw, samples, cond, inputs):
+        out = real(raw, samples, cond, inputs)
+        if scorer._force is None and int(samples[0]) == 2:  # the second micro-batch overflows at bf16
             out = out.clone().fill_(float("inf"))
         return out
 

@@ -130,8 +130,9 @@ def test_secmi_matches_step_by_step_reference_and_counts_calls(t_sec, k):
     model = smooth_model()
     imgs = images(6, channels=3, size=16)
     expected = secmi_reference(model, imgs, t_sec, k)
-    model.image_evals = 0
-    got = score(model, imgs, method="secmi", t_sec=t_sec, k=k, batch_size=4, unet_batch=2, device="cpu")
+    scorer = Scorer(model, "secmi", t_sec=t_sec, k=k, batch_size=4, unet_batch=2, device="cpu", precision="fp32")
+    model.image_evals = 0  # the run plan may have called the model while it was resolved
+    got = scorer.score(imgs)
     assert model.image_evals == len(imgs) * (t_sec // k + 1)
     assert got.dtype == np.float64 and got.shape == (6,)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
@@ -143,8 +144,9 @@ def test_loss_matches_reference_with_offsets():
     model = smooth_model()
     imgs = images(5, channels=3, size=16)
     expected = loss_reference(model, imgs, t=200, seed=7, offset=3)
+    scorer = Scorer(model, "loss", t=200, seed=7, batch_size=2, unet_batch=1, device="cpu", precision="fp32")
     model.image_evals = 0
-    got = score(model, imgs, method="loss", t=200, seed=7, batch_size=2, unet_batch=1, offset=3, device="cpu")
+    got = scorer.score(imgs, offset=3)
     assert model.image_evals == 5
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
@@ -154,15 +156,16 @@ def test_unet_scores_match_reference():
     # so the tolerance here is looser than for the smooth model above.
     model = tiny_model()
     imgs = images(6)
-    np.testing.assert_allclose(score(model, imgs, device="cpu"), secmi_reference(model, imgs, 100, 10), rtol=1e-4)
-    np.testing.assert_allclose(score(model, imgs, method="pia", device="cpu"),
+    np.testing.assert_allclose(score(model, imgs, device="cpu", precision="fp32"),
+                               secmi_reference(model, imgs, 100, 10), rtol=1e-4)
+    np.testing.assert_allclose(score(model, imgs, method="pia", device="cpu", precision="fp32"),
                                pia_reference(model, imgs, 200, 4.0), rtol=1e-4)
 
 
 def test_loss_n_draws_averages_independent_noise_streams():
     model = smooth_model()
     imgs = images(3, channels=3, size=16)
-    three = score(model, imgs, method="loss", seed=1, n_draws=3, t=300, device="cpu")
+    three = score(model, imgs, method="loss", seed=1, n_draws=3, t=300, device="cpu", precision="fp32")
     per_draw = []
     for draw in range(3):
         # Draw d uses Philox stream d for the same (seed, sample index) keys.
@@ -183,8 +186,9 @@ def test_pia_matches_reference(p):
     model = smooth_model()
     imgs = images(5, channels=3, size=16)
     expected = pia_reference(model, imgs, t=200, p=p)
+    scorer = Scorer(model, "pia", t=200, p=p, unet_batch=5, device="cpu", precision="fp32")
     model.image_evals = 0
-    got = score(model, imgs, method="pia", t=200, p=p, unet_batch=5, device="cpu")
+    got = scorer.score(imgs)
     assert model.image_evals == 10
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
@@ -265,7 +269,9 @@ def test_mixed_precision_runs_the_inversion_in_bf16_and_the_round_trip_in_fp32()
     base = smooth_model()
     model = AutocastRecorder(base.net, base.schedule, base.image_shape, {"kind": "test"}, format="test").eval()
     imgs = images(5, channels=3, size=16)
-    got = score(model, imgs, method="secmi", t_sec=50, k=10, device="cpu", precision="mixed")
+    scorer = Scorer(model, "secmi", t_sec=50, k=10, device="cpu", precision="mixed")
+    model.calls.clear()  # the run plan's calls while it was resolved
+    got = scorer.score(imgs)
     assert model.calls == [(0, torch.bfloat16), (10, torch.bfloat16), (20, torch.bfloat16), (30, torch.bfloat16),
                            (40, None), (50, None)]
 

@@ -7,8 +7,8 @@ import torch
 
 from qmia_fast import kernels
 from qmia_fast.kernels import dispatch
-from qmia_fast.precision import resolve_precision
-from qmia_fast.scoring import Scorer, default_batch_size, score
+from qmia_fast.plan import resolve_precision
+from qmia_fast.scoring import Scorer, default_unet_batch, score
 
 from model_helpers import random_images, tiny_model
 
@@ -39,8 +39,8 @@ def test_channels_last_gives_the_same_scores(method):
     model = tiny_model()
     imgs = images(5)
     kwargs = dict(method=method, t_sec=30, k=10, seed=2, device="cpu", batch_size=5)
-    plain = score(model, imgs, channels_last=False, **kwargs)
-    cl = score(tiny_model(), imgs, channels_last=True, **kwargs)
+    plain = score(model, imgs, channels_last=False, precision="fp32", fast_layers=False, **kwargs)
+    cl = score(tiny_model(), imgs, channels_last=True, precision="fp32", fast_layers=False, **kwargs)
     # oneDNN picks other convolution kernels for the other layout: equal to float rounding.
     np.testing.assert_allclose(cl, plain, rtol=1e-4)
 
@@ -62,8 +62,8 @@ def test_small_kernels_run_on_one_thread_and_big_ones_on_torchs():
 
 
 def test_defaults_per_device():
-    assert default_batch_size(torch.device("cpu")) >= 1
-    assert default_batch_size(torch.device("cuda")) >= default_batch_size(torch.device("cpu"))
+    assert default_unet_batch(torch.device("cpu")) >= 1
+    assert default_unet_batch(torch.device("cuda")) >= default_unet_batch(torch.device("cpu"))
     assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
 
 
@@ -94,46 +94,16 @@ def test_no_host_sync_inside_a_batch_once_captured(method):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        result = scorer._score_micro_batch(raw, samples)
+        result = scorer._score_micro_batch(raw, samples, None, "pixels")
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert result.shape == (4,)
 
 
-def test_auto_precision_on_a_cpu_follows_the_probe(monkeypatch):
-    from qmia_fast import precision
-
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: None)
-    assert precision.resolve_precision("auto", cpu) == "fp32"
-    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 1.05)
-    assert precision.resolve_precision("auto", cpu) == "fp32"
-    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 3.0)
-    assert precision.resolve_precision("auto", cpu) == "bf16"
-    # bf16 hardware: SecMI's t-error gets the mixed precision, the other scores bf16
-    assert precision.resolve_precision("auto", cpu, method="secmi") == "mixed"
-    assert precision.resolve_precision("auto", cpu, method="loss") == "bf16"
-    assert precision.resolve_precision("auto", cpu, method="pia") == "bf16"
-    assert precision.resolve_precision("fp32", cpu) == "fp32"
-
-
-def test_the_probe_measures_only_where_bf16_instructions_exist(monkeypatch):
-    from qmia_fast import precision
-
-    precision.cpu_bf16_speedup.cache_clear()
-    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
-    assert precision.cpu_bf16_speedup() is None
-    precision.cpu_bf16_speedup.cache_clear()
-    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
-    speedup = precision.cpu_bf16_speedup()  # runs the probe whatever the CPU really has
-    assert speedup is not None and speedup > 0
-    precision.cpu_bf16_speedup.cache_clear()
-
-
 def test_fast_layers_are_cpu_fp32_only():
     model = tiny_model()
-    assert Scorer(model, device="cpu").fast_layers
+    assert Scorer(model, device="cpu", precision="fp32", fast_layers=True).fast_layers
     assert not Scorer(model, device="cpu", precision="bf16").fast_layers
-    assert not Scorer(model, device="cpu", compile=True).fast_layers
+    assert not Scorer(model, device="cpu", precision="fp32", compile=True).fast_layers
     with pytest.raises(Exception, match="fast_layers"):
         Scorer(model, device="cpu", precision="bf16", fast_layers=True)

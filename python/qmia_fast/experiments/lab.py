@@ -115,7 +115,12 @@ class Lab:
     def scorer(self, overrides: Mapping[str, Any] | None = None, target=None):
         """A Scorer for `target` (default: the audited one) with the resolved settings, overridden by `overrides`."""
         settings = {**self.settings, **(overrides or {})}
-        return self.spec.score.scorer(target or self.target, settings, self.spec.seed)
+        target = target or self.target
+        # The audited target's plan where the overrides keep its method; another target or method gets its own.
+        plan = self.prepared.plan
+        if target is not self.target or settings["method"] != self.settings["method"]:
+            plan = self.spec.score.plan(target, settings)
+        return self.spec.score.scorer(target, settings, self.spec.seed, plan)
 
     def score_sets(self, overrides: Mapping[str, Any] | None = None, *, sets=None, target=None,
                    label: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

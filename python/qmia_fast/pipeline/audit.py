@@ -34,6 +34,10 @@ class Prepared:
     ctx: distributed.Context
 
     @property
+    def plan(self):
+        return self.scorer.plan
+
+    @property
     def images(self) -> np.ndarray:
         return self.loaded.images
 
@@ -63,7 +67,7 @@ def prepare(spec: AuditSpec, ctx: distributed.Context | None = None, log: Log | 
     """Load the model and data, resolve the score settings and the sets; check images before any UNet call."""
     log = log or (lambda text: None)
     ctx = ctx or distributed.Context()
-    run = load_for_scoring(spec.model, spec.data, spec.score, spec.seed, ctx)
+    run = load_for_scoring(spec.model, spec.data, spec.score, spec.seed, ctx, log)
     target, loaded, settings, note, scorer = run.target, run.data, run.settings, run.note, run.scorer
     split = loaded.split
     if split is None:
@@ -101,12 +105,16 @@ def score_sets(prepared: Prepared, work_dir: Path | None, *, overwrite: bool = F
 
 
 def fit_and_predict(images: np.ndarray, sets: dict[str, np.ndarray], raw: dict[str, np.ndarray],
-                    attack_spec: AttackSpec, seed: int, device: str = "cpu", progress: bool = False):
-    """Fit the bag (and baselines) on the public set; predict members + holdout. Returns (attack, result, labels, indices)."""
+                    attack_spec: AttackSpec, seed: int, device: str = "cpu", progress: bool = False,
+                    threads: int | None = None):
+    """Fit the bag (and baselines) on the public set; predict members + holdout. Returns (attack, result, labels, indices).
+
+    device, threads: where and on how many torch threads the regressors train (the run plan's fit_device, fit_threads).
+    """
     from ..attack import QuantileAttack
 
     attack = QuantileAttack(alpha=attack_spec.alpha, n_models=attack_spec.n_models, seed=seed, progress=progress,
-                            device=device, **attack_spec.regressor_options())
+                            device=device, threads=threads, **attack_spec.regressor_options())
     attack.fit(images[sets["public"]], raw["public"])
     indices = np.concatenate([sets["members"], sets["holdout"]])
     labels = np.concatenate([np.ones(len(sets["members"]), np.int8), np.zeros(len(sets["holdout"]), np.int8)])
@@ -149,8 +157,8 @@ def _run(spec: AuditSpec, folder: AuditFolder | None, ctx, log: Log) -> AuditRes
     scorer = prepared.scorer
     t0 = time.perf_counter()
     attack, result, labels, indices = fit_and_predict(
-        prepared.images, prepared.sets, raw, spec.attack, spec.seed,
-        device="cuda" if scorer.device.type == "cuda" else "cpu", progress=spec.progress)
+        prepared.images, prepared.sets, raw, spec.attack, spec.seed, device=prepared.plan.fit_device,
+        progress=spec.progress, threads=prepared.plan.fit_threads)
     timings["fit_predict_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - started
 
@@ -158,9 +166,8 @@ def _run(spec: AuditSpec, folder: AuditFolder | None, ctx, log: Log) -> AuditRes
     # What was asked (the spec), and what it resolved to: the score as computed, the attack as fitted
     # (report_from_attack adds "attack").
     config = {"spec": spec.to_dict(),
-              "score": {**scorer.config.applicable(), "batch_size": scorer.batch_size,
-                        "unet_batch": scorer.unet_batch, "device": str(scorer.device), "fused": scorer.fused,
-                        "fast_layers": scorer.fast_layers},
+              "score": {**scorer.config.applicable(), "condition": scorer.conditions.describe()},
+              "plan": prepared.plan.to_dict(),
               "score_settings_note": prepared.note, "world_size": ctx.world_size}
     report, arrays = report_from_attack(
         attack, result, labels, raw_scores=np.concatenate([raw["members"], raw["holdout"]]), indices=indices,

@@ -62,7 +62,7 @@ def run_score(job: ScoreJob, log: Log | None = None) -> ScoreResult | None:
 
 def _run(job: ScoreJob, out: Path, ctx, log: Log) -> ScoreResult | None:
     say = log if ctx.is_main else (lambda text: None)
-    run = load_for_scoring(job.model, job.data, job.score, job.seed, ctx)
+    run = load_for_scoring(job.model, job.data, job.score, job.seed, ctx, say)
     target, loaded, scorer = run.target, run.data, run.scorer
     indices = select_indices(job.subset, loaded.split, len(loaded.images))
     run.announce(say)

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..precision import PRECISIONS
-from ..scoring import METHODS, SCORE_SETTINGS, score_defaults
+from ..scoring import CONDITION_MODES, METHODS, SCORE_SETTINGS, score_defaults
 from ..seeds import check_seed
 
 MODEL_FORMATS = ("auto", "qmia", "pytorch-ddpm", "diffusers", "torchscript")
@@ -83,11 +83,13 @@ class ScoreSpec:
     threads: int | None = None
     fast_layers: bool | None = None  # CPU fp32 Winograd/GroupNorm layers; None: where measured faster
     fused: bool | None = None  # fused GroupNorm(+add, +SiLU) in the project UNet; None: the device decides
+    condition: str = "own"  # conditional models: each image's own condition, or the null one for every image
 
     def __post_init__(self):
         if self.method is not None:
             _choice(self.method, METHODS, "method")
         _choice(self.precision, PRECISIONS, "precision")
+        _choice(self.condition, CONDITION_MODES, "condition")
         for name in ("t_sec", "k", "t", "n_draws", "batch_size", "unet_batch", "threads"):
             _optional_int(getattr(self, name), name, minimum=0 if name == "t" else 1)
         if self.p is not None and (not isinstance(self.p, numbers.Real) or isinstance(self.p, bool)
@@ -130,14 +132,22 @@ class ScoreSpec:
             note = f"using the model's recommended score settings ({', '.join(taken)})" + (f": {why}" if why else "")
         return resolved, note
 
-    def scorer(self, target, settings: dict[str, Any], seed: int, device=None):
-        """A Scorer for `target` with resolved `settings` (from resolve) on `device` (default: this spec's)."""
+    def plan(self, target, settings: dict[str, Any], device=None, log=None):
+        """The run plan for `target` with resolved score `settings` on `device` (default: this spec's)."""
+        from ..plan import resolve_plan
+        from ..scoring import ScoreConfig
+
+        calls = ScoreConfig(**{name: settings[name] for name in SCORE_SETTINGS}).unet_calls
+        return resolve_plan(target, settings["method"], device=device or self.device, precision=self.precision,
+                            unet_batch=self.unet_batch, batch_size=self.batch_size, threads=self.threads,
+                            fast_layers=self.fast_layers, fused=self.fused, calls_per_image=calls, log=log)
+
+    def scorer(self, target, settings: dict[str, Any], seed: int, plan):
+        """A Scorer for `target` with resolved `settings` (from resolve), run as `plan` says."""
         from ..scoring import Scorer
 
         return Scorer(target, settings["method"], t_sec=settings["t_sec"], k=settings["k"], t=settings["t"],
-                      p=settings["p"], n_draws=settings["n_draws"], seed=seed, batch_size=self.batch_size,
-                      unet_batch=self.unet_batch, device=device or self.device, precision=self.precision,
-                      threads=self.threads, fast_layers=self.fast_layers, fused=self.fused)
+                      p=settings["p"], n_draws=settings["n_draws"], seed=seed, condition=self.condition, plan=plan)
 
 
 @dataclass(frozen=True)
