@@ -272,14 +272,15 @@ def test_warnings_reach_the_user_as_one_line_without_source_lines():
 
 
 @pytest.mark.parametrize("preset", [{}, {"OMP_NUM_THREADS": "3", "OMP_WAIT_POLICY": "ACTIVE"}])
-def test_the_cli_makes_openmp_threads_sleep_unless_told(preset):
+def test_importing_the_package_makes_openmp_threads_sleep_unless_told(preset):
+    """The Python API runs as the CLI does: importing qmia_fast before torch sets OMP_WAIT_POLICY=PASSIVE."""
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     env.update(preset)
-    code = ("import os, qmia_fast.cli as cli; cli.settle_threads(); "
+    code = ("import os, qmia_fast; import torch; "
             "print(os.environ['OMP_WAIT_POLICY'], os.environ.get('OMP_NUM_THREADS', 'unset'))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     policy, threads = done.stdout.split()

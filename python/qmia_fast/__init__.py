@@ -1,9 +1,20 @@
 """qmia-fast: quantile-regression membership inference on diffusion models, with a fused C++/CUDA scoring core."""
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
 from .errors import QmiaError
 
 __version__ = "0.1.0"
+
+# Before torch loads (where it has not yet): OpenMP threads that sleep while they wait, unless the
+# user chose a wait policy. On a machine shared with other work, OpenMP's default spin-waiting lets
+# each waiting thread burn a core that a descheduled sibling needs (README "Speed" has the
+# measurements); on an idle machine sleeping costs nothing measurable. Set here, not in the CLI,
+# so that the Python API runs as `qmia-fast` does. The thread count stays torch's.
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Public names load lazily: importing the package must not pull in the model zoo,
 # the compiled core or optional extras until they are used.

@@ -39,8 +39,10 @@ class QmiaGroup(click.Group):
         return getattr(module, attr)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from . import progress
+
         formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
-        settle_threads()
+        progress.use_terminal_bar(_click_bar)
         try:
             rv = super().main(args=args, prog_name=prog_name or "qmia-fast",
                               complete_var=complete_var, standalone_mode=False, **extra)
@@ -69,6 +71,7 @@ class QmiaGroup(click.Group):
             sys.exit(1)
         finally:
             warnings.formatwarning = formatwarning
+            progress.use_terminal_bar(None)
         if not standalone_mode:
             return rv
         sys.exit(0 if not isinstance(rv, int) else rv)
@@ -88,19 +91,8 @@ def interrupted_message(args) -> str:
     return "aborted"
 
 
-def settle_threads() -> None:
-    """Before torch loads: OpenMP threads that sleep while they wait, unless the user chose a wait policy.
-
-    On a machine shared with other work, OpenMP's default spin-waiting lets each waiting
-    thread burn a core that a descheduled sibling needs; on an idle machine sleeping costs
-    nothing measurable (README "Speed" has both measurements). The thread count stays
-    torch's (the cores this process may use): a count from the load average lagged behind
-    the load and halved the threads right after any other run. OMP_WAIT_POLICY and
-    OMP_NUM_THREADS set by the user, and --threads, still win.
-    """
-    if "torch" in sys.modules:  # too late to change the OpenMP runtime's settings
-        return
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+def _click_bar(length: int, label: str):
+    return click.progressbar(length=length, label=label, file=sys.stderr, show_eta=True, show_pos=True)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -1,8 +1,7 @@
-"""Where and how work runs: device names, torch's thread count, and progress bars, each resolved in one place."""
+"""Where work runs: device names and torch's thread count, each resolved in one place."""
 from __future__ import annotations
 
 import contextlib
-import sys
 from typing import Iterator
 
 from .errors import ConfigError
@@ -71,17 +70,3 @@ def torch_threads(threads: int | None) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != previous:
             torch.set_num_threads(previous)
-
-
-class _Silent:
-    def update(self, n: int) -> None:
-        pass
-
-
-def progress_bar(enabled: bool, length: int, label: str):
-    """A click progress bar on stderr (a context manager yielding an object with .update(n)), or a silent one."""
-    if not enabled or length <= 0:
-        return contextlib.nullcontext(_Silent())
-    import click
-
-    return click.progressbar(length=length, label=label, file=sys.stderr, show_eta=True, show_pos=True)

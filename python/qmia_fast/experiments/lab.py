@@ -12,7 +12,8 @@ from .. import metrics
 from ..attack import BAG, MARGINAL, SINGLE, QuantileAttack
 from ..pipeline.audit import SETS, prepare, subsample
 from ..pipeline.specs import AuditSpec
-from ..runtime import progress_bar, resolve_device
+from ..progress import progress_bar
+from ..runtime import resolve_device
 from ..seeds import derive_seed
 from .budget import Budget
 from .cache import FitCache, Fingerprints, ScoreCache, array_digest

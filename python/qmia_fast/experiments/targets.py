@@ -11,7 +11,8 @@ import numpy as np
 from ..attack import BAG, MARGINAL
 from ..errors import ConfigError
 from ..pipeline.specs import ModelSpec
-from ..runtime import progress_bar, resolve_device
+from ..progress import progress_bar
+from ..runtime import resolve_device
 from ..schedule import cosine_schedule, linear_schedule
 from .lab import Lab, score_label
 from .summary import aggregate

@@ -14,7 +14,7 @@ import torch
 from .. import atomic_io
 from ..distributed import Context, barrier, gather_to_main
 from ..errors import InputError, ResumeMismatchError
-from ..runtime import progress_bar
+from ..progress import progress_bar
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, InputError
-from ..runtime import progress_bar, resolve_device, torch_threads
+from ..progress import progress_bar
+from ..runtime import resolve_device, torch_threads
 from .bag import QuantileBag, TrainHistory
 from .config import RegressorConfig, check_levels
 from .inputs import ChannelScaler, as_aux_tensor, as_image_tensor

@@ -9,7 +9,8 @@ import torch
 
 from ..arrays import to_tensor
 from ..errors import ConfigError, InputError, ScoreOverflowError
-from ..runtime import check_threads, progress_bar, torch_threads
+from ..progress import progress_bar
+from ..runtime import check_threads, torch_threads
 from ..seeds import check_seed
 from .conditions import Conditions, take
 from .config import ScoreConfig, as_float, as_int, settings_text
