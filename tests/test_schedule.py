@@ -155,3 +155,23 @@ def test_cosine_equals_squaredcos_cap_v2():
 def test_oversized_or_malformed_schedules_are_config_errors_before_any_array(call):
     with pytest.raises(ConfigError):
         call()
+
+
+def test_a_scheduler_config_is_read_like_every_other_config(tmp_path):
+    """Size cap, regular files only, a JSON object, a bounded step count: as every other config reader."""
+    import os
+
+    from qmia_fast.errors import QmiaError
+    from qmia_fast.schedule import schedule_from_diffusers_config
+
+    big = tmp_path / "big.json"
+    big.write_bytes(b"{" + b" " * (17 << 20) + b"}")
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    huge = tmp_path / "huge.json"
+    huge.write_text('{"num_train_timesteps": 1000000000}')
+    for path, words in ((big, "larger"), (fifo, "not a regular file"), (listed, "JSON object"), (huge, "steps")):
+        with pytest.raises(QmiaError, match=words):
+            schedule_from_diffusers_config(path)

@@ -367,6 +367,9 @@ def _rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
 
 
 def _read_json_config(path) -> dict:
+    """A scheduler config read like every other config: regular files only, size-capped, valid JSON, a JSON object."""
+    from .models.config_io import check_schedule_steps, read_config_json
+
     path = Path(path)
     if path.is_dir():
         for candidate in (path / "scheduler_config.json", path / "scheduler" / "scheduler_config.json"):
@@ -375,12 +378,11 @@ def _read_json_config(path) -> dict:
                 break
         else:
             raise ConfigError(f"scheduler config: no scheduler_config.json in folder {path}")
-    if not path.is_file():
-        raise ConfigError(f"scheduler config: file {path} does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"scheduler config: cannot read {path} as JSON ({exc})") from None
+    config = read_config_json(path, "scheduler config")
+    if not isinstance(config, dict):
+        raise ConfigError(f"scheduler config {path} must hold a JSON object")
+    check_schedule_steps(config, f"scheduler config {path}")
+    return config
 
 
 def _positive_int(value, name: str) -> int:
