@@ -67,8 +67,7 @@ def test_pvalue_score_interpolates_the_cdf():
 # --- the synthetic problem at N = 20,000 ------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def synthetic_run():
-    torch.set_num_threads(1)
+def synthetic_run(one_torch_thread_per_module):
     public = synthetic_problem(20_000, seed=11)
     evaluation = synthetic_problem(20_000, 2_000, seed=12)
     attack = QuantileAttack(alpha=0.01, n_models=7, seed=0, width=8, depth=1, head_width=16, stem_stride=2,

@@ -19,69 +19,6 @@ from qmia_fast.schedule import linear_schedule
 from model_helpers import random_images, tiny_model, tiny_unet
 
 
-@pytest.fixture(scope="module")
-def demo():
-    model = qf.load_model("builtin")
-    images, _ = qf.load_data("builtin")
-    return model, images[:64]
-
-
-# --- scores have the same bits at any batch size, thread count, subset or shard --------------
-
-@pytest.mark.slow
-@pytest.mark.parametrize("threads", [1, 2])
-def test_demo_scores_are_bit_identical_at_any_batch_size_and_thread_count(demo, threads):
-    model, images = demo
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
-        reference = qf.score(model, images, method="loss", batch_size=64)
-        for batch in (1, 5, 7, 63):
-            np.testing.assert_array_equal(qf.score(model, images, method="loss", batch_size=batch), reference)
-    finally:
-        torch.set_num_threads(before)
-    # The default thread count too (torch's own, whatever this machine gives).
-    np.testing.assert_array_equal(qf.score(model, images, method="loss"), reference)
-
-
-def test_one_thread_and_two_give_the_same_bits(demo):
-    model, images = demo
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = qf.score(model, images, method="loss", unet_batch=8)
-        torch.set_num_threads(2)
-        two = qf.score(model, images, method="loss", unet_batch=8, batch_size=24)
-    finally:
-        torch.set_num_threads(before)
-    np.testing.assert_array_equal(one, two)
-
-
-def test_subsets_score_under_their_global_identities(demo):
-    model, images = demo
-    everything = qf.score(model, images, method="loss", unet_batch=8)
-    picked = np.array([63, 2, 17, 40, 5])
-    np.testing.assert_array_equal(qf.score(model, images[picked], method="loss", unet_batch=8, indices=picked),
-                                  everything[picked])
-
-
-def test_the_unet_result_does_not_depend_on_position_or_padding_in_a_micro_batch(demo):
-    """What the guarantee rests on: at a fixed micro-batch size a sample's eps has the same bits wherever it
-    sits and whatever else is in the micro-batch (checked on the platform the tests run on)."""
-    model, images = demo
-    scorer = qf.Scorer(model, "loss", unet_batch=16)
-    layout = torch.channels_last if scorer.channels_last else torch.contiguous_format
-    with torch.inference_mode():
-        x = scorer._prepare(torch.from_numpy(images[:16]), "pixels")
-        reference = scorer.pred(x, 200, None, scorer.inversion)
-        order = torch.randperm(16, generator=torch.Generator().manual_seed(0))
-        shuffled = scorer.pred(x[order].contiguous(memory_format=layout), 200, None, scorer.inversion)
-        padded = torch.cat([x[:3], torch.zeros_like(x[3:])]).contiguous(memory_format=layout)
-        alone = scorer.pred(padded, 200, None, scorer.inversion)
-    assert torch.equal(shuffled, reference[order])
-    assert torch.equal(alone[:3], reference[:3])
-
-
 # --- an output folder is one whole run ---------------------------------------------------------
 
 @pytest.fixture(scope="module")

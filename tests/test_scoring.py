@@ -203,25 +203,6 @@ def test_float_images_equal_uint8_images():
     np.testing.assert_array_equal(as_tensor, as_uint8)
 
 
-@pytest.mark.parametrize("method", ["secmi", "loss", "pia"])
-def test_deterministic_and_independent_of_batching(method):
-    model = tiny_model(channels=3, size=8)
-    imgs = images(7, channels=3)
-    kwargs = dict(method=method, t_sec=30, k=10, seed=3, device="cpu")
-    a = score(model, imgs, batch_size=7, **kwargs)
-    b = score(model, imgs, batch_size=7, **kwargs)
-    np.testing.assert_array_equal(a, b)  # same inputs, same batching: the same bits
-    c = score(model, imgs, batch_size=3, **kwargs)
-    # The UNet always runs on micro-batches of unet_batch images: the same bits at any batch size.
-    np.testing.assert_array_equal(c, a)
-    # A sample's score does not depend on its position (offset keys the noise by global index).
-    tail = score(model, imgs[4:], batch_size=3, offset=4, **kwargs)
-    np.testing.assert_array_equal(tail, a[4:])
-    # Nor on which other images are scored with it (indices keep its global identity).
-    picked = np.array([6, 1, 3])
-    np.testing.assert_array_equal(score(model, imgs[picked], indices=picked, **kwargs), a[picked])
-
-
 def test_streaming_yields_batches_in_order_with_global_offsets():
     model = tiny_model()
     imgs = images(10)
