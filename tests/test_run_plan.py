@@ -153,3 +153,16 @@ def test_threads_reach_the_fit_and_the_plan_is_recorded_whole(cache):
 def test_bad_plan_requests_are_one_line_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         resolve_plan(tiny_model(), "loss", **kwargs)
+
+
+def test_info_lists_the_measured_plans_and_clears_them(cache):
+    from click.testing import CliRunner
+
+    from qmia_fast.cli import cli
+
+    resolve_plan(tiny_model(), "loss", device="cpu", unet_batch=16)
+    shown = CliRunner().invoke(cli, ["info"])
+    assert shown.exit_code == 0 and "1 measured on this machine" in shown.output
+    assert "UNet on 3x8x8, micro-batch 16" in shown.output
+    cleared = CliRunner().invoke(cli, ["info", "--clear-plans"])
+    assert cleared.exit_code == 0 and not cache.exists()

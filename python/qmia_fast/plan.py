@@ -222,6 +222,8 @@ def _cpu_measurement(model, unet_batch: int, threads: int | None, log) -> tuple[
         entry = plan_probe.measure_variants(model, unet_batch, _ladder(unet_batch), build, variants)
     entry["measured_utc"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     entry["threads"] = threads or torch.get_num_threads()
+    entry["model"] = f"{type(getattr(model, 'net', model)).__name__} on {'x'.join(map(str, model.input_shape))}"
+    entry["unet_batch"] = unet_batch
     where = plan_probe.store(key, entry)
     model.to(memory_format=torch.contiguous_format)
     if where is None:

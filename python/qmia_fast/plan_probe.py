@@ -56,6 +56,12 @@ def _read_cache(path: Path) -> dict:
     return data["entries"]
 
 
+def cached_entries() -> dict:
+    """Every cached measurement (empty where the cache is off or unreadable)."""
+    path = cache_path()
+    return {} if path is None else _read_cache(path)
+
+
 def cached(key: str) -> dict | None:
     path = cache_path()
     if path is None:

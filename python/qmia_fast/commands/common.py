@@ -13,7 +13,7 @@ from ..pipeline.specs import (
 )
 from ..precision import PRECISIONS
 from ..regress import RegressorConfig
-from ..scoring import METHODS, score_defaults
+from ..scoring import CONDITION_MODES, METHODS, score_defaults
 from ..seeds import SEED_LIMIT
 
 _SCORE = score_defaults()
@@ -87,15 +87,20 @@ def scoring_options(func):
                      help="Images per scoring step, rounded up to a multiple of --unet-batch [default: one "
                           "micro-batch]. Does not change the scores."),
         click.option("--unet-batch", default=None, type=click.IntRange(min=1),
-                     help="Images per UNet call [default: 64 on CPU, 256 on CUDA]. Scores are bit-identical "
-                          "for one value at any --batch-size, thread count or torchrun sharding."),
+                     help="Images per UNet call [default: 64 on CPU, 256 on CUDA, fewer where the model's "
+                          "activations would not fit memory]. Scores are bit-identical for one value at any "
+                          "--batch-size, thread count or torchrun sharding."),
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto."),
         click.option("--threads", default=None, type=click.IntRange(min=1),
                      help="torch threads for scoring and fitting [default: torch's]."),
         click.option("--precision", default="auto", show_default=True, type=click.Choice(list(PRECISIONS)),
                      help="UNet precision. fp32 is strict; tf32, bf16, fp16; mixed / mixed-tf32 (secmi only): "
-                          "bf16 inversion, fp32 / TF32 round trip. auto: fp16 on CUDA; on a CPU with fast bf16, "
-                          "mixed for secmi and bf16 otherwise; else fp32."),
+                          "bf16 inversion, fp32 / TF32 round trip. auto: fp16 on CUDA; on a CPU the fastest "
+                          "variant measured once on this machine for this model (fp32, or where bf16 hardware wins: "
+                          "mixed for secmi, bf16 otherwise), cached, so reruns give the same bits."),
+        click.option("--condition", default="own", show_default=True, type=click.Choice(list(CONDITION_MODES)),
+                     help="Conditional models: score each image under its own condition (class label or "
+                          "caption), or every image under the null condition (null class / empty prompt)."),
         click.option("--fused", default="auto", show_default=True, type=click.Choice(["auto", "on", "off"]),
                      help="Fused GroupNorm(+add, +SiLU) kernels in the built-in UNet; auto: on for CPU, off for "
                           "CUDA until validated on a GPU."),
@@ -139,7 +144,7 @@ def data_spec(options: dict) -> DataSpec:
 
 def score_spec(options: dict) -> ScoreSpec:
     names = ("method", "t_sec", "k", "t", "p", "n_draws", "precision", "batch_size", "unet_batch", "device",
-             "threads")
+             "threads", "condition")
     fused = {"auto": None, "on": True, "off": False}[options.pop("fused")]
     return ScoreSpec(**{name: options.pop(name) for name in names}, fused=fused)
 

@@ -52,15 +52,41 @@ def format_info(info: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def plan_lines() -> List[str]:
+    """What the run plans measured on this machine (cached), one line per model architecture and micro-batch."""
+    from .. import plan_probe
+
+    path = plan_probe.cache_path()
+    if path is None:
+        return ["run plans:     not cached (QMIA_FAST_PLAN_CACHE=off): CPU 'auto' follows the CPU-flags rule"]
+    entries = {key: value for key, value in plan_probe.cached_entries().items() if "seconds_per_image_call" in value}
+    lines = [f"run plans:     {len(entries)} measured on this machine, cached in {path}"]
+    for key, entry in sorted(entries.items()):
+        timings = ", ".join(f"{name} {1000 * seconds:.2f}" for name, seconds in entry["seconds_per_image_call"].items())
+        lines.append(f"  {entry.get('model', 'a model')}, micro-batch {entry.get('unet_batch')}: ms per image "
+                     f"and UNet call: {timings}; same bits at every micro-batch size: "
+                     f"{', '.join(n for n, ok in entry['micro_batch_invariant'].items() if ok) or 'none'} "
+                     f"(measured {entry.get('measured_utc')})")
+    return lines
+
+
 @click.command("info")
 @click.option("--json", "as_json", is_flag=True, help="Print the build information as JSON.")
-def info(as_json: bool) -> None:
-    """Show versions, build flags, CUDA architectures, threads and CPU features (AMX/bf16)."""
+@click.option("--clear-plans", is_flag=True,
+              help="Forget the run plans measured on this machine; the next run of each model measures again.")
+def info(as_json: bool, clear_plans: bool) -> None:
+    """Show versions, build flags, CUDA architectures, threads, CPU features (AMX/bf16) and the measured run plans."""
+    from .. import plan_probe
     from ..build_info import build_info
 
+    if clear_plans:
+        path = plan_probe.clear()
+        click.echo(f"cleared the measured run plans ({path})")
+        return
     data = build_info()
     if as_json:
+        data["run_plans"] = {"cache": str(plan_probe.cache_path()), "entries": plan_probe.cached_entries()}
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
-        for line in format_info(data):
+        for line in format_info(data) + plan_lines():
             click.echo(line)
