@@ -287,7 +287,7 @@ def alpha_resolution(alpha: float, n_nonmembers: int) -> str | None:
         return None
     needed = math.ceil(MIN_EXPECTED_FALSE_POSITIVES / alpha - 1e-9)
     return (f"the holdout cannot resolve alpha = {fpr_key(alpha)}: its {n_nonmembers} non-members give "
-            f"{expected:.3g} expected false positives at that level, fewer than {MIN_EXPECTED_FALSE_POSITIVES}, "
+            f"{expected:.3g} expected false positive{'' if expected == 1 else 's'} at that level, fewer than {MIN_EXPECTED_FALSE_POSITIVES}, "
             f"so the observed FPR says little about whether the decision keeps to alpha (see its 95% interval); "
             f"use at least {needed} holdout non-members or a larger alpha")
 

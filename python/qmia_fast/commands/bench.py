@@ -148,7 +148,7 @@ def run_bench(*, accuracy: bool, accuracy_method: str, out_path: str | None, on_
               help="Measure this device's matrix-multiply rates (fp32, bf16; on CUDA also tf32 and fp16).")
 @click.option("--accuracy", is_flag=True, default=False,
               help="Instead: run the demo attack on strict fp32 scores and on each --precisions' scores and compare "
-                   "AUC and TPR at 1%% FPR (default: auto and bf16 on a CPU, auto on CUDA).")
+                   "AUC and TPR at 1% FPR (default: auto and bf16 on a CPU, auto on CUDA).")
 @click.option("--accuracy-method", default="recommended", show_default=True,
               type=click.Choice(["recommended", "secmi", "loss", "pia"]),
               help="Score used by --accuracy: the demo target's recommended one (what `qmia-fast attack` uses) "

@@ -32,7 +32,8 @@ class Loaded:
 
     def describe_scorer(self) -> str:
         scorer = self.scorer
-        return f"{scorer.config.method} ({scorer.config.unet_calls} UNet calls per image)"
+        calls = scorer.config.unet_calls
+        return f"{scorer.config.method} ({calls} UNet call{'' if calls == 1 else 's'} per image)"
 
 
 def load_for_scoring(model: ModelSpec, data: DataSpec, score: ScoreSpec, seed: int,
