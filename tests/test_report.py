@@ -258,3 +258,35 @@ def test_plots_span_the_resolvable_range_and_say_what_was_audited(results):
     texts = [t.get_text() for t in scatter.get_legend().get_texts()]
     called = int(np.count_nonzero(arrays["votes"][:500] > 2))
     assert f"members: {called} of 500 called member" in texts
+
+
+def test_long_names_wrap_in_plot_titles_and_the_histogram_names_its_axis(tmp_path):
+    """A long model or data name must not run off the figure; the histogram's title says log s(x), as its axis."""
+    pytest.importorskip("matplotlib")
+    from qmia_fast.results import plots
+
+    labels = np.r_[np.ones(20), np.zeros(40)].astype(int)
+    rng = np.random.default_rng(0)
+    raw = np.exp(rng.normal(size=60) - labels)
+    long_name = "a-very-long-model-folder-name-" * 4
+    report = {"n_members": 20, "n_nonmembers": 40, "alpha": 0.01, "methods": {},
+              "config": {"spec": {"model": {"path": f"/x/{long_name}"}, "data": {"path": "/d/" + long_name}},
+                         "score": {"method": "loss", "t": 200}}}
+    figure = plots.score_histogram_figure(report, {"raw_scores": raw, "labels": labels})
+    title = figure.axes[0].get_title()
+    assert title.startswith("Log membership score log s(x) by set")
+    assert long_name.strip("-") in title.replace("\n", "").replace(" ", "") or len(title.splitlines()) > 3
+    assert max(len(line) for line in title.splitlines()) <= int(figure.get_figwidth() * 12)
+
+
+def test_a_single_point_panel_is_not_zoomed_into_one_column():
+    pytest.importorskip("matplotlib")
+    from qmia_fast.experiments.writing import fit_axes, new_figure
+
+    figure, axes = new_figure(1, 1, width=3.0)
+    ax = axes[0][0]
+    ax.plot([4.0], [0.5], marker="o")
+    ax.set_title("The attack across targets (200 members, ± sd over 3 seeds) on the one target given here")
+    fit_axes(ax)
+    low, high = ax.get_xlim()
+    assert low <= 2.0 and high >= 6.0 and "\n" in ax.get_title()

@@ -99,6 +99,13 @@ def run(lab: Lab, section: Section) -> None:
         per_method.append(f"{method} peaks at t = {top['t']} (bag {pct(top['methods'][BAG]['tpr_at_1pct'])}, "
                           f"marginal {pct(top['methods'][MARGINAL]['tpr_at_1pct'])})")
     section.text("Reading: " + "; ".join(per_method) + f". Best overall: {best['method']} at t = {best['t']}.")
+    inverted = [f"{r['method']} at t = {r['t']}" for r in results
+                if finite(r["methods"][MARGINAL]["auc"].get("mean")) and r["methods"][MARGINAL]["auc"]["mean"] < 0.5]
+    if inverted:
+        section.text("AUC below 0.5 (" + ", ".join(inverted) + "): at these settings the raw score ranks the target's "
+                     "members as *less* likely members than the non-members (their scores are higher, not lower). The "
+                     "direction is the method's definition and is not flipped after looking at the evaluation data; "
+                     "an AUC below 0.5 means the score carries no usable signal there in its defined direction.")
     section.summary += [f"{r['method']} t={r['t']}: bag {pct(r['methods'][BAG]['tpr_at_1pct'])} marginal "
                         f"{pct(r['methods'][MARGINAL]['tpr_at_1pct'])} AUC {num(r['methods'][BAG]['auc'])}"
                         for r in results]

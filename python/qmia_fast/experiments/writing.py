@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from .. import atomic_io
 from ..attack import BAG, MARGINAL, SINGLE
 from ..errors import MissingExtraError, require_extra
@@ -117,9 +119,30 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.2, height: float
 
 
 def save_figure(figure, path: Path) -> None:
+    for axes in figure.axes:
+        fit_axes(axes)
     figure.tight_layout()
     with atomic_io.atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")
+
+
+def fit_axes(axes) -> None:
+    """Titles wrapped to the panel's width (long target names are not clipped), and a panel whose points share
+    one x value shown with room around it instead of zoomed in on a single column."""
+    import textwrap
+
+    title = axes.get_title()
+    width_in = axes.get_position().width * axes.figure.get_figwidth()
+    columns = max(30, int(width_in * 11))
+    if title and max(len(line) for line in title.splitlines()) > columns:
+        axes.set_title("\n".join(textwrap.fill(line, columns) for line in title.splitlines()))
+    low, high = axes.dataLim.intervalx
+    if np.isfinite(low) and np.isfinite(high) and high == low:
+        if axes.get_xscale() == "log" and low > 0:
+            axes.set_xlim(low / 3, high * 3)
+        else:
+            half = 0.5 * max(abs(low), 1.0)
+            axes.set_xlim(low - half, high + half)
 
 
 def errorbar(axes, x, stats: Sequence[dict], label: str, colour: str | None = None, scale: float = 100.0,

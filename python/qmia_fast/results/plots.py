@@ -59,9 +59,13 @@ def _counts_line(report: Mapping) -> str:
 
 
 def _title(axes, heading: str, report: Mapping) -> None:
+    import textwrap
+
     caption = run_caption(report)
     lines = [heading] + ([caption] if caption else []) + [_counts_line(report)]
-    axes.set_title("\n".join(lines), fontsize=8.5)
+    # About 12 characters per inch at 8.5 pt: long model or data names wrap instead of running off the figure.
+    columns = max(40, int(axes.figure.get_figwidth() * 12))
+    axes.set_title("\n".join(textwrap.fill(line, columns) for line in lines), fontsize=8.5)
 
 
 def _primary_decision(report: Mapping):
@@ -164,7 +168,7 @@ def score_histogram_figure(report: Mapping, arrays: Mapping[str, np.ndarray]):
                      label=f"marginal threshold (public {100 * alpha:g}% quantile)" if alpha else "marginal threshold")
     axes.set_xlabel(f"log s(x): log of the raw {_score_name(report)} (lower = more likely member)")
     axes.set_ylabel("share of the set per bin")
-    _title(axes, "Raw membership score by set", report)
+    _title(axes, "Log membership score log s(x) by set", report)
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=7)
     return figure
