@@ -259,3 +259,12 @@ def test_gpu_summary_reads_partial_results_and_decides_only_on_what_is_there(tmp
         "precision_resolved": "fp16", "fused": True}}}))
     report = summary.summary(out, stages, 240, 200)
     assert report["decisions"]["flip_FUSED_BY_DEFAULT_cuda"]["flip"] is True
+
+
+def test_the_table_explains_a_share_of_peak_over_100_percent():
+    row = {"model": "cifar10", "batch_size": 16, "results": {"auto": {
+        "precision_resolved": "fp32", "fused": True, "images_per_s_wall": 2.0, "images_per_s_cpu": 1.0,
+        "ratio_wall": 1.5, "ratio_cpu": 1.5, "unet_gflops_wall": 250.0, "matmul_peak_fraction": 1.7,
+        "max_rel_diff_vs_baseline": 1e-6}}}
+    table = benchmark.format_table({"options": {"t_sec": 100, "k": 10}, "environment": {}, "scoring": [row]})
+    assert "170%" in table and "can exceed 100%" in table

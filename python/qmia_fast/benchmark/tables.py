@@ -50,6 +50,11 @@ def format_table(report: dict) -> str:
                          f"{(f'{100 * peak:.0f}%' if peak is not None else '-'):>7} {diff:>12}")
     if strict:
         lines.append("(vs fp32 loop: the same loop with TF32 off; max rel diff: against that loop's scores)")
+    over = [e for row in rows for e in row["results"].values() if (e.get("matmul_peak_fraction") or 0) > 1.0]
+    if over:
+        lines.append("(of peak: the time the UNet's direct-convolution FLOPs would take at this machine's measured "
+                     "matrix-multiply rate, over the time measured; Winograd convolutions do up to 4x fewer "
+                     "multiplications, so their rows can exceed 100%)")
     noisy = sorted({row["model"] for row in rows if row.get("score_rms_per_pixel", 1.0) < ROUNDING_RMS})
     if noisy:
         lines.append(f"note: {', '.join(noisy)}: the t-errors are float32 rounding noise (RMS per pixel < "
