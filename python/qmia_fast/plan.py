@@ -157,7 +157,8 @@ def resolve_plan(model, method: str, *, device=None, precision: str = "auto", un
     if fast_layers is None:
         fast_layers = (dev.type == "cpu" and resolved == "fp32" and channels_last is not False
                        and not machine.cpu_has_fast_bf16())
-        decided.setdefault("fast_layers", "CPU flags rule")
+        decided.setdefault("fast_layers", "CPU flags rule" if dev.type == "cpu" and resolved == "fp32"
+                           else f"not used ({dev.type}, {resolved}: the Winograd layers are CPU float32 only)")
     if fast_layers and (dev.type != "cpu" or resolved != "fp32"):
         raise ConfigError("fast_layers (Winograd convolutions) applies to CPU scoring at fp32 only; leave it unset "
                           "elsewhere")
