@@ -112,6 +112,9 @@ def prepare_denoiser(folder: Path, role: str, config: dict, diffusers, trust_che
     plan = DenoiserPlan(prepared, input_shape, 0, class_rows=rows, **plan_kw)
     out = run_on_meta(lambda: _meta_call(prepared.meta, plan), f"{prepared.where}/config.json",
                       f"the configured {class_name} cannot run on {' x '.join(map(str, input_shape))} images")
+    if out is not None and tuple(out.shape[2:]) != tuple(input_shape[1:]):
+        _refuse(where, f"the configured {class_name} turns {' x '.join(map(str, input_shape))} inputs into "
+                       f"{' x '.join(map(str, out.shape[1:]))} predictions; fix sample_size or patch_size in config.json")
     channels = int(out.shape[1]) if out is not None else int(config.get("out_channels") or input_shape[0])
     if channels not in (input_shape[0], 2 * input_shape[0]):
         _refuse(where, f"out_channels = {channels} fits neither the prediction ({input_shape[0]}) nor prediction + "

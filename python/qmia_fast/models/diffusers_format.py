@@ -175,16 +175,16 @@ def load_diffusers(path: str | Path, config=None, trust_checkpoint: bool = False
 def _check_pairing(class_name, layout: PipelineLayout) -> None:
     """Text encoder and tokenizer come together, and only with a text-conditioned denoiser, which needs them."""
     text_unet = class_name == "UNet2DConditionModel"
-    if text_unet and layout.text_encoder is None:
-        raise ModelLoadError(f"diffusers model {layout.denoiser} is a UNet2DConditionModel (text-conditioned) but "
-                             f"{layout.root} has no text_encoder/ and tokenizer/; pass the whole "
-                             "Stable-Diffusion-style pipeline folder")
     if layout.text_encoder is not None and layout.tokenizer is None:
         raise ModelLoadError(f"diffusers pipeline {layout.root} has text_encoder/ but no tokenizer/; "
                              "save the pipeline's tokenizer beside it")
     if layout.tokenizer is not None and layout.text_encoder is None:
         raise ModelLoadError(f"diffusers pipeline {layout.root} has tokenizer/ but no text_encoder/; "
                              "save the pipeline's text encoder beside it")
+    if text_unet and layout.text_encoder is None:
+        raise ModelLoadError(f"diffusers model {layout.denoiser} is a UNet2DConditionModel (text-conditioned) but "
+                             f"{layout.root} has no text_encoder/ and tokenizer/; pass the whole "
+                             "Stable-Diffusion-style pipeline folder")
     if layout.text_encoder is not None and not text_unet:
         raise ModelLoadError(f"diffusers pipeline {layout.root} has a text encoder but its {class_name!r:.60} "
                              "takes no text; remove text_encoder/ and tokenizer/ or pass the matching denoiser")
