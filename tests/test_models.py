@@ -340,7 +340,7 @@ def test_diffusers_pipeline_with_v_prediction_and_learned_variance(probe, tmp_pa
         torch.testing.assert_close(model(x, t), abar.sqrt() * v + (1 - abar).sqrt() * x, rtol=1e-5, atol=1e-5)
 
 
-def test_diffusers_conditional_unet_is_refused(tmp_path):
+def test_diffusers_text_unet_without_its_text_encoder_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel", "sample_size": 8}))
-    with pytest.raises(ModelLoadError, match="only unconditional"):
+    with pytest.raises(ModelLoadError, match="UNet2DConditionModel .*no text_encoder/ and tokenizer/"):
         load_model(tmp_path)

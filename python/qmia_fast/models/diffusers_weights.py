@@ -38,17 +38,20 @@ def quiet_diffusers(diffusers) -> Iterator[None]:
         logging.set_verbosity(previous)
 
 
-def locate_weights(unet_folder: Path) -> list[Path]:
-    """The weight files from_pretrained would read: one safetensors file, its shards, or the pickled .bin."""
-    for name in (SAFETENSORS_NAME, BIN_NAME):
+def locate_weights(unet_folder: Path, names: tuple[str, str] = (SAFETENSORS_NAME, BIN_NAME)) -> list[Path]:
+    """The weight files from_pretrained would read: one safetensors file, its shards, or the pickled .bin.
+
+    names: the (safetensors, pickle) file names; transformers components use model.safetensors and pytorch_model.bin.
+    """
+    for name in names:
         if (unet_folder / name).exists():
             return [unet_folder / name]
         index = unet_folder / (name + _INDEX_SUFFIX)
         if index.exists():
             return _shards(index, unet_folder)
     raise ModelLoadError(
-        f"diffusers model {unet_folder} has no weights ({SAFETENSORS_NAME} or {BIN_NAME}, or a sharded "
-        f"{SAFETENSORS_NAME}{_INDEX_SUFFIX}); save the model with save_pretrained"
+        f"diffusers model {unet_folder} has no weights ({names[0]} or {names[1]}, or a sharded "
+        f"{names[0]}{_INDEX_SUFFIX}); save the model with save_pretrained"
     )
 
 

@@ -32,7 +32,7 @@ _LOADERS = {
 def detect_format(path: str | os.PathLike) -> tuple[str, Path]:
     """Return (format, path to hand its loader), judging by folder contents, zip members and file names.
 
-    Folder: config.json tagged qmia-fast-model -> qmia; model_index.json, unet/ or a diffusers
+    Folder: config.json tagged qmia-fast-model -> qmia; model_index.json, unet/, transformer/ or a diffusers
     config.json -> diffusers; otherwise a single checkpoint file inside is examined. File: a zip
     with TorchScript code members -> torchscript; any .pt/.safetensors/.json inside a qmia
     folder -> that folder; any other torch file -> pytorch-ddpm, whose loader then checks the keys.
@@ -93,6 +93,7 @@ def load_model(
     config=None,
     trust_checkpoint: bool = False,
     device=None,
+    lora=None,
 ) -> EpsModel:
     """Load a target diffusion model as an EpsModel: call it as model(x, t) -> eps.
 
@@ -102,6 +103,9 @@ def load_model(
         (pytorch-ddpm), a scheduler_config.json (diffusers) or a JSON file (torchscript).
     trust_checkpoint: allow unpickling arbitrary objects (runs code from the file); off by default.
     device: where to put the model (default: stays on CPU). The model is returned in eval mode.
+    lora: a LoRA weights file (diffusers' / PEFT's pytorch_lora_weights.safetensors) merged into a
+        diffusers model's denoiser (and text encoder) before anything runs; its sha256 and the base
+        folder are recorded in model.config["lora"].
     """
     if format not in FORMATS:
         raise ModelLoadError(f"model format {format!r} is unknown; use one of {', '.join(FORMATS)}")
@@ -123,7 +127,13 @@ def load_model(
         require_regular_file(path, "model")
     elif format == "qmia" and path.is_file():
         path = path.parent
-    model = _LOADERS[format](path, config, trust_checkpoint)
+    if lora is not None:
+        if format != "diffusers":
+            raise ModelLoadError(f"--lora merges into diffusers models only; {path} is a {format} model. "
+                                 "Pass the diffusers base model folder the LoRA was trained on")
+        model = load_diffusers(path, config, trust_checkpoint, lora=lora)
+    else:
+        model = _LOADERS[format](path, config, trust_checkpoint)
     model.eval()
     if device is not None:
         model.to(resolve_device(device))

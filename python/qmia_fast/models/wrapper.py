@@ -32,13 +32,29 @@ class Conditioning:
     kind: str
     num_classes: int | None = None
     null_label: int | None = None
+    # Names of classes 0..num_classes-1 where the model says them (conditioning.json, DiT's id2label).
+    class_names: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.kind not in CONDITION_KINDS:
             raise InputError(f"conditioning kind {self.kind!r} is unknown; use one of {', '.join(CONDITION_KINDS)}")
+        for name in ("num_classes", "null_label"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise InputError(f"conditioning {name} = {value!r} must be a non-negative integer or None")
+        if self.kind == "class" and self.num_classes is not None and self.num_classes < 1:
+            raise InputError("conditioning num_classes must be at least 1 for class conditioning")
+        if self.class_names is not None:
+            names = tuple(self.class_names)
+            if not all(isinstance(n, str) for n in names) or len(names) != self.num_classes:
+                raise InputError(f"conditioning class_names must be {self.num_classes} strings, one per class")
+            object.__setattr__(self, "class_names", names)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["class_names"] is not None:
+            out["class_names"] = list(out["class_names"])
+        return out
 
 
 def _call_plain(net: nn.Module, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
