@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from .arrays import NPY_MAGIC, NpzReader, read_npy
 from .safe_read import decode_text, read_capped_bytes
-from .table_text import first_few, parse_csv, parse_json, place_by_key
+from .table_text import first_few, is_integer_text, parse_csv, parse_json, place_by_key
 
 __all__ = ["read_labels_file", "check_labels", "as_label_array", "MAX_LABEL_FILE_BYTES"]
 
@@ -46,7 +46,7 @@ def _text_integers(text: str, origin: str) -> list[int]:
     values = []
     for number, line in enumerate(text.split("\n"), start=1):
         for token in line.split("#", 1)[0].replace(",", " ").split():
-            if not (token.lstrip("+-").isdigit() and len(token) <= 20):
+            if not is_integer_text(token):
                 raise DataError(f"{origin}: line {number}: {token[:40]!r} is not an integer label; {_FIX_COUNT} "
                                 "(or, for an image folder, a CSV with file_name,label columns)")
             values.append(int(token))
@@ -63,7 +63,7 @@ def _label_column(header, origin: str) -> str:
 
 def _from_csv(text: str, origin: str, n_images: int, file_names):
     first = text.split("\n", 1)[0].replace(",", " ").split()
-    if all(token.lstrip("+-").isdigit() for token in first):
+    if all(is_integer_text(token) for token in first):
         return _text_integers(text, origin)  # no header: one integer per image
     try:
         header, rows = parse_csv(text)
@@ -100,7 +100,7 @@ def _string_labels(values: list) -> list:
     out = []
     for value in values:
         text = value.strip() if isinstance(value, str) else None
-        out.append(int(text) if text is not None and text.lstrip("+-").isdigit() and len(text) <= 20 else value)
+        out.append(int(text) if text is not None and is_integer_text(text) else value)
     return out
 
 

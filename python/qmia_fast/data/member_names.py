@@ -10,8 +10,9 @@ import numpy as np
 
 from ..errors import SplitError
 from .arrays import NpzReader, read_npy
+from .formats import sniff_format
 from .safe_read import read_capped_text
-from .table_text import NameIndex, first_few, parse_json
+from .table_text import NameIndex, first_few, is_integer_text, parse_json
 
 __all__ = ["MAX_NAME_LIST_BYTES", "is_name_list", "names_to_indices", "read_member_file", "warn_if_numbered",
            "NAMES_NEED_FOLDER"]
@@ -19,7 +20,7 @@ __all__ = ["MAX_NAME_LIST_BYTES", "is_name_list", "names_to_indices", "read_memb
 # A list of a million relative paths is tens of MiB; 256 MiB is no member list.
 MAX_NAME_LIST_BYTES = 1 << 28
 NAMES_NEED_FOLDER = "file names are accepted only when --data is an image folder; give indices otherwise"
-_NUMBER = re.compile(r"\d+")
+_NUMBER = re.compile(r"(\d+)")
 
 
 def is_name_list(values: Any) -> bool:
@@ -78,7 +79,7 @@ def _integers_from_text(text: str) -> list[int] | None:
     values = []
     for line in text.split("\n"):
         for token in line.split("#", 1)[0].replace(",", " ").split():
-            if not (token.lstrip("+-").isdigit() and len(token) <= 20):
+            if not is_integer_text(token):
                 return None
             values.append(int(token))
     return values
@@ -92,10 +93,10 @@ def read_member_file(path: Path, *, where: str = "--members") -> np.ndarray | li
     comment), or else one file name a line (lines starting with '#' are comments).
     """
     origin = f"{where} {path}"
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
+    kind = sniff_format(path)
+    if kind == "npy":
         values = read_npy(path, where=where, max_text_bytes=MAX_NAME_LIST_BYTES)
-    elif suffix == ".npz":
+    elif kind == "npz":
         with NpzReader(path, where=where) as npz:
             keys = npz.keys()
             key = "members" if "members" in keys else keys[0] if len(keys) == 1 else None
@@ -104,7 +105,7 @@ def read_member_file(path: Path, *, where: str = "--members") -> np.ndarray | li
             values = npz.read(key, max_text_bytes=MAX_NAME_LIST_BYTES)
     else:
         text = read_capped_text(path, MAX_NAME_LIST_BYTES, where=where, what="member list")
-        if suffix == ".json":
+        if kind == "json":
             try:
                 value = parse_json(text)
             except Exception as exc:  # noqa: BLE001 - DataError from the parser, reworded as a split error
@@ -127,22 +128,19 @@ def read_member_file(path: Path, *, where: str = "--members") -> np.ndarray | li
     return np.array(values, dtype=np.int64)
 
 
+def _natural_key(name: str) -> tuple:
+    # re.split with a group alternates text and digit runs, so ints only ever meet ints.
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(_NUMBER.split(name)))
+
+
 def _numbered_out_of_order(file_names: Sequence[str]) -> tuple[str, str] | None:
-    """(a, b): a pair of one folder's files whose numbers run against their sorted order, when every file
-    name holds a number; None when the names are not all numbered or run in order."""
-    last: dict[str, tuple[int, str]] = {}
-    pair = None
-    for name in file_names:
-        parent, _, base = name.rpartition("/")
-        numbers = _NUMBER.findall(Path(base).stem)
-        if not numbers:
-            return None
-        number = int(numbers[-1])
-        previous = last.get(parent)
-        if pair is None and previous is not None and number < previous[0]:
-            pair = (previous[1], name)
-        last[parent] = (number, name)
-    return pair
+    """(a, b): neighbours in the sorted list where a sorts first although its numbers make it later
+    (img_10.png before img_2.png); None when the sorted order is also the numeric one."""
+    numbered = [name for name in file_names if _NUMBER.search(name)]
+    for first, second in zip(numbered, numbered[1:]):
+        if _natural_key(first) > _natural_key(second):
+            return first, second
+    return None
 
 
 def warn_if_numbered(file_names: Sequence[str] | None, origin: str) -> None:

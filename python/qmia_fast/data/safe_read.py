@@ -70,10 +70,11 @@ def read_capped_bytes(path, max_bytes: int, *, where: str, what: str = "file") -
             if size > max_bytes:
                 raise DataError(f"is {size} bytes, more than the {max_bytes} bytes a {what} may have; "
                                 "pass the right file or split it")
-            # A file that grows after fstat is still cut at the cap.
-            data = handle.read(max_bytes + 1)
-            if len(data) > max_bytes:
-                raise DataError(f"grew beyond {max_bytes} bytes while it was read; pass a finished file")
+            # Read what fstat promised (read(n) allocates n bytes up front, so never the cap itself);
+            # a file that is still being written is refused rather than read in part.
+            data = handle.read(size)
+            if len(data) != size or handle.read(1):
+                raise DataError("changed size while it was read; pass a finished file")
             return data
     return guard(where, path, action)
 

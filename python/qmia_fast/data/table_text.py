@@ -4,12 +4,23 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import warnings
 from typing import Any, Sequence
 
 from ..errors import DataError
 
-__all__ = ["parse_json", "parse_jsonl", "parse_csv", "NameIndex", "place_by_key", "parse_index", "first_few"]
+__all__ = ["parse_json", "parse_jsonl", "parse_csv", "NameIndex", "place_by_key", "parse_index", "first_few",
+           "is_integer_text"]
+
+# ASCII digits only: str.isdigit also accepts superscripts and other scripts' digits, which int() refuses
+# or reads as numbers nobody typed as such.
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,20}")
+
+
+def is_integer_text(text: str) -> bool:
+    """Whether `text` is a plain decimal integer (optional sign, at most 20 ASCII digits)."""
+    return _INTEGER_TEXT.fullmatch(text) is not None
 
 
 def _no_duplicate_keys(pairs):
@@ -103,7 +114,7 @@ def parse_index(value, n_images: int) -> int | None:
     """An 'index' column's value as an int (None when out of range 0..n_images-1), or a DataError."""
     if isinstance(value, str):
         text = value.strip()
-        if not (text.lstrip("-").isdigit() and len(text) <= 20):
+        if not is_integer_text(text):
             raise DataError(f"index {value[:40]!r} is not a whole number")
         value = int(text)
     elif type(value) is not int:
