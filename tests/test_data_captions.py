@@ -114,6 +114,11 @@ def test_rows_for_unknown_files_are_one_counted_warning(tmp_path):
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and "2 row(s) name images that are not among the images" in messages[0]
     assert "(first: gone.png)" in messages[0]
+    _jsonl(folder / "metadata.jsonl", rows[:3] + [{"file_name": "two\nlines.png", "text": "x"}])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_data(folder)
+    assert len(caught) == 1 and "\n" not in str(caught[0].message) and "two\\nlines.png" in str(caught[0].message)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -198,3 +203,22 @@ def test_read_captions_directly(tmp_path):
     empty = _csv(tmp_path / "e.csv", ["index", "text"], [])
     with pytest.raises(DataError, match="2 of 2 images have no caption"):
         read_captions(empty, n_images=2, file_names=None)
+
+
+def test_conditions_are_checked_before_any_image_is_opened(tmp_path, monkeypatch):
+    from qmia_fast.data import image_folder
+
+    folder = _folder(tmp_path / "f")
+    monkeypatch.setattr(image_folder, "read_header", lambda *a: pytest.fail("an image was opened first"))
+    _jsonl(folder / "metadata.jsonl", [{"file_name": "a.png", "text": "x"}])
+    with pytest.raises(DataError, match="2 of 3 images have no caption"):
+        load_data(folder)
+    (folder / "metadata.jsonl").unlink()
+    (tmp_path / "m.txt").write_text("nope.png\n")
+    with pytest.raises(DataError, match="1 of 1 members names are not images"):
+        load_data(folder, members=tmp_path / "m.txt")
+    (tmp_path / "l.txt").write_text("1 2\n")
+    with pytest.raises(DataError, match="holds 2 labels but --data has 3 images"):
+        load_data(folder, labels=tmp_path / "l.txt")
+    with pytest.raises(pytest.fail.Exception, match="an image was opened first"):
+        load_data(folder)  # the guard itself works

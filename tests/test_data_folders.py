@@ -236,3 +236,20 @@ def test_resolution_applies_only_to_image_folders(tmp_path):
         load_data(np.zeros((2, 1, 4, 4), np.uint8), resolution=2)
     with pytest.raises(ConfigError, match="--resolution applies only to image folders"):
         load_data("builtin", resolution=2)
+
+
+def test_resize_center_crop_matches_torchvision():
+    """The transform diffusers' train_text_to_image.py runs, where torchvision is installed (it is no dependency)."""
+    transforms = pytest.importorskip("torchvision.transforms")
+    pipeline = transforms.Compose([transforms.Resize(0), transforms.CenterCrop(0)])
+    rng = np.random.default_rng(11)
+    for _ in range(100):
+        width, height = (int(v) for v in rng.integers(1, 200, size=2))
+        resolution, channels = int(rng.integers(1, 120)), int(rng.choice([1, 3]))
+        pixels = rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
+        pipeline.transforms[0] = transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR)
+        pipeline.transforms[1] = transforms.CenterCrop(resolution)
+        expected = np.asarray(pipeline(Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels)))
+        expected = expected[:, :, None] if expected.ndim == 2 else expected
+        np.testing.assert_array_equal(resize_center_crop(Image, pixels, resolution), expected,
+                                      err_msg=f"{width} x {height} -> {resolution}")

@@ -140,7 +140,7 @@ def _check_expected(shape: tuple[int, int, int], expected, first: Path, resoluti
 
 
 def read_image_folder(folder: Path, *, where: str = "--data", expected_shape=None, max_bytes: int | None = None,
-                      resolution: int | None = None) -> tuple[np.ndarray, list[Path]]:
+                      resolution: int | None = None, files: list[Path] | None = None) -> tuple[np.ndarray, list[Path]]:
     """All images under `folder` (see list_image_files) as uint8 N x C x H x W, in sorted relative-path order.
 
     Every image must have the same number of channels (grayscale vs colour is never converted
@@ -155,10 +155,10 @@ def read_image_folder(folder: Path, *, where: str = "--data", expected_shape=Non
     refused, never opened for reading), an image of another size or mode, one that does not
     match `expected_shape` (C, H, W), a decompression bomb, or a folder that would decode to
     more than `max_bytes` (default: half of physical memory) is reported before any pixel is
-    decoded.
+    decoded. `files`: the folder's list_image_files, where the caller already has it.
     """
     resolution = check_resolution(resolution)
-    files = list_image_files(folder, where=where)
+    files = list_image_files(folder, where=where) if files is None else files
     if not files:
         raise fail(where, folder, f"folder holds no images ({', '.join(IMAGE_SUFFIXES)}) and no "
                                   "known dataset files (.npy, .npz, idx, CIFAR batches)")

@@ -13,7 +13,7 @@ from .cifar import cifar_rows_to_nchw, find_cifar_batches, read_cifar_batch
 from .conditions import resolve_captions, resolve_labels
 from .formats import sniff_format
 from .idx import find_idx_images, idx_labels_path, read_idx
-from .image_folder import check_resolution, folder_class_labels, read_image_folder, relative_names
+from .image_folder import check_resolution, folder_class_labels, list_image_files, read_image_folder, relative_names
 from .layout import to_uint8_nchw
 from ..errors import ConfigError, DataError, InputError
 from .split import Split, load_split, split_from_arrays, split_from_members
@@ -127,7 +127,9 @@ def load_data(source: Any, *, split: Any = None, members: Any = None, public_fra
         loaded, embedded = _load_npz(BUILTIN_DATA, layout)
         loaded.format, loaded.label = "builtin", "built-in demo data"
     elif isinstance(source, (str, os.PathLike)):
-        loaded, embedded = _load_path(Path(source), fmt, layout, part, expected_shape, resolution)
+        loaded, embedded = _load_path(Path(source), fmt, layout, part, expected_shape, resolution,
+                                      lambda early: _conditions(early, labels, captions, caption_column, split,
+                                                                members, {}, public_fraction, seed))
     else:
         raise InputError(f"--data must be 'builtin', a path or a numpy array, not {type(source).__name__}")
     if expected_shape is not None and tuple(loaded.images.shape[1:]) != expected_shape:
@@ -135,13 +137,10 @@ def load_data(source: Any, *, split: Any = None, members: Any = None, public_fra
         raise error(f"--data {loaded.label}: images are {_dims(loaded.images.shape[1:])} but the model expects "
                     f"{_dims(expected_shape)} (channels x height x width); {_fix(loaded.images.shape[1:], expected_shape)}")
 
-    n_images = len(loaded.images)
-    names = loaded.file_names
-    label_values, label_source = resolve_labels(labels, loaded.labels, loaded.label_source, n_images, names,
-                                                loaded.label)
-    class_names = loaded.class_names if labels is None else None
-    caption_values, caption_note = resolve_captions(captions, caption_column, n_images, names, loaded.folder)
-    resolved = _resolve_split(split, members, embedded, n_images, loaded.label, public_fraction, seed, names)
+    if loaded.settled is None:
+        loaded.settled = _conditions(loaded, labels, captions, caption_column, split, members, embedded,
+                                     public_fraction, seed)
+    label_values, label_source, class_names, caption_values, caption_note, resolved = loaded.settled
     n, c, h, w = loaded.images.shape
     notes = [f"{loaded.label}: {n} images, {c} x {h} x {w} uint8"] + [loaded.note] * bool(loaded.note)
     if label_values is not None:
@@ -151,7 +150,20 @@ def load_data(source: Any, *, split: Any = None, members: Any = None, public_fra
         notes.append(f"split: {resolved.summary()}")
     return LoadedData(loaded.images, resolved, description="; ".join(notes), labels=label_values,
                       format=loaded.format, files=loaded.files, class_names=class_names, captions=caption_values,
-                      file_names=names)
+                      file_names=loaded.file_names)
+
+
+def _conditions(loaded: "_Loaded", labels, captions, caption_column, split, members, embedded, public_fraction,
+                seed) -> tuple:
+    """Labels, class names, captions and split for `loaded` (whose images may not be decoded yet: only its
+    count, file names, folder and format labels are used)."""
+    n_images, names = loaded.count, loaded.file_names
+    label_values, label_source = resolve_labels(labels, loaded.labels, loaded.label_source, n_images, names,
+                                                loaded.label)
+    class_names = loaded.class_names if labels is None else None
+    caption_values, caption_note = resolve_captions(captions, caption_column, n_images, names, loaded.folder)
+    resolved = _resolve_split(split, members, embedded, n_images, loaded.label, public_fraction, seed, names)
+    return label_values, label_source, class_names, caption_values, caption_note, resolved
 
 
 def _check_condition_files(labels, captions, caption_column) -> None:
@@ -194,6 +206,8 @@ class _Loaded:
         self.images, self.note, self.format, self.label = images, note, format, label
         self.labels, self.files, self.label_source = labels, tuple(files), label_source
         self.folder, self.file_names, self.class_names = folder, file_names, class_names
+        self.count = 0 if images is None else len(images)
+        self.settled = None  # _conditions' result, once worked out
 
 
 def _resolve_split(split, members, embedded, n_images, label, public_fraction, seed,
@@ -231,7 +245,7 @@ def _detect_folder(folder: Path, part: str) -> tuple[str, Any]:
 
 
 def _load_path(path: Path, fmt: str, layout: str, part: str | None, expected_shape=None,
-               resolution=None) -> tuple[_Loaded, Mapping]:
+               resolution=None, settle=None) -> tuple[_Loaded, Mapping]:
     if not path.exists():
         raise DataError(f"--data {path}: no such file or folder")
     if not path.is_dir() and not path.is_file():
@@ -268,15 +282,15 @@ def _load_path(path: Path, fmt: str, layout: str, part: str | None, expected_sha
     if kind == "images":
         if not path.is_dir():
             raise DataError(f"--data {path}: --format images needs a folder of image files")
-        return _load_image_folder(path, expected_shape, resolution), {}
+        return _load_image_folder(path, expected_shape, resolution, settle), {}
     if kind in ("json", "txt"):
         raise DataError(f"--data {path}: looks like an index list, not images; pass it as --split or --members")
     raise DataError(f"--data {path}: unrecognised data file; use .npy/.npz arrays, an image folder, "
                     "MNIST idx files or CIFAR python batches (or set --format)")
 
 
-def _load_image_folder(path: Path, expected_shape, resolution) -> _Loaded:
-    images, files = read_image_folder(path, expected_shape=expected_shape, resolution=resolution)
+def _load_image_folder(path: Path, expected_shape, resolution, settle) -> _Loaded:
+    files = list_image_files(path)
     names = relative_names(path, files)
     note = "images sorted by relative path"
     if resolution is not None:
@@ -287,8 +301,16 @@ def _load_image_folder(path: Path, expected_shape, resolution) -> _Loaded:
         labels, class_names = classes
         source = f"{len(class_names)} classes from sub-folder names ({', '.join(class_names[:5])}" + \
             (", ...)" if len(class_names) > 5 else ")")
-    return _Loaded(images, note, "images", f"{path}/", labels=labels, files=files, label_source=source,
-                   folder=path, file_names=names, class_names=class_names)
+    loaded = _Loaded(None, note, "images", f"{path}/", labels=labels, files=files, label_source=source,
+                     folder=path, file_names=names, class_names=class_names)
+    if files and settle is not None:
+        # Labels, captions and member files are checked against the file names before any
+        # image is opened, so a bad one costs no decoding.
+        loaded.count = len(files)
+        loaded.settled = settle(loaded)
+    loaded.images, _ = read_image_folder(path, expected_shape=expected_shape, resolution=resolution, files=files)
+    loaded.count = len(loaded.images)
+    return loaded
 
 
 def _load_npz(path: Path, layout: str) -> tuple[_Loaded, Mapping]:

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from ..errors import DataError
 
 __all__ = ["parse_json", "parse_jsonl", "parse_csv", "NameIndex", "place_by_key", "parse_index", "first_few",
-           "is_integer_text"]
+           "is_integer_text", "shown"]
 
 # ASCII digits only: str.isdigit also accepts superscripts and other scripts' digits, which int() refuses
 # or reads as numbers nobody typed as such.
@@ -157,16 +157,22 @@ def place_by_key(entries, *, n_images: int, file_names: Sequence[str] | None, by
         placed[position] = value
     missing = [i for i in range(n_images) if i not in line_of]
     if missing:
-        shown = [file_names[i] for i in missing] if file_names is not None else [f"index {i}" for i in missing]
-        raise DataError(f"{origin}: {len(missing)} of {n_images} images have no {what} (e.g. {first_few(shown)}); "
+        names = [file_names[i] for i in missing] if file_names is not None else [f"index {i}" for i in missing]
+        raise DataError(f"{origin}: {len(missing)} of {n_images} images have no {what} (e.g. {first_few(names)}); "
                         f"{fix}")
     if unknown:
         warnings.warn(f"{origin}: {len(unknown)} row(s) name images that are not among the images of --data "
-                      f"(first: {str(unknown[0])[:120]}); they were ignored", stacklevel=3)
+                      f"(first: {shown(unknown[0])}); they were ignored", stacklevel=3)
     return placed
 
 
+def shown(name) -> str:
+    """A name as an error message may print it: escaped where it holds line breaks or other control characters."""
+    text = str(name)[:120]
+    return text if text.isprintable() else repr(text)
+
+
 def first_few(names, count: int = 3) -> str:
-    shown = [str(n)[:120] for n in list(names)[:count]]
-    more = len(names) - len(shown)
-    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+    shown_names = [shown(n) for n in list(names)[:count]]
+    more = len(names) - len(shown_names)
+    return ", ".join(shown_names) + (f" and {more} more" if more > 0 else "")
