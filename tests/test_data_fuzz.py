@@ -237,3 +237,132 @@ def test_mutated_score_files_give_arrays_or_data_errors(workdir, name, cut, edit
         else:
             result = read_or_qmia_error(lambda: read_array_file(path, where="scores", max_bytes=1 << 20))
     assert isinstance(result, (QmiaError, dict, np.ndarray))
+
+
+# --------------------------------------------------------------------------- captions, labels and name lists
+
+_FOLDER_NAMES = ["a.png", "sub/b.png", "sub/c 1.png"]
+
+
+def _image_folder(workdir: Path) -> Path:
+    """A three-image folder, built once per module; the fuzzers write its metadata and list files."""
+    folder = workdir / "conditions"
+    if not (folder / _FOLDER_NAMES[-1]).is_file():
+        pytest.importorskip("PIL")
+        for i, name in enumerate(_FOLDER_NAMES):
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(png_bytes(_IMAGES[i].transpose(1, 2, 0)))
+    for stale in ("metadata.jsonl", "metadata.csv"):
+        (folder / stale).unlink(missing_ok=True)
+    return folder
+
+
+def _load_conditions(folder: Path, **kwargs):
+    import warnings
+
+    with bounded(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = read_or_qmia_error(lambda: load_data(folder, **kwargs))
+    _check_result(result)
+    if not isinstance(result, QmiaError):
+        n = len(result.images)
+        assert result.labels is None or (result.labels.dtype == np.int64 and result.labels.shape == (n,)
+                                         and (result.labels >= 0).all())
+        assert result.captions is None or (len(result.captions) == n
+                                           and all(isinstance(c, str) for c in result.captions))
+    return result
+
+
+_CELL = st.one_of(st.sampled_from(_FOLDER_NAMES + ["./a.png", "missing.png", "", "0", "1", "-1", "2", "x"]),
+                  st.text(max_size=6))
+_JSON_VALUE = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-3, 2**65), st.floats(allow_nan=True),
+                                     _CELL), lambda inner: st.lists(inner, max_size=3), max_leaves=6)
+
+
+@FUZZ
+@given(rows=st.lists(st.dictionaries(st.sampled_from(["file_name", "index", "text", "caption", "x"]), _JSON_VALUE,
+                                     max_size=4), max_size=5),
+       junk=st.sampled_from(["", "\n", "\n\n[1]\n", "\n{bad", "\ufeff", "\u2028"]))
+def test_metadata_jsonl_rows(workdir, rows, junk):
+    import json
+
+    folder = _image_folder(workdir)
+    text = "\n".join(json.dumps(row) for row in rows) + junk
+    (folder / "metadata.jsonl").write_text(text, encoding="utf-8")
+    _load_conditions(folder)
+    _load_conditions(folder, caption_column="caption")
+
+
+@FUZZ
+@given(header=st.lists(st.sampled_from(["file_name", "index", "text", "label", "x", ""]), max_size=4),
+       rows=st.lists(st.lists(_CELL, max_size=4), max_size=5),
+       tail=st.sampled_from(["", "\n", '"', "\r\n", "\x00", ",,\n"]))
+def test_metadata_csv_rows(workdir, header, rows, tail):
+    import csv
+    import io
+
+    folder = _image_folder(workdir)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    (folder / "metadata.csv").write_text(buffer.getvalue() + tail, encoding="utf-8")
+    _load_conditions(folder)
+    _load_conditions(folder, captions=folder / "metadata.csv")
+    _load_conditions(folder, labels=folder / "metadata.csv")
+
+
+@FUZZ
+@given(data=st.binary(max_size=400), name=st.sampled_from(["metadata.jsonl", "metadata.csv"]))
+def test_metadata_random_bytes(workdir, data, name):
+    folder = _image_folder(workdir)
+    (folder / name).write_bytes(data)
+    _load_conditions(folder)
+
+
+@FUZZ
+@given(data=st.binary(max_size=500), name=st.sampled_from(["l.txt", "l.csv", "l.json", "l.npy", "l.npz", "l"]))
+def test_random_labels_files(workdir, data, name):
+    folder = _image_folder(workdir)
+    path = _write(workdir, name, data)
+    _load_conditions(folder, labels=path)
+
+
+@FUZZ
+@given(value=_JSON_VALUE | st.dictionaries(_CELL, _JSON_VALUE, max_size=4))
+def test_json_labels_files(workdir, value):
+    import json
+
+    folder = _image_folder(workdir)
+    path = workdir / "labels.json"
+    path.write_text(json.dumps(value), encoding="utf-8")
+    _load_conditions(folder, labels=path)
+
+
+@FUZZ
+@given(lines=st.lists(_CELL | st.sampled_from(["# c", "  sub/b.png  ", "sub\\b.png", "1 2", "3"]), max_size=6),
+       kind=st.sampled_from(["txt", "json", "npy", "split.json", "split.npz"]))
+def test_file_name_member_and_split_lists(workdir, lines, kind):
+    import json
+
+    folder = _image_folder(workdir)
+    if kind == "txt":
+        path = workdir / "names.txt"
+        path.write_text("\n".join(lines), encoding="utf-8")
+    elif kind == "json":
+        path = workdir / "names.json"
+        path.write_text(json.dumps(lines), encoding="utf-8")
+    elif kind == "npy":
+        path = workdir / "names.npy"
+        np.save(path, np.array(lines, dtype=str))
+    elif kind == "split.json":
+        path = workdir / "split_names.json"
+        path.write_text(json.dumps({"members": lines[:2], "public": lines[2:4], "holdout": lines[4:]}))
+    else:
+        path = workdir / "split_names.npz"
+        np.savez(path, members=np.array(lines[:2], dtype=str), public=np.array(lines[2:4], dtype=str),
+                 holdout=np.array(lines[4:], dtype=str))
+    option = "split" if kind.startswith("split") else "members"
+    result = _load_conditions(folder, **{option: path})
+    if not isinstance(result, QmiaError):
+        assert isinstance(result.split, Split)

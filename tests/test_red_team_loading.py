@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from qmia_fast.data import load_data
-from qmia_fast.data import formats
+from qmia_fast.data import image_decode
 from qmia_fast.data.formats import read_array_file, read_image_folder, read_npz_arrays
 from qmia_fast.errors import ConfigError, DataError, InputError, ModelLoadError, UnsafeCheckpointError
 from qmia_fast.models import BUILTIN_TARGET_DIR, UNet, load_model, normalize_unet_config, save_model
@@ -207,13 +207,13 @@ def test_fifo_as_data_or_model_path_is_refused(tmp_path):
 @pytest.fixture
 def count_decodes(monkeypatch):
     calls = []
-    original = formats._decode_image
+    original = image_decode.decode_image
 
     def counting(image, path):
         calls.append(path)
         return original(image, path)
 
-    monkeypatch.setattr(formats, "_decode_image", counting)
+    monkeypatch.setattr(image_decode, "decode_image", counting)
     return calls
 
 

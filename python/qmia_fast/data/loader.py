@@ -8,10 +8,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .. import atomic_io
-from .formats import (
-    NpzReader, cifar_rows_to_nchw, find_cifar_batches, find_idx_images, idx_labels_path, read_cifar_batch,
-    read_idx, read_image_folder, read_npy, sniff_format,
-)
+from .arrays import NpzReader, read_npy
+from .cifar import cifar_rows_to_nchw, find_cifar_batches, read_cifar_batch
+from .conditions import resolve_captions, resolve_labels
+from .formats import sniff_format
+from .idx import find_idx_images, idx_labels_path, read_idx
+from .image_folder import check_resolution, folder_class_labels, list_image_files, read_image_folder, relative_names
 from .layout import to_uint8_nchw
 from ..errors import ConfigError, DataError, InputError
 from .split import Split, load_split, split_from_arrays, split_from_members
@@ -32,15 +34,24 @@ class LoadedData(tuple):
 
     description  one line for the CLI: what was read, the image shape, the layout assumed
                  and any conversion (e.g. "assumed N x H x W x C (last axis has size 3)");
-    labels       int64 class labels when the source has them, else None;
+    labels       int64 class labels [N] when known (a --labels file, else the format's own:
+                 idx labels files, CIFAR labels / fine_labels, an npz 'labels' array, an image
+                 folder's class sub-folders), else None;
+    class_names  the class of each label value (an image folder's sub-folder names), else None;
+    captions     one caption (str) per image in index order (--captions, or the image folder's
+                 metadata.jsonl / metadata.csv), else None;
     format       the reader used (npy, npz, idx, cifar, images, array, builtin);
-    files        the files the images came from, in index order.
+    files        the files the images came from, in index order;
+    file_names   for an image folder, each image's path relative to it ('cats/img_7.png'), else None.
     """
 
     def __new__(cls, images: np.ndarray, split: Split | None, *, description: str = "", labels=None,
-                format: str = "", files: tuple = ()):
+                format: str = "", files: tuple = (), class_names=None, captions=None, file_names=None):
         self = super().__new__(cls, (images, split))
         self.description, self.labels, self.format, self.files = description, labels, format, tuple(files)
+        self.class_names = None if class_names is None else tuple(class_names)
+        self.captions = None if captions is None else list(captions)
+        self.file_names = None if file_names is None else tuple(file_names)
         return self
 
     def __getnewargs__(self):
@@ -58,21 +69,32 @@ class LoadedData(tuple):
 
 def load_data(source: Any, *, split: Any = None, members: Any = None, public_fraction: float = 0.5,
               seed: int = 0, layout: str = "auto", fmt: str = "auto", part: str | None = None,
-              expected_shape: Sequence[int] | None = None) -> LoadedData:
-    """Read images and their member split.
+              expected_shape: Sequence[int] | None = None, labels: Any = None, captions: Any = None,
+              caption_column: str | None = None, resolution: int | None = None) -> LoadedData:
+    """Read images, their member split and their conditions (class labels, captions).
 
     source: "builtin" (the shipped demo), a numpy array, or a path to a .npy/.npz array, an
-      image folder (PNG/JPEG, recursive, sorted by relative path), an MNIST/Fashion-MNIST idx
-      file or folder, or a CIFAR-10/100 python batch or folder (read without unpickling code).
+      image folder (PNG/JPEG/BMP/WebP/GIF, recursive, symbolic links followed, sorted by
+      relative path), an MNIST/Fashion-MNIST idx file or folder, or a CIFAR-10/100 python batch
+      or folder (read without unpickling code).
     split: a split file (.npz/.json, ours or SecMI/PIA's), a Split, or a mapping of arrays.
     members: instead of split, the member indices (index file path or array); all other
-      images are non-members.
+      images are non-members. For an image folder, member and split files may name images by
+      relative path ('cats/img_7.png') instead of index.
     public_fraction, seed: how non-members are divided into public and holdout.
     layout: 'auto', 'nchw', 'nhwc' or 'nhw' for arrays; fmt: one of FORMATS;
     part: 'train' (default), 'test' or 'all' (train then test) for idx and CIFAR folders.
     expected_shape: (C, H, W) the images must have, e.g. the target model's image_shape; an image
       folder is checked against it from the file headers, before any image is decoded, and every
       other source once read. None (the default) accepts any shape.
+    labels: a labels file (see labels.read_labels_file) or an integer array, one class label per
+      image; it wins over the labels the format carries.
+    captions: a captions file (.jsonl/.csv keyed by file_name or index; see
+      captions.read_captions) or a list of strings; without it an image folder's own
+      metadata.jsonl / metadata.csv is read. caption_column: its text column (default 'text').
+    resolution: for an image folder, resize each image so its shorter side is this many pixels
+      and centre-crop it square, as diffusers' train_text_to_image.py --center_crop does; mixed
+      sizes are then allowed.
 
     Returns LoadedData, which unpacks as (uint8 C-contiguous N x C x H x W images, Split or None).
     """
@@ -91,6 +113,10 @@ def load_data(source: Any, *, split: Any = None, members: Any = None, public_fra
     is_path = isinstance(source, (str, os.PathLike)) and not (isinstance(source, str) and source == "builtin")
     if part is not None and not is_path:
         raise ConfigError("--part applies only to idx and CIFAR folders")
+    resolution = check_resolution(resolution)
+    if resolution is not None and not is_path:
+        raise ConfigError("--resolution applies only to image folders; resize array images before passing them")
+    _check_condition_files(labels, captions, caption_column)
     if isinstance(source, np.ndarray):
         images, note = to_uint8_nchw(source, layout, where="images", error=InputError)
         loaded = _Loaded(images, note, "array", "images argument")
@@ -101,7 +127,9 @@ def load_data(source: Any, *, split: Any = None, members: Any = None, public_fra
         loaded, embedded = _load_npz(BUILTIN_DATA, layout)
         loaded.format, loaded.label = "builtin", "built-in demo data"
     elif isinstance(source, (str, os.PathLike)):
-        loaded, embedded = _load_path(Path(source), fmt, layout, part, expected_shape)
+        loaded, embedded = _load_path(Path(source), fmt, layout, part, expected_shape, resolution,
+                                      lambda early: _conditions(early, labels, captions, caption_column, split,
+                                                                members, {}, public_fraction, seed))
     else:
         raise InputError(f"--data must be 'builtin', a path or a numpy array, not {type(source).__name__}")
     if expected_shape is not None and tuple(loaded.images.shape[1:]) != expected_shape:
@@ -109,21 +137,43 @@ def load_data(source: Any, *, split: Any = None, members: Any = None, public_fra
         raise error(f"--data {loaded.label}: images are {_dims(loaded.images.shape[1:])} but the model expects "
                     f"{_dims(expected_shape)} (channels x height x width); {_fix(loaded.images.shape[1:], expected_shape)}")
 
-    n_images = len(loaded.images)
-    if loaded.labels is not None and (loaded.labels.ndim != 1 or len(loaded.labels) != n_images
-                                      or loaded.labels.dtype.kind not in "iu"):
-        raise DataError(f"--data {loaded.label}: labels must be {n_images} integers, one per image, "
-                        f"got {loaded.labels.dtype} of shape {loaded.labels.shape}")
-    resolved = _resolve_split(split, members, embedded, n_images, loaded.label, public_fraction, seed)
+    if loaded.settled is None:
+        loaded.settled = _conditions(loaded, labels, captions, caption_column, split, members, embedded,
+                                     public_fraction, seed)
+    label_values, label_source, class_names, caption_values, caption_note, resolved = loaded.settled
     n, c, h, w = loaded.images.shape
-    description = f"{loaded.label}: {n} images, {c} x {h} x {w} uint8"
-    if loaded.note:
-        description += f"; {loaded.note}"
+    notes = [f"{loaded.label}: {n} images, {c} x {h} x {w} uint8"] + [loaded.note] * bool(loaded.note)
+    if label_values is not None:
+        notes.append(f"labels: {label_source}")
+    notes += [caption_note] * bool(caption_note)
     if resolved is not None:
-        description += f"; split: {resolved.summary()}"
-    labels = None if loaded.labels is None else loaded.labels.astype(np.int64)
-    return LoadedData(loaded.images, resolved, description=description, labels=labels,
-                      format=loaded.format, files=loaded.files)
+        notes.append(f"split: {resolved.summary()}")
+    return LoadedData(loaded.images, resolved, description="; ".join(notes), labels=label_values,
+                      format=loaded.format, files=loaded.files, class_names=class_names, captions=caption_values,
+                      file_names=loaded.file_names)
+
+
+def _conditions(loaded: "_Loaded", labels, captions, caption_column, split, members, embedded, public_fraction,
+                seed) -> tuple:
+    """Labels, class names, captions and split for `loaded` (whose images may not be decoded yet: only its
+    count, file names, folder and format labels are used)."""
+    n_images, names = loaded.count, loaded.file_names
+    label_values, label_source = resolve_labels(labels, loaded.labels, loaded.label_source, n_images, names,
+                                                loaded.label)
+    class_names = loaded.class_names if labels is None else None
+    caption_values, caption_note = resolve_captions(captions, caption_column, n_images, names, loaded.folder)
+    resolved = _resolve_split(split, members, embedded, n_images, loaded.label, public_fraction, seed, names)
+    return label_values, label_source, class_names, caption_values, caption_note, resolved
+
+
+def _check_condition_files(labels, captions, caption_column) -> None:
+    # Checked before any image is decoded: a mistyped path should not cost a folder's decoding.
+    for option, value in (("--labels", labels), ("--captions", captions)):
+        if isinstance(value, (str, os.PathLike)) and not Path(value).exists():
+            raise DataError(f"{option} {value}: no such file")
+    if caption_column is not None and (not isinstance(caption_column, str) or not caption_column.strip()):
+        raise ConfigError(f"--caption-column must be the name of a column, such as 'text', not "
+                          f"{caption_column!r:.40}")
 
 
 def _check_expected_shape(expected) -> tuple[int, int, int] | None:
@@ -151,12 +201,17 @@ def _fix(shape, expected) -> str:
 
 
 class _Loaded:
-    def __init__(self, images, note, format, label, labels=None, files=()):
+    def __init__(self, images, note, format, label, labels=None, files=(), label_source="", folder=None,
+                 file_names=None, class_names=None):
         self.images, self.note, self.format, self.label = images, note, format, label
-        self.labels, self.files = labels, tuple(files)
+        self.labels, self.files, self.label_source = labels, tuple(files), label_source
+        self.folder, self.file_names, self.class_names = folder, file_names, class_names
+        self.count = 0 if images is None else len(images)
+        self.settled = None  # _conditions' result, once worked out
 
 
-def _resolve_split(split, members, embedded, n_images, label, public_fraction, seed) -> Split | None:
+def _resolve_split(split, members, embedded, n_images, label, public_fraction, seed,
+                   file_names=None) -> Split | None:
     if isinstance(split, Split):
         return split.validate(n_images, origin="split argument")
     if isinstance(split, Mapping):
@@ -167,11 +222,12 @@ def _resolve_split(split, members, embedded, n_images, label, public_fraction, s
                              "mia_train_idxs/mia_eval_idxs")
         return made
     if isinstance(split, (str, os.PathLike)):
-        return load_split(split, n_images, public_fraction=public_fraction, seed=seed)
+        return load_split(split, n_images, public_fraction=public_fraction, seed=seed, file_names=file_names)
     if split is not None:
         raise InputError(f"--split must be a path, a Split or a mapping, not {type(split).__name__}")
     if members is not None:
-        return split_from_members(members, n_images, public_fraction=public_fraction, seed=seed)
+        return split_from_members(members, n_images, public_fraction=public_fraction, seed=seed,
+                                  file_names=file_names)
     if embedded:
         return split_from_arrays(embedded, n_images, origin=f"--data {label}", public_fraction=public_fraction,
                                  seed=seed, source=f"stored in {label}")
@@ -188,7 +244,8 @@ def _detect_folder(folder: Path, part: str) -> tuple[str, Any]:
     return "images", None
 
 
-def _load_path(path: Path, fmt: str, layout: str, part: str | None, expected_shape=None) -> tuple[_Loaded, Mapping]:
+def _load_path(path: Path, fmt: str, layout: str, part: str | None, expected_shape=None,
+               resolution=None, settle=None) -> tuple[_Loaded, Mapping]:
     if not path.exists():
         raise DataError(f"--data {path}: no such file or folder")
     if not path.is_dir() and not path.is_file():
@@ -207,6 +264,9 @@ def _load_path(path: Path, fmt: str, layout: str, part: str | None, expected_sha
             raise DataError(f"--data {path}: --format images needs a folder of image files")
     if part is not None and not (path.is_dir() and kind in ("idx", "cifar")):
         raise ConfigError(f"--part applies only to idx and CIFAR folders, not to {path}")
+    if resolution is not None and kind != "images":
+        raise ConfigError(f"--resolution applies only to image folders, not to {path} ({kind}); resize the "
+                          "images before saving them")
     if layout != "auto" and kind not in ("npy", "npz", "cifar"):
         raise ConfigError(f"--layout applies only to .npy/.npz arrays; {kind} files have a fixed layout")
 
@@ -222,12 +282,35 @@ def _load_path(path: Path, fmt: str, layout: str, part: str | None, expected_sha
     if kind == "images":
         if not path.is_dir():
             raise DataError(f"--data {path}: --format images needs a folder of image files")
-        images, files = read_image_folder(path, expected_shape=expected_shape)
-        return _Loaded(images, "images sorted by relative path", "images", f"{path}/", files=files), {}
+        return _load_image_folder(path, expected_shape, resolution, settle), {}
     if kind in ("json", "txt"):
         raise DataError(f"--data {path}: looks like an index list, not images; pass it as --split or --members")
     raise DataError(f"--data {path}: unrecognised data file; use .npy/.npz arrays, an image folder, "
                     "MNIST idx files or CIFAR python batches (or set --format)")
+
+
+def _load_image_folder(path: Path, expected_shape, resolution, settle) -> _Loaded:
+    files = list_image_files(path)
+    names = relative_names(path, files)
+    note = "images sorted by relative path"
+    if resolution is not None:
+        note += f", resized (shorter side {resolution}, bilinear) and centre-cropped to {resolution} x {resolution}"
+    classes = folder_class_labels(path, names)
+    labels, class_names, source = None, None, ""
+    if classes is not None:
+        labels, class_names = classes
+        source = f"{len(class_names)} classes from sub-folder names ({', '.join(class_names[:5])}" + \
+            (", ...)" if len(class_names) > 5 else ")")
+    loaded = _Loaded(None, note, "images", f"{path}/", labels=labels, files=files, label_source=source,
+                     folder=path, file_names=names, class_names=class_names)
+    if files and settle is not None:
+        # Labels, captions and member files are checked against the file names before any
+        # image is opened, so a bad one costs no decoding.
+        loaded.count = len(files)
+        loaded.settled = settle(loaded)
+    loaded.images, _ = read_image_folder(path, expected_shape=expected_shape, resolution=resolution, files=files)
+    loaded.count = len(loaded.images)
+    return loaded
 
 
 def _load_npz(path: Path, layout: str) -> tuple[_Loaded, Mapping]:
@@ -244,7 +327,8 @@ def _load_npz(path: Path, layout: str) -> tuple[_Loaded, Mapping]:
         labels = npz.read("labels") if "labels" in keys else None
         embedded = {k: npz.read(k) for k in _SPLIT_KEYS if k in keys}
     images, note = to_uint8_nchw(raw, layout, where=f"--data {path} (array {image_key!r})")
-    return _Loaded(images, note, "npz", str(path), labels=labels, files=(path,)), embedded
+    return _Loaded(images, note, "npz", str(path), labels=labels, files=(path,),
+                   label_source="the 'labels' array"), embedded
 
 
 def _load_idx(path: Path, found: list[Path] | None, part: str) -> _Loaded:
@@ -275,7 +359,10 @@ def _load_idx(path: Path, found: list[Path] | None, part: str) -> _Loaded:
         raise DataError(f"--data {path}: the idx file holds zero images")
     labels = np.concatenate(label_blocks) if len(label_blocks) == len(image_blocks) else None
     label = str(path) if not path.is_dir() else f"{path} (idx, {part}: {' + '.join(f.name for f in files)})"
-    return _Loaded(np.ascontiguousarray(images), "", "idx", label, labels=labels, files=files)
+    note = "" if labels is not None or not label_blocks else \
+        "no labels: not every images file has its labels-idx1-ubyte file beside it"
+    return _Loaded(np.ascontiguousarray(images), note, "idx", label, labels=labels, files=files,
+                   label_source="idx labels files")
 
 
 def _load_cifar(path: Path, found, part: str, layout: str) -> _Loaded:
@@ -302,7 +389,8 @@ def _load_cifar(path: Path, found, part: str, layout: str) -> _Loaded:
         label_blocks.append(labels)
     images = np.concatenate(image_blocks) if len(image_blocks) > 1 else image_blocks[0]
     labels = None if any(lb is None for lb in label_blocks) else np.concatenate(label_blocks)
-    return _Loaded(images, "" if note.startswith("CIFAR") else note, "cifar", label, labels=labels, files=files)
+    return _Loaded(images, "" if note.startswith("CIFAR") else note, "cifar", label, labels=labels, files=files,
+                   label_source="the batches' labels")
 
 
 def save_data(path, images: np.ndarray, *, split: Split | None = None, labels=None,

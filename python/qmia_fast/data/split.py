@@ -10,7 +10,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import atomic_io
-from .formats import NpzReader, read_npy, sniff_format
+from .arrays import NpzReader, read_npy
+from .formats import sniff_format
+from .member_names import (
+    MAX_NAME_LIST_BYTES, NAMES_NEED_FOLDER, is_name_list, names_to_indices, read_member_file, warn_if_numbered,
+)
 from ..errors import ConfigError, QmiaError, SplitError
 from ..file_kinds import file_kind
 from ..seeds import check_seed
@@ -100,6 +104,8 @@ def _check_indices(values: Any, name: str, n_images: int, origin: str) -> np.nda
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise SplitError(f"{origin}: {name}[{i}] = {array[i].item()!r} is not an integer index")
+    elif array.dtype.kind == "U":
+        raise SplitError(f"{origin}: {name} holds file names, not integer indices; {NAMES_NEED_FOLDER}")
     elif array.dtype.kind not in "iu":
         raise SplitError(f"{origin}: {name} holds {array.dtype} values, not integer indices")
     # Range check in the stored dtype (or float) before casting, so 2**63 cannot wrap to negative.
@@ -189,12 +195,27 @@ def split_from_secmi(members, nonmembers, n_images: int, *, public_fraction: flo
 
 
 def split_from_members(members, n_images: int, *, public_fraction: float = 0.5, seed: int = 0,
-                       origin: str = "--members") -> Split:
-    """Members from an index file path or array; every other image is a non-member."""
+                       origin: str = "--members", file_names=None) -> Split:
+    """Members from a member file path or array; every other image is a non-member.
+
+    With `file_names` (an image folder's relative paths in index order) the members may be named
+    by file name (member_names.read_member_file), and a file of indices against numbered names
+    that sort otherwise than by number gets one warning.
+    """
     source = "member list"
+    where = origin
     if isinstance(members, (str, Path)):
         source = f"member list {members}"
-        members = read_index_file(Path(members), where=origin)
+        origin = f"{where} {members}"
+        if file_names is None:
+            members = read_index_file(Path(members), where=where)
+        else:
+            if not Path(members).is_file():
+                raise SplitError(_not_a_file(Path(members), origin))
+            members = read_member_file(Path(members), where=where)
+            if not is_name_list(members):
+                warn_if_numbered(file_names, origin)
+    members = _names_as_indices(members, "members", origin, file_names)
     checked = _check_indices(members, "members", n_images, origin)
     mask = np.ones(n_images, dtype=bool)
     mask[checked] = False
@@ -203,10 +224,24 @@ def split_from_members(members, n_images: int, *, public_fraction: float = 0.5, 
                             source=source, origin=origin, names=("members", "non-members"))
 
 
+def _names_as_indices(values, name: str, origin: str, file_names):
+    try:
+        names = is_name_list(values)
+    except SplitError as exc:
+        raise SplitError(f"{origin}: {name}: {exc}") from None
+    return names_to_indices(values, file_names, name, origin) if names else values
+
+
 def split_from_arrays(arrays: Mapping[str, Any], n_images: int, *, origin: str, public_fraction: float = 0.5,
-                      seed: int = 0, source: str | None = None) -> Split | None:
-    """A Split from a mapping holding our keys (members/public/holdout) or SecMI's; None if neither."""
+                      seed: int = 0, source: str | None = None, file_names=None) -> Split | None:
+    """A Split from a mapping holding our keys (members/public/holdout) or SecMI's; None if neither.
+
+    Sets may list relative file names instead of indices when `file_names` (the image folder's
+    names in index order) is given.
+    """
     source = source or origin
+    arrays = {k: _names_as_indices(v, k, origin, file_names) if k in _OWN_KEYS + _SECMI_KEYS else v
+              for k, v in arrays.items()}
     if all(k in arrays for k in _OWN_KEYS):
         checked = {k: _check_indices(arrays[k], k, n_images, origin) for k in _OWN_KEYS}
         _check_disjoint(checked, origin)
@@ -219,8 +254,13 @@ def split_from_arrays(arrays: Mapping[str, Any], n_images: int, *, origin: str, 
 
 
 def load_split(path, n_images: int, *, public_fraction: float = 0.5, seed: int = 0,
-               where: str = "--split") -> Split:
-    """Read a split file (.npz or .json; ours or SecMI/PIA's) and check it against `n_images` images."""
+               where: str = "--split", file_names=None) -> Split:
+    """Read a split file (.npz or .json; ours or SecMI/PIA's) and check it against `n_images` images.
+
+    With `file_names` (an image folder's relative paths in index order) the sets may list file
+    names instead of indices; a split of indices against numbered names that sort otherwise
+    than by number gets one warning.
+    """
     path = Path(path)
     origin = f"{where} {path}"
     if not path.is_file():
@@ -229,7 +269,7 @@ def load_split(path, n_images: int, *, public_fraction: float = 0.5, seed: int =
     if kind == "npz":
         with NpzReader(path, where=where) as npz:
             present = [k for k in _OWN_KEYS + _SECMI_KEYS if k in npz]
-            arrays = {k: npz.read(k) for k in present}
+            arrays = {k: npz.read(k, max_text_bytes=MAX_NAME_LIST_BYTES) for k in present}
     elif kind == "json":
         arrays = _read_json(path, origin)
         if not isinstance(arrays, dict):
@@ -237,12 +277,21 @@ def load_split(path, n_images: int, *, public_fraction: float = 0.5, seed: int =
     else:
         raise SplitError(f"{origin}: unknown split file type; use .npz (ours or SecMI/PIA's "
                          "mia_train_idxs/mia_eval_idxs) or .json with members/public/holdout")
+    if file_names is not None and not any(_quiet_is_names(v) for v in arrays.values()):
+        warn_if_numbered(file_names, origin)
     split = split_from_arrays(arrays, n_images, origin=origin, public_fraction=public_fraction, seed=seed,
-                              source=str(path))
+                              source=str(path), file_names=file_names)
     if split is None:
         raise SplitError(f"{origin}: holds neither members/public/holdout nor SecMI's "
                          "mia_train_idxs/mia_eval_idxs")
     return split
+
+
+def _quiet_is_names(values) -> bool:
+    try:
+        return is_name_list(values)
+    except SplitError:
+        return True  # mixed: reported when the set is checked
 
 
 def save_split(path, split: Split) -> None:
@@ -309,7 +358,8 @@ def read_index_file(path: Path, *, where: str = "--members") -> np.ndarray:
         if isinstance(value, dict):
             value = value.get("members")
         if not isinstance(value, list) or not all(type(v) is int for v in value):
-            raise SplitError(f"{origin}: JSON must be a list of integers or {{\"members\": [...]}}")
+            raise SplitError(f"{origin}: JSON must be a list of integers or {{\"members\": [...]}} "
+                             f"({NAMES_NEED_FOLDER})")
         return _int_list_to_array(value, origin)
     text = _read_text(path, origin)
     values = []
@@ -318,7 +368,8 @@ def read_index_file(path: Path, *, where: str = "--members") -> np.ndarray:
             try:
                 values.append(int(token))
             except ValueError:
-                raise SplitError(f"{origin}: line {line_number}: {token[:40]!r} is not an integer index") from None
+                raise SplitError(f"{origin}: line {line_number}: {token[:40]!r} is not an integer index "
+                                 f"({NAMES_NEED_FOLDER})") from None
     return _int_list_to_array(values, origin)
 
 
