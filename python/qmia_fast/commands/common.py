@@ -43,6 +43,9 @@ def model_options(func):
                           "(pytorch-ddpm/SecMI config/CIFAR10.txt), a scheduler_config.json or a JSON file."),
         click.option("--trust-checkpoint", is_flag=True, default=False,
                      help="Allow checkpoints that need unpickling of arbitrary objects (runs code from the file)."),
+        click.option("--lora", default=None,
+                     help="A LoRA weights file (diffusers' / PEFT's safetensors, e.g. pytorch_lora_weights.safetensors) "
+                          "merged into the model's denoiser before scoring."),
     )(func)
 
 
@@ -63,6 +66,19 @@ def data_options(func):
                      help="Instead of --split: file of member indices (.npy/.txt/.json); the rest are non-members."),
         click.option("--public-fraction", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True,
                      max_open=True), help="Share of non-members used as the attacker's public set (rest: holdout)."),
+        click.option("--labels", default=None,
+                     help="Class labels for a class-conditional model: one integer per image (.npy/.txt/.json/.csv "
+                          "in index order, or for an image folder a file name -> label table) [default: the data's "
+                          "own: idx label files, CIFAR labels, an npz 'labels' array, class sub-folders]."),
+        click.option("--captions", default=None,
+                     help="Captions for a text-to-image model: a .jsonl/.csv keyed by file_name or index [default: "
+                          "the image folder's metadata.jsonl or metadata.csv]."),
+        click.option("--caption-column", default=None,
+                     help="The captions' text column [default: text]."),
+        click.option("--resolution", default=None, type=click.IntRange(min=1),
+                     help="Image folders: resize (shorter side, bilinear) and centre-crop to this side, as diffusers' "
+                          "training scripts do [default: a latent or text-to-image model's training resolution; "
+                          "none for pixel models]."),
     )(func)
 
 
@@ -133,13 +149,16 @@ def attack_options(func):
 
 def model_spec(options: dict) -> ModelSpec:
     return ModelSpec(path=options.pop("model"), format=options.pop("model_format"),
-                     config=options.pop("model_config"), trust_checkpoint=options.pop("trust_checkpoint"))
+                     config=options.pop("model_config"), trust_checkpoint=options.pop("trust_checkpoint"),
+                     lora=options.pop("lora"))
 
 
 def data_spec(options: dict) -> DataSpec:
     return DataSpec(path=options.pop("data"), format=options.pop("data_format"), layout=options.pop("layout"),
                     part=options.pop("part"), split=options.pop("split_path"), members=options.pop("members"),
-                    public_fraction=options.pop("public_fraction"))
+                    public_fraction=options.pop("public_fraction"), labels=options.pop("labels"),
+                    captions=options.pop("captions"), caption_column=options.pop("caption_column"),
+                    resolution=options.pop("resolution"))
 
 
 def score_spec(options: dict) -> ScoreSpec:

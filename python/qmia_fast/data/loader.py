@@ -70,7 +70,8 @@ class LoadedData(tuple):
 def load_data(source: Any, *, split: Any = None, members: Any = None, public_fraction: float = 0.5,
               seed: int = 0, layout: str = "auto", fmt: str = "auto", part: str | None = None,
               expected_shape: Sequence[int] | None = None, labels: Any = None, captions: Any = None,
-              caption_column: str | None = None, resolution: int | None = None) -> LoadedData:
+              caption_column: str | None = None, resolution: int | None = None,
+              model_resolution: int | None = None) -> LoadedData:
     """Read images, their member split and their conditions (class labels, captions).
 
     source: "builtin" (the shipped demo), a numpy array, or a path to a .npy/.npz array, an
@@ -94,7 +95,8 @@ def load_data(source: Any, *, split: Any = None, members: Any = None, public_fra
       metadata.jsonl / metadata.csv is read. caption_column: its text column (default 'text').
     resolution: for an image folder, resize each image so its shorter side is this many pixels
       and centre-crop it square, as diffusers' train_text_to_image.py --center_crop does; mixed
-      sizes are then allowed.
+      sizes are then allowed. model_resolution: the same for image folders when `resolution` is
+      not given (the pipeline's training resolution); other sources are not resized.
 
     Returns LoadedData, which unpacks as (uint8 C-contiguous N x C x H x W images, Split or None).
     """
@@ -114,6 +116,7 @@ def load_data(source: Any, *, split: Any = None, members: Any = None, public_fra
     if part is not None and not is_path:
         raise ConfigError("--part applies only to idx and CIFAR folders")
     resolution = check_resolution(resolution)
+    model_resolution = check_resolution(model_resolution)
     if resolution is not None and not is_path:
         raise ConfigError("--resolution applies only to image folders; resize array images before passing them")
     _check_condition_files(labels, captions, caption_column)
@@ -128,8 +131,9 @@ def load_data(source: Any, *, split: Any = None, members: Any = None, public_fra
         loaded.format, loaded.label = "builtin", "built-in demo data"
     elif isinstance(source, (str, os.PathLike)):
         loaded, embedded = _load_path(Path(source), fmt, layout, part, expected_shape, resolution,
-                                      lambda early: _conditions(early, labels, captions, caption_column, split,
-                                                                members, {}, public_fraction, seed))
+                                      settle=lambda early: _conditions(early, labels, captions, caption_column, split,
+                                                                members, {}, public_fraction, seed),
+                                      model_resolution=model_resolution)
     else:
         raise InputError(f"--data must be 'builtin', a path or a numpy array, not {type(source).__name__}")
     if expected_shape is not None and tuple(loaded.images.shape[1:]) != expected_shape:
@@ -245,7 +249,7 @@ def _detect_folder(folder: Path, part: str) -> tuple[str, Any]:
 
 
 def _load_path(path: Path, fmt: str, layout: str, part: str | None, expected_shape=None,
-               resolution=None, settle=None) -> tuple[_Loaded, Mapping]:
+               resolution=None, settle=None, model_resolution=None) -> tuple[_Loaded, Mapping]:
     if not path.exists():
         raise DataError(f"--data {path}: no such file or folder")
     if not path.is_dir() and not path.is_file():
@@ -267,6 +271,8 @@ def _load_path(path: Path, fmt: str, layout: str, part: str | None, expected_sha
     if resolution is not None and kind != "images":
         raise ConfigError(f"--resolution applies only to image folders, not to {path} ({kind}); resize the "
                           "images before saving them")
+    if resolution is None and kind == "images":
+        resolution = model_resolution  # a pipeline trained at a fixed resolution: its training transform
     if layout != "auto" and kind not in ("npy", "npz", "cifar"):
         raise ConfigError(f"--layout applies only to .npy/.npz arrays; {kind} files have a fixed layout")
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import atomic_io
-from ..pipeline.resumable import fingerprint_array, fingerprint_model, score_indices
+from ..pipeline.resumable import fingerprint_array, fingerprint_conditions, fingerprint_model, score_indices
 
 # Bumped whenever what a cached fit records changes, so stale fits are never read back.
 FIT_CACHE_VERSION = 1
@@ -57,12 +57,13 @@ class ScoreCache:
         self.fingerprints = fingerprints
         self.log = log
 
-    def scores(self, scorer, model, images: np.ndarray, ids: np.ndarray, label: str, progress: bool
-               ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Scores of images[i] under sample identity ids[i]; and {"seconds", "per_image_s", "cached", ...}."""
+    def scores(self, scorer, model, images: np.ndarray, ids: np.ndarray, label: str, progress: bool,
+               conditions=None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Scores of images[i] under sample identity ids[i] (and condition conditions[i]); and {"seconds", ...}."""
         ids = np.asarray(ids, dtype=np.int64)
-        identity = {"score": scorer.config.to_dict(), "unet_batch": scorer.unet_batch,
-                    "device_type": scorer.device.type, "model": self.fingerprints.model(model),
+        identity = {"score": scorer.config.to_dict(), "plan": scorer.plan.bit_identity(),
+                    "condition": scorer.conditions.describe(), "conditions": fingerprint_conditions(conditions),
+                    "model": self.fingerprints.model(model),
                     "images": self.fingerprints.array(images), "ids": fingerprint_array(ids)}
         folder = self.root / f"{_slug(label)}-{digest(identity)[:12]}"
         final, meta_path = folder / "scores.npy", folder / "meta.json"
@@ -77,7 +78,7 @@ class ScoreCache:
         started, report = time.perf_counter(), {}
         values = score_indices(scorer, images, np.arange(len(ids)), sample_ids=ids, work_dir=folder / "chunks",
                                identity=identity, progress=progress, log=self.log, label=f"scoring {label}",
-                               report=report)
+                               report=report, conditions=conditions)
         n_todo = report["scored_now"]
         seconds = time.perf_counter() - started
         meta = {"label": label, "n": int(len(ids)), "scored_now": int(n_todo), "seconds": seconds,

@@ -13,6 +13,7 @@ from ..attack import BAG, MARGINAL, SINGLE, QuantileAttack
 from ..pipeline.audit import SETS, prepare, subsample
 from ..pipeline.specs import AuditSpec
 from ..progress import progress_bar
+from ..scoring.conditions import take
 from ..runtime import resolve_device
 from ..seeds import derive_seed
 from .budget import Budget
@@ -131,7 +132,8 @@ class Lab:
         scorer = self.scorer(overrides, target)
         union = np.unique(np.concatenate([sets[name] for name in SETS]))
         label = label or score_label(scorer.config)
-        values, cost = self.score_cache.scores(scorer, target, self.images[union], union, label, self.progress)
+        values, cost = self.score_cache.scores(scorer, target, self.images[union], union, label, self.progress,
+                                               conditions=take(self.prepared.conditions, union))
         return {name: values[np.searchsorted(union, sets[name])] for name in SETS}, cost
 
     def base_scores(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -143,7 +145,8 @@ class Lab:
     def score_images(self, images: np.ndarray, ids: np.ndarray, label: str, overrides=None, target=None):
         """Raw scores of arbitrary images (e.g. shifted copies) under sample identities `ids`, cached."""
         target = target or self.target
-        return self.score_cache.scores(self.scorer(overrides, target), target, images, ids, label, self.progress)
+        return self.score_cache.scores(self.scorer(overrides, target), target, images, ids, label, self.progress,
+                                       conditions=take(self.prepared.conditions, ids))
 
     # -- attacking ------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ class Prepared:
     note: str | None                 # where settings came from, when not from the user
     scorer: Any
     ctx: distributed.Context
+    conditions: Any = None           # each image's condition (labels or captions), or None
 
     @property
     def plan(self):
@@ -83,16 +84,17 @@ def prepare(spec: AuditSpec, ctx: distributed.Context | None = None, log: Log | 
     log(f"target: {target.format} model, image {'x'.join(map(str, target.image_shape))}, T = {target.schedule.T}; "
         f"score {run.describe_scorer()}")
     log(f"sets: {len(sets['members'])} members, {len(sets['public'])} public, {len(sets['holdout'])} holdout")
-    return Prepared(spec, target, loaded, sets, settings, note, scorer, ctx)
+    return Prepared(spec, target, loaded, sets, settings, note, scorer, ctx, run.conditions)
 
 
 def score_sets(prepared: Prepared, work_dir: Path | None, *, overwrite: bool = False, progress: bool = False,
                chunk_size: int | None = None, log: Log | None = None) -> dict[str, np.ndarray] | None:
     """Raw scores of every set (one resumable, shardable pass over their union); None on ranks other than 0."""
     union = prepared.union
-    identity = score_identity(prepared.scorer, prepared.target, prepared.images, union)
+    identity = score_identity(prepared.scorer, prepared.target, prepared.images, union, prepared.conditions)
     raw = score_indices(prepared.scorer, prepared.images, union, work_dir=work_dir, identity=identity,
-                        ctx=prepared.ctx, progress=progress, overwrite=overwrite, chunk_size=chunk_size, log=log)
+                        ctx=prepared.ctx, progress=progress, overwrite=overwrite, chunk_size=chunk_size, log=log,
+                        conditions=prepared.conditions)
     if raw is None:
         return None
     position = np.searchsorted(union, np.concatenate([prepared.sets[name] for name in SETS]))

@@ -15,6 +15,7 @@ from .. import atomic_io
 from ..distributed import Context, barrier, gather_to_main
 from ..errors import InputError, ResumeMismatchError
 from ..progress import progress_bar
+from ..scoring.conditions import take
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -140,13 +141,28 @@ def default_chunk_size(batch_size: int) -> int:
     return batch_size * max(1, 1024 // batch_size)
 
 
-def score_identity(scorer, model, images, indices) -> dict[str, Any]:
+def fingerprint_conditions(conditions) -> str | None:
+    """sha256 of per-image conditions (int64 labels, or captions as UTF-8 with their lengths), None for none."""
+    if conditions is None:
+        return None
+    if isinstance(conditions, np.ndarray):
+        return fingerprint_array(conditions)
+    digest = hashlib.sha256(b"captions|")
+    for caption in conditions:
+        data = str(caption).encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "little") + data)
+    return digest.hexdigest()
+
+
+def score_identity(scorer, model, images, indices, conditions=None) -> dict[str, Any]:
     """What decides the bits of a run's scores: a resumed run must match it exactly.
 
-    The batch size and the sharding are not in it: a sample's score does not depend on them
-    (only on the UNet micro-batch, the device type and the precision).
+    The batch size, the threads and the sharding are not in it: a sample's score does not
+    depend on them; the run plan's bit-relevant settings (precision, micro-batches, layout,
+    layers, the machine) are, and so are each image's condition and the condition mode.
     """
-    return {"score": scorer.config.to_dict(), "unet_batch": scorer.unet_batch, "device_type": scorer.device.type,
+    return {"score": scorer.config.to_dict(), "plan": scorer.plan.bit_identity(),
+            "condition": scorer.conditions.describe(), "conditions": fingerprint_conditions(conditions),
             "model": fingerprint_model(model), "data": fingerprint_array(images),
             "indices": fingerprint_array(indices)}
 
@@ -154,7 +170,7 @@ def score_identity(scorer, model, images, indices) -> dict[str, Any]:
 def score_indices(scorer, images, indices, *, work_dir: str | Path | None, identity: dict[str, Any],
                   ctx: Context | None = None, chunk_size: int | None = None, progress: bool = False,
                   overwrite: bool = False, log=None, sample_ids=None, label: str | None = None,
-                  report: dict[str, Any] | None = None) -> np.ndarray | None:
+                  report: dict[str, Any] | None = None, conditions=None) -> np.ndarray | None:
     """Scores (float64, in the order of `indices`) of images[indices], chunked, resumable and sharded.
 
     Chunk i covers positions [i*chunk_size, (i+1)*chunk_size) of `indices`; rank r of W
@@ -164,6 +180,7 @@ def score_indices(scorer, images, indices, *, work_dir: str | Path | None, ident
     finished chunks are saved and reused on the next run; the caller removes work_dir once
     the final output is safely written. Images are validated before any UNet call. `label`
     names the progress bar; `report` receives {"scored_now": images this rank computed}.
+    `conditions`: each row of `images`' condition (labels or captions) for a conditional model.
     Returns the scores on rank 0 and None on the other ranks.
     """
     ctx = ctx or Context()
@@ -208,8 +225,9 @@ def score_indices(scorer, images, indices, *, work_dir: str | Path | None, ident
         for i in todo:
             start, end = bounds[i]
             values = np.empty(end - start, dtype=np.float64)
-            for at, batch_values in scorer.iter_scores(images[indices[start:end]], indices=ids[start:end],
-                                                       validated=True):
+            rows = indices[start:end]
+            for at, batch_values in scorer.iter_scores(images[rows], indices=ids[start:end], validated=True,
+                                                       conditions=take(conditions, rows)):
                 values[at:at + len(batch_values)] = batch_values
                 ticker.update(len(batch_values))
             if store is not None:

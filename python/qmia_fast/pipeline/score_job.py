@@ -67,11 +67,12 @@ def _run(job: ScoreJob, out: Path, ctx, log: Log) -> ScoreResult | None:
     indices = select_indices(job.subset, loaded.split, len(loaded.images))
     run.announce(say)
     say(f"scoring {len(indices)} images with {run.describe_scorer()}" + (f", {ctx.world_size} ranks" if ctx.active else ""))
-    identity = score_identity(scorer, target, loaded.images, indices)
+    identity = score_identity(scorer, target, loaded.images, indices, run.conditions)
     chunks = Path(job.work_dir) if job.work_dir else out.with_name(out.name + ".chunks")
     started = time.perf_counter()
     values = score_indices(scorer, loaded.images, indices, work_dir=chunks, identity=identity, ctx=ctx,
-                           progress=job.progress, overwrite=job.overwrite, chunk_size=job.chunk_size, log=say)
+                           progress=job.progress, overwrite=job.overwrite, chunk_size=job.chunk_size, log=say,
+                           conditions=run.conditions)
     seconds = time.perf_counter() - started
     if not ctx.is_main:
         return None

@@ -6,15 +6,15 @@ import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..data.layout import LAYOUTS
+from ..data.loader import FORMATS as DATA_FORMATS
+from ..data.loader import PARTS
 from ..errors import ConfigError
+from ..models.loader import FORMATS as MODEL_FORMATS
 from ..precision import PRECISIONS
 from ..scoring import CONDITION_MODES, METHODS, SCORE_SETTINGS, score_defaults
 from ..seeds import check_seed
 
-MODEL_FORMATS = ("auto", "qmia", "pytorch-ddpm", "diffusers", "torchscript")
-DATA_FORMATS = ("auto", "npy", "npz", "idx", "cifar", "images")
-LAYOUTS = ("auto", "nchw", "nhwc", "nhw")
-PARTS = ("train", "test", "all")
 SUBSETS = ("all", "members", "public", "holdout", "nonmembers")
 DEFAULT_AUDIT_OUT = "qmia-out"
 
@@ -27,6 +27,7 @@ class ModelSpec:
     format: str = "auto"
     config: str | None = None
     trust_checkpoint: bool = False
+    lora: str | None = None  # a LoRA weights file merged into the denoiser before scoring
 
     def __post_init__(self):
         _choice(self.format, MODEL_FORMATS, "model_format")
@@ -34,7 +35,8 @@ class ModelSpec:
     def load(self):
         from ..models import load_model
 
-        return load_model(self.path, format=self.format, config=self.config, trust_checkpoint=self.trust_checkpoint)
+        return load_model(self.path, format=self.format, config=self.config, trust_checkpoint=self.trust_checkpoint,
+                          lora=self.lora)
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,14 @@ class DataSpec:
     split: str | None = None
     members: str | None = None
     public_fraction: float = 0.5
+    labels: str | None = None           # class labels per image (conditional models), overriding the data's own
+    captions: str | None = None         # captions per image (text-to-image), overriding a folder's metadata file
+    caption_column: str | None = None   # the metadata's text column (default: text)
+    resolution: int | None = None       # image folders: resize + centre crop to this side (default: the model's)
 
     def __post_init__(self):
         _choice(self.format, DATA_FORMATS, "data_format")
+        _optional_int(self.resolution, "resolution", minimum=1)
         _choice(self.layout, LAYOUTS, "layout")
         if self.part is not None:
             _choice(self.part, PARTS, "part")
@@ -58,12 +65,16 @@ class DataSpec:
             raise ConfigError("--split and --members were both given; pass only one of them")
         _fraction(self.public_fraction, "public_fraction")
 
-    def load(self, seed: int, expected_shape=None):
+    def load(self, seed: int, expected_shape=None, resolution: int | None = None):
+        """The images (checked against expected_shape), split and conditions; `resolution` is the model's default
+        for resizing an image folder when this spec gives none."""
         from ..data import load_data
 
         return load_data(self.path, split=self.split, members=self.members, public_fraction=self.public_fraction,
                          seed=seed, layout=self.layout, fmt=self.format, part=self.part,
-                         expected_shape=None if expected_shape is None else tuple(expected_shape))
+                         expected_shape=None if expected_shape is None else tuple(expected_shape),
+                         labels=self.labels, captions=self.captions, caption_column=self.caption_column,
+                         resolution=self.resolution, model_resolution=resolution)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,112 @@
+"""`qmia-fast attack` and `score` on each model family from local folders, with the conditions taken from the data."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from qmia_fast.cli import cli
+
+import diffusers_builders as build
+
+pytest.importorskip("diffusers")
+
+QUICK = ["--t-sec", "20", "--k", "10", "--device", "cpu", "--no-progress", "--precision", "fp32", "--n-models", "1",
+         "--reg-epochs", "1", "--reg-width", "4", "--reg-depth", "1"]
+
+
+def run(*args, expect=0):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == expect, result.output + result.stderr
+    return result
+
+
+def one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qmia-fast: error:"), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def write_data(root, n=36, size=8, labels=None, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 3, size, size), dtype=np.uint8)
+    arrays = {"images": images}
+    if labels is not None:
+        arrays["labels"] = labels
+    np.savez(root / "data.npz", **arrays)
+    np.save(root / "members.npy", np.arange(0, n, 3))
+    return root / "data.npz", root / "members.npy"
+
+
+@pytest.mark.parametrize("method", ["secmi", "loss"])
+def test_a_class_conditional_unet_is_audited_with_the_datas_labels(tmp_path, method):
+    model = build.build_class_unet(tmp_path / "model", num_classes=10)
+    data, members = write_data(tmp_path, labels=np.arange(36) % 10)
+    out = tmp_path / "audit"
+    run("attack", "--model", model, "--data", data, "--members", members, "--method", method, "--out", out, *QUICK)
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["score"]["condition"]["kind"] == "class"
+    assert report["config"]["score"]["condition"]["mode"] == "own"
+    # The null condition is another score; a labels file overrides the data's own labels.
+    null = tmp_path / "null.npz"
+    run("score", "--model", model, "--data", data, "--method", method, "--condition", "null", "--out", null, *QUICK[:7])
+    own = tmp_path / "own.npz"
+    run("score", "--model", model, "--data", data, "--method", method, "--out", own, *QUICK[:7])
+    assert not np.array_equal(np.load(null)["scores"], np.load(own)["scores"])  # the tiny model's classes move little
+    np.save(tmp_path / "labels.npy", (np.arange(36) + 1) % 10)
+    relabelled = tmp_path / "relabelled.npz"
+    run("score", "--model", model, "--data", data, "--labels", tmp_path / "labels.npy", "--method", method,
+        "--out", relabelled, *QUICK[:7])
+    assert not np.array_equal(np.load(relabelled)["scores"], np.load(own)["scores"])
+
+
+def test_labels_that_do_not_fit_the_model_or_are_missing_are_one_line_errors(tmp_path):
+    model = build.build_class_unet(tmp_path / "model", num_classes=10)
+    data, members = write_data(tmp_path)
+    one_line_error(run("score", "--model", model, "--data", data, "--out", tmp_path / "s.npz", *QUICK[:7], expect=2),
+                   "class-conditional", "--labels")
+    np.save(tmp_path / "labels.npy", np.arange(36) % 12)
+    one_line_error(run("score", "--model", model, "--data", data, "--labels", tmp_path / "labels.npy",
+                       "--out", tmp_path / "s.npz", *QUICK[:7], expect=2), "class")
+    np.save(tmp_path / "short.npy", np.arange(30) % 10)
+    one_line_error(run("score", "--model", model, "--data", data, "--labels", tmp_path / "short.npy",
+                       "--out", tmp_path / "s.npz", *QUICK[:7], expect=2), "short.npy")
+
+
+def test_a_latent_model_and_a_dit_are_audited_in_latent_space(tmp_path):
+    for name, folder in (("latent", build.build_latent_unet(tmp_path / "latent", vae="kl")),
+                         ("dit", build.build_dit(tmp_path / "dit", num_classes=10))):
+        data, members = write_data(tmp_path, size=16, labels=np.arange(36) % 10)
+        out = tmp_path / f"audit-{name}"
+        run("attack", "--model", folder, "--data", data, "--members", members, "--method", "loss", "--out", out,
+            *QUICK)
+        report = json.loads((out / "report.json").read_text())
+        assert report["methods"]["qmia_bag"]["auc"] is not None
+
+
+def test_a_text_to_image_pipeline_reads_captions_from_the_folders_metadata(tmp_path):
+    PIL = pytest.importorskip("PIL.Image")
+    model = build.build_text_to_image(tmp_path / "sd")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(30):
+        side = int(rng.integers(16, 40))  # mixed sizes: resized and centre-cropped to the pipeline's 16
+        PIL.fromarray(rng.integers(0, 256, size=(side, side + 3, 3), dtype=np.uint8)).save(folder / f"img_{i:02d}.png")
+        rows.append({"file_name": f"img_{i:02d}.png", "text": ["a shoe", "a bag", "a coat"][i % 3]})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "members.txt").write_text("".join(f"img_{i:02d}.png\n" for i in range(0, 30, 3)))
+    out = tmp_path / "audit"
+    run("attack", "--model", model, "--data", folder, "--members", tmp_path / "members.txt", "--method", "loss",
+        "--out", out, *QUICK)
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["score"]["condition"]["kind"] == "text"
+    # Without captions the text model says where captions come from.
+    (folder / "metadata.jsonl").unlink()
+    one_line_error(run("score", "--model", model, "--data", folder, "--out", tmp_path / "s.npz", *QUICK[:7],
+                       expect=2), "captions")
