@@ -71,6 +71,11 @@ def find_layout(root: Path) -> PipelineLayout:
             layout = PipelineLayout(root, "model", root)
             _extras_of_bare_folder(root)
             return layout
+        named = [role for role in DENOISER_ROLES if isinstance(index, dict) and isinstance(index.get(role), list)
+                 and any(index[role])]
+        if named:
+            raise ModelLoadError(f"pipeline index {root / 'model_index.json'} names a {named[0]} component but {root} "
+                                 f"has no {named[0]}/ folder; the pipeline is incomplete")
         raise ModelLoadError(f"diffusers model {root}: found neither unet/ nor transformer/ (nor a bare model's "
                              "config.json); pass a UNet2DModel/DiT folder or a pipeline folder saved with save_pretrained")
     role = denoisers[0]
