@@ -311,3 +311,25 @@ def test_dit_id2label_must_name_every_class(tmp_path):
     (folder / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ModelLoadError, match="id2label names 2 ids but the model has 10 classes"):
         load_model(folder)
+
+
+def test_sinusoidal_class_embedding_needs_conditioning_json(tmp_path):
+    """class_embed_type 'timestep' embeds labels like timesteps: no table tells the class count."""
+    from diffusers_builders import perturb
+
+    folder = tmp_path / "sinusoidal"
+    perturb(diffusers.UNet2DModel(
+        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(32, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=32, class_embed_type="timestep")).save_pretrained(folder / "unet")
+    save_scheduler(folder / "scheduler")
+    with pytest.raises(ModelLoadError, match="does not tell how many classes .* write a conditioning.json"):
+        load_model(folder)
+    (folder / "conditioning.json").write_text(json.dumps({"kind": "class", "num_classes": 5, "null_label": 99}))
+    model, net = load_model(folder), diffusers.UNet2DModel.from_pretrained(folder / "unet").eval()
+    assert model.conditioning == Conditioning("class", num_classes=5, null_label=99)
+    x, labels = _x((3, 8, 8)), torch.tensor([0, 4, 99, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, T, labels), net(x, T, class_labels=labels).sample, **EXACT)
+    with pytest.raises(InputError, match="class label 5"):
+        model(x, T, torch.tensor([5, 0, 0, 0]))

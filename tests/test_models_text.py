@@ -220,3 +220,14 @@ def test_old_transformers_weight_names_load(sd_folder, sd_model, tmp_path):
     model = load_model(folder)
     torch.testing.assert_close(model.text_encoder.encode(CAPTIONS)[0], sd_model.text_encoder.encode(CAPTIONS)[0],
                                **EXACT)
+
+
+def test_missing_transformers_is_a_one_line_error_naming_the_extra(sd_folder, monkeypatch):
+    import sys
+
+    from qmia_fast.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ImportError
+    with pytest.raises(MissingExtraError, match=r"pip install 'qmia-fast\[diffusers\]'") as info:
+        load_model(sd_folder)
+    assert "\n" not in str(info.value)

@@ -67,10 +67,15 @@ def find_layout(root: Path) -> PipelineLayout:
     if len(denoisers) > 1:
         raise ModelLoadError(f"diffusers pipeline {root} has both unet/ and transformer/; keep the one denoiser")
     if not denoisers:
-        if index is None and (root / "config.json").is_file():
+        named = [role for role in DENOISER_ROLES if isinstance(index, dict) and isinstance(index.get(role), list)
+                 and any(index[role])]
+        if not named and (root / "config.json").is_file():
             layout = PipelineLayout(root, "model", root)
             _extras_of_bare_folder(root)
             return layout
+        if named:
+            raise ModelLoadError(f"pipeline index {root / 'model_index.json'} names a {named[0]} component but {root} "
+                                 f"has no {named[0]}/ folder; the pipeline is incomplete")
         raise ModelLoadError(f"diffusers model {root}: found neither unet/ nor transformer/ (nor a bare model's "
                              "config.json); pass a UNet2DModel/DiT folder or a pipeline folder saved with save_pretrained")
     role = denoisers[0]

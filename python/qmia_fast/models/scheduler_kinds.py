@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..errors import ConfigError, ModelLoadError
-from ..schedule import FlowSchedule, Schedule, schedule_from_diffusers_config
+from ..schedule import FlowSchedule, schedule_from_diffusers_config
 from .config_io import check_schedule_steps
 
 __all__ = ["DDPM_SCHEDULERS", "FLOW_SCHEDULERS", "ResolvedScheduler", "resolve_scheduler"]
@@ -101,7 +101,3 @@ def _flow_schedule(settings: Mapping[str, Any], class_name: str, where: str) -> 
                             {"kind": "flow", "scheduler": class_name})
     except ConfigError as exc:
         raise ModelLoadError(f"{where}: {exc}") from None
-
-
-def is_schedule(value) -> bool:
-    return isinstance(value, (Schedule, FlowSchedule))
