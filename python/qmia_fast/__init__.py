@@ -20,6 +20,7 @@ if "torch" not in _sys.modules:
 # the compiled core or optional extras until they are used.
 _LAZY = {
     "load_model": ("qmia_fast.models", "load_model"),
+    "wrap_denoiser": ("qmia_fast.models", "wrap_denoiser"),
     "load_data": ("qmia_fast.data", "load_data"),
     "score": ("qmia_fast.scoring", "score"),
     "Scorer": ("qmia_fast.scoring", "Scorer"),
