@@ -268,3 +268,21 @@ def test_the_table_explains_a_share_of_peak_over_100_percent():
         "max_rel_diff_vs_baseline": 1e-6}}}
     table = benchmark.format_table({"options": {"t_sec": 100, "k": 10}, "environment": {}, "scoring": [row]})
     assert "170%" in table and "can exceed 100%" in table
+
+
+@pytest.mark.slow
+def test_latent_and_dit_rows_run_against_a_plain_diffusers_loop_with_the_encode_timed_apart(tmp_path, one_torch_thread):
+    pytest.importorskip("diffusers")
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(cli, ["bench", "--models", "latent,dit", "--batch-sizes", "2", "--rounds", "1",
+                                      "--precisions", "fp32", "--no-matmul", "--no-vote", "--no-direct",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    for row in report["scoring"]:
+        assert set(row["results"]) == {"baseline", "fp32"}
+        # The same t-errors as the plain-diffusers loop, to float32 rounding.
+        assert row["results"]["fp32"]["median_rel_diff_vs_baseline"] < 1e-3
+        assert row["vae_encode_s_per_image"]["baseline"] > 0 and row["vae_encode_s_per_image"]["qmia"] > 0
+    assert [m["model"] for m in report["models"]] == ["latent", "dit"]
+    assert "diffusers" in report["models"][0]["baseline"]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 
-MODEL_NAMES = ("demo", "cifar10")
+MODEL_NAMES = ("demo", "cifar10", "latent", "dit")
 
 
 # PyTorch's shipped settings, which the baseline runs with on CUDA as a user's loop would:
@@ -131,11 +131,16 @@ class SecmiBaseline:
 
 
 def build_model(name: str, device: torch.device | str = "cpu"):
-    """(EpsModel, description) for a benchmark model name: 'demo' or 'cifar10'.
+    """(EpsModel, description) for a benchmark model name: 'demo', 'cifar10', 'latent' or 'dit'.
 
     'demo' is the shipped, trained demo target; 'cifar10' is the 35.7M-parameter CIFAR-10
-    DDPM architecture with random weights (throughput does not depend on their values).
+    DDPM architecture with random weights (throughput does not depend on their values);
+    'latent' and 'dit' are diffusers models behind a VAE (benchmark/families.py).
     """
+    if name in ("latent", "dit"):
+        from .families import build_family
+
+        return build_family(name)
     from ..models import BUILTIN_TARGET_DIR, CIFAR10_UNET_CONFIG, EpsModel, UNet, count_parameters, load_model
     from ..schedule import linear_schedule
 
@@ -163,8 +168,11 @@ def unet_flops_per_image(model, device: torch.device) -> float:
     """Floating-point operations of one UNet call on one image (torch.utils.flop_counter; 2 per multiply-add)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.zeros(2, *model.image_shape, device=device)
+    from ..plan_probe import probe_condition
+
+    x = torch.zeros(2, *getattr(model, "input_shape", model.image_shape), device=device)
     t = torch.full((2,), 10, dtype=torch.long, device=device)
+    cond = probe_condition(model, 2, device)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x, t)
+        model(x, t) if cond is None else model(x, t, cond)
     return counter.get_total_flops() / 2

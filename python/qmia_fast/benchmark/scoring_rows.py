@@ -19,6 +19,7 @@ import torch
 from ..errors import ConfigError
 from ..plan import resolve_plan
 from ..precision import PRECISIONS, call_precisions
+from .families import FAMILY_NAMES, DiffusersLoop, benchmark_labels
 from .models import SecmiBaseline, build_model, unet_flops_per_image
 from .timing import _load_average, _time_job, best_wall, environment, matmul_rates, peak_fraction, rms_per_pixel
 
@@ -37,7 +38,7 @@ class BenchOptions:
 
     models: Sequence[str] = ("demo", "cifar10")
     batch_sizes: dict = field(default_factory=lambda: {"demo": [16, 32, 64, 128, 256, 512, 1024],
-                                                         "cifar10": [16, 32]})
+                                                         "cifar10": [16, 32], "latent": [16], "dit": [16]})
     precisions: Sequence[str] | None = None  # variant specs (parse_variant); None: DEFAULT_VARIANTS of the device
     direct_layers: bool = True  # also time fp32 without the Winograd/GroupNorm CPU layers (CPU only)
     slow_bf16: bool = False     # time bf16 on the CIFAR-10 model even where the CPU emulates bf16
@@ -53,7 +54,7 @@ class BenchOptions:
 
     @classmethod
     def quick_defaults(cls, **overrides) -> "BenchOptions":
-        options = cls(batch_sizes={"demo": [32], "cifar10": [16]}, rounds=2, quick=True)
+        options = cls(batch_sizes={"demo": [32], "cifar10": [16], "latent": [8], "dit": [8]}, rounds=2, quick=True)
         for key, value in overrides.items():
             setattr(options, key, value)
         return options
@@ -133,14 +134,15 @@ def scoring_variants(specs: Sequence[str], device: torch.device, *, skip_emulate
     return variants, notes
 
 
-def _warm_up(device: torch.device, baselines: dict, scorers: dict, batch: np.ndarray) -> None:
-    """Untimed first runs on one batch: on a GPU a whole batch per path (CUDA graph capture, cuDNN plans);
-    on a CPU one UNet call per path (oneDNN primitive creation), which is all a CPU needs."""
-    if device.type == "cuda":
+def _warm_up(device: torch.device, baselines: dict, scorers: dict, batch: np.ndarray, conditions=None) -> None:
+    """Untimed first runs on one batch: on a GPU, or for a latent model, a whole batch per path (CUDA graph capture,
+    cuDNN plans, the VAE); on a CPU otherwise one UNet call per path (oneDNN primitive creation), all it needs."""
+    latent = any(getattr(s.model, "latent", None) is not None for s in scorers.values())
+    if device.type == "cuda" or latent:
         for baseline in baselines.values():
             baseline.score(batch, len(batch))
         for scorer in scorers.values():
-            scorer.score(batch)
+            scorer.score(batch, conditions=conditions)
         return
     x = torch.from_numpy(batch).float() / 255.0 * 2.0 - 1.0
     for baseline in baselines.values():
@@ -188,8 +190,12 @@ def scoring_rows(options: BenchOptions, log: Callable[[str], None] = lambda s: N
     for name in options.models:
         model, description = build_model(name, device)
         flops = unet_flops_per_image(model.to(device), device)
-        baselines = {"baseline": SecmiBaseline(model, device, options.t_sec, options.k)}
-        if device.type == "cuda":
+        family = name in FAMILY_NAMES
+        if family:  # the plain-diffusers loop a user would write for this model
+            baselines = {"baseline": DiffusersLoop(model, device, options.t_sec, options.k)}
+        else:
+            baselines = {"baseline": SecmiBaseline(model, device, options.t_sec, options.k)}
+        if device.type == "cuda" and not family:
             baselines["baseline-fp32"] = SecmiBaseline(model, device, options.t_sec, options.k, strict=True)
         planned = planned_runs_as(model, device, (options.batch_sizes.get(name) or [None])[0], log)
         variants, notes = scoring_variants(specs, device, skip_emulated_bf16=name != "demo" and not options.slow_bf16,
@@ -200,6 +206,7 @@ def scoring_rows(options: BenchOptions, log: Callable[[str], None] = lambda s: N
                         "variants": variants, "unet_gflop_per_image": flops / 1e9}
         for batch in options.batch_sizes.get(name, []):
             images = _images_for(model, batch * per_job)
+            conditions = benchmark_labels(len(images)) if model.conditioning is not None else None
 
             def make_scorer(kwargs: dict) -> Scorer:
                 return Scorer(copy.deepcopy(model), "secmi", t_sec=options.t_sec, k=options.k, batch_size=batch,
@@ -207,9 +214,10 @@ def scoring_rows(options: BenchOptions, log: Callable[[str], None] = lambda s: N
 
             scorers = {label: make_scorer(kwargs) for label, kwargs in variants.items()}
             jobs = {key: (lambda b: lambda: b.score(images, batch))(b) for key, b in baselines.items()}
-            jobs.update({label: (lambda s: lambda: s.score(images))(s) for label, s in scorers.items()})
+            jobs.update({label: (lambda s: lambda: s.score(images, conditions=conditions))(s)
+                         for label, s in scorers.items()})
             log(f"{name} batch {batch}: warm-up")
-            _warm_up(device, baselines, scorers, images[:batch])
+            _warm_up(device, baselines, scorers, images[:batch], None if conditions is None else conditions[:batch])
             timed = {key: {"wall": [], "cpu": []} for key in jobs}
             results = {}
             for round_index in range(options.rounds):
@@ -242,6 +250,11 @@ def scoring_rows(options: BenchOptions, log: Callable[[str], None] = lambda s: N
                     _ratios(entry, timed, key, "baseline-fp32", "_strict")
                     _differences(entry, results[key], results["baseline-fp32"], "strict")
                 row["results"][key] = entry
+            if family:  # the VAE encode, timed on its own (both paths encode each image once)
+                encode_base = _time_job(lambda: baselines["baseline"].encode(images), device)[0]
+                encode_ours = _time_job(lambda: next(iter(scorers.values())).encode(images), device)[0]
+                row["vae_encode_s_per_image"] = {"baseline": encode_base / len(images),
+                                                 "qmia": encode_ours / len(images)}
             if on_case is not None:
                 row.update(on_case({"model_name": name, "model": model, "device": device, "batch": batch,
                                     "images": images, "baselines": baselines, "scorers": scorers,

@@ -48,6 +48,12 @@ def format_table(report: dict) -> str:
                          f"{ratio_cpu:>9} " + (f"{vs_strict:>12} " if strict else "")
                          + f"{entry['unet_gflops_wall']:>12.1f} "
                          f"{(f'{100 * peak:.0f}%' if peak is not None else '-'):>7} {diff:>12}")
+    for row in rows:
+        encode = row.get("vae_encode_s_per_image")
+        if encode:
+            lines.append(f"{row['model']} batch {row['batch_size']}: VAE encode (in each row's time, once per image) "
+                         f"{1000 * encode['baseline']:.1f} ms/image in the plain-diffusers loop, "
+                         f"{1000 * encode['qmia']:.1f} ms/image in qmia-fast")
     if strict:
         lines.append("(vs fp32 loop: the same loop with TF32 off; max rel diff: against that loop's scores)")
     over = [e for row in rows for e in row["results"].values() if (e.get("matmul_peak_fraction") or 0) > 1.0]

@@ -123,11 +123,14 @@ def run_bench(*, accuracy: bool, accuracy_method: str, out_path: str | None, on_
 
 @click.command("bench")
 @click.option("--models", default="demo,cifar10", show_default=True,
-              help="Models to time: demo (the shipped, trained target) and cifar10 (the 35.7M-parameter CIFAR-10 "
-                   "DDPM architecture, random weights).")
+              help="Models to time: demo (the shipped, trained target), cifar10 (the 35.7M-parameter CIFAR-10 "
+                   "DDPM architecture, random weights), latent (an SD-shaped latent UNet behind a VAE, 64x64 images) "
+                   "and dit (a class-conditional DiT behind the same VAE), the last two against a plain-diffusers "
+                   "loop (needs the diffusers extra).")
 @click.option("--batch-sizes", default=None,
               help="Batch sizes: '16,64' for every model or 'demo=16,64;cifar10=16'. "
-                   "Default: demo 16..1024 and cifar10 16,32 (with --quick: demo 32 and cifar10 16).")
+                   "Default: demo 16..1024, cifar10 16,32, latent and dit 16 (with --quick: demo 32, cifar10 16, "
+                   "latent and dit 8).")
 @click.option("--precisions", default=None,
               help="qmia-fast variants to time beside the baseline: precisions, each optionally with :fused or "
                    ":unfused (the fused GroupNorm path forced on or off). Default: auto,fp32,bf16 on a CPU; "

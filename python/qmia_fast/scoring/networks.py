@@ -22,6 +22,7 @@ class Networks:
                  fast_layers: bool, fused: bool | None, compile: bool = False):
         self.model = model.to(device).eval()
         self.channels_last = bool(channels_last)
+        self._fused_request = fused
         self.model.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         self.nets: dict[str, Any] = {}
         for call in dict.fromkeys(calls):
@@ -33,6 +34,12 @@ class Networks:
 
             self.layers = WinogradConvs()
         self.fused = set_fused(self.nets.values(), fused)
+
+    def activate(self) -> None:
+        """Re-apply this setting's memory format and fusion to the shared model (another Networks over the same
+        model may have changed them in place): what the run-plan probe does before timing each variant."""
+        self.model.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        set_fused(self.nets.values(), self._fused_request)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond, call: str) -> torch.Tensor:
         net = self.nets.get(call, self.model)  # an fp32 redo of a half-precision plan runs the model itself
