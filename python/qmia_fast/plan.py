@@ -71,7 +71,8 @@ class RunPlan:
         layers = ", Winograd convolutions" if self.fast_layers else ""
         fused = "" if self.fused is None else (", fused GroupNorm" if self.fused else ", plain GroupNorm")
         graphs = ", CUDA graphs" if self.cuda_graphs else ""
-        threads = "torch's threads" if self.threads is None else f"{self.threads} threads"
+        threads = ("torch's threads" if self.threads is None
+                   else f"{self.threads} thread{'' if self.threads == 1 else 's'}")
         return (f"plan: {self.device}, {self.precision} ({self.decided.get('precision', '')}), micro-batch "
                 f"{self.unet_batch}{ladder}, batch {self.batch_size}, "
                 f"{'channels_last' if self.channels_last else 'NCHW'}{layers}{fused}{graphs}, {threads}; "

@@ -15,7 +15,9 @@ __all__ = ["CONDITIONING_FILE", "read_conditioning_json", "class_conditioning", 
            "ClassLabelCall", "TextStatesCall", "check_labels"]
 
 CONDITIONING_FILE = "conditioning.json"
-_KEYS = ("kind", "num_classes", "null_label", "class_names")
+# cfg_dropout: the share of training steps that saw the null class (what `qmia-fast train-target --condition class`
+# records); informational, checked for range only.
+_KEYS = ("kind", "num_classes", "null_label", "class_names", "cfg_dropout")
 
 
 def read_conditioning_json(root: Path) -> dict[str, Any] | None:
@@ -33,6 +35,10 @@ def read_conditioning_json(root: Path) -> dict[str, Any] | None:
                              f"the keys are {', '.join(_KEYS)}")
     if value.get("kind") not in ("class", "text"):
         raise ModelLoadError(f"conditioning file {path}: kind = {value.get('kind')!r:.40} must be \"class\" or \"text\"")
+    dropout = value.get("cfg_dropout")
+    if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+                                or not 0.0 <= float(dropout) < 1.0):
+        raise ModelLoadError(f"conditioning file {path}: cfg_dropout = {dropout!r:.40} must be a number in [0, 1)")
     value["_path"] = str(path)
     return value
 
