@@ -46,6 +46,8 @@ class ExperimentFolder:
     def check(self, inputs: Iterable[tuple[object, str]] = ()) -> None:
         """Before any work: usable paths, and nothing replaced that was not asked for."""
         check_target_folder(self.path, "--out")
+        check_apart([(self.path / REPORT, "--out"), (self.path / RESULTS, "--out"), (self.path / CACHE, "--out")],
+                    inputs, places=[(self.path, "--out")])
         for name in (REPORT, RESULTS):
             file = self.path / name
             if os.path.lexists(file) and (file.is_symlink() or not file.is_file()):
@@ -62,8 +64,6 @@ class ExperimentFolder:
                                   f"({previous.get('command', '?')!s:.80}); pass --overwrite to replace them, or "
                                   "choose another folder")
         self.cache.check()
-        check_apart([(self.path / REPORT, "--out"), (self.path / RESULTS, "--out"), (self.path / CACHE, "--out")],
-                    inputs, places=[(self.path, "--out")])
 
     def claim(self) -> "ExperimentFolder":
         """Lock the folder for this run; with overwrite, remove the earlier run's report, results and figures."""

@@ -83,6 +83,8 @@ class AuditFolder:
     def check(self, inputs: Iterable[tuple[object, str]] = ()) -> None:
         """Before any work: every output path usable, nothing replaced that is not ours or not asked for."""
         check_target_folder(self.path, self.option)
+        outputs = [(self.path / name, self.option) for name in (REPORT, *self.files)] + [(self.chunks, self.option)]
+        check_apart(outputs, inputs, places=[(self.path, self.option)])
         present = []
         for name in (REPORT, *AUDIT_FILES):
             file = self.path / name
@@ -100,8 +102,6 @@ class AuditFolder:
                               "--overwrite to replace it, or choose another folder")
         if os.path.lexists(self.chunks):
             ChunkStore(self.chunks, {}, 0, 1, option=f"{self.option} {self.path}: its {CHUNKS}").check()
-        outputs = [(self.path / name, self.option) for name in (REPORT, *self.files)] + [(self.chunks, self.option)]
-        check_apart(outputs, inputs, places=[(self.path, self.option)])
 
     def claim(self) -> "AuditFolder":
         """Create and lock the folder for this run (refused while another run holds it)."""
