@@ -183,3 +183,19 @@ def test_rerunning_the_same_overwrite_command_keeps_the_chunks_of_the_same_run(t
     score_indices(scorer, images, np.arange(16), work_dir=tmp_path / "c", identity=other, chunk_size=4,
                   overwrite=True, report=report)
     assert report["scored_now"] == 16  # another run's chunks were discarded
+
+
+def test_precision_auto_resumes_at_what_the_unfinished_run_resolved(files, tmp_path, monkeypatch):
+    """'auto' on a CPU follows a timing probe that a busy machine can tip: the same command must resume its own
+    run at the precision that run resolved, not be refused as a different run."""
+    import qmia_fast.precision as precision
+
+    out = tmp_path / "s.npy"
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda *a, **k: 3.0)
+    killed_run(files, out, precision="auto")
+    (tmp_path / "s.npy.chunks" / "chunk_000002.npy").unlink()
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda *a, **k: None)
+    said = []
+    result = run_score(job(files, out, precision="auto"), log=said.append)
+    assert any("resuming at bf16" in line for line in said) and any("resuming: 2 of 3" in line for line in said)
+    assert result.metadata["score"]["precision"] == "bf16"

@@ -16,8 +16,8 @@ from ..seeds import derive_seed
 from .identity import identity_key, score_identity
 from .loading import load_for_scoring
 from .outputs import AuditFolder, spec_inputs
-from .resumable import score_indices
-from .specs import AttackSpec, AuditSpec
+from .resumable import pinned_score_spec, score_indices
+from .specs import AttackSpec, AuditSpec, ScoreSpec
 
 SETS = ("members", "public", "holdout")
 Log = Callable[[str], None]
@@ -65,11 +65,15 @@ class AuditResult:
     note: str | None = None
 
 
-def prepare(spec: AuditSpec, ctx: distributed.Context | None = None, log: Log | None = None) -> Prepared:
-    """Load the model and data, resolve the score settings and the sets; check images before any UNet call."""
+def prepare(spec: AuditSpec, ctx: distributed.Context | None = None, log: Log | None = None,
+            score: ScoreSpec | None = None) -> Prepared:
+    """Load the model and data, resolve the score settings and the sets; check images before any UNet call.
+
+    `score` overrides spec.score (a resumed run's pinned precision); the report keeps spec as asked.
+    """
     log = log or (lambda text: None)
     ctx = ctx or distributed.Context()
-    run = load_for_scoring(spec.model, spec.data, spec.score, spec.seed, ctx)
+    run = load_for_scoring(spec.model, spec.data, score or spec.score, spec.seed, ctx)
     target, loaded, settings, note, scorer = run.target, run.data, run.settings, run.note, run.scorer
     split = loaded.split
     if split is None:
@@ -151,7 +155,8 @@ def _run(spec: AuditSpec, folder: AuditFolder | None, ctx, log: Log) -> AuditRes
     timings: dict[str, float] = {}
     started = time.perf_counter()
     say = log if ctx.is_main else (lambda text: None)
-    prepared = prepare(spec, ctx, say)
+    score = pinned_score_spec(spec.score, folder.chunks if folder is not None else None, say)
+    prepared = prepare(spec, ctx, say, score=score)
     timings["load_s"] = time.perf_counter() - started
     from ..results.interop import image_file_names
 

@@ -151,6 +151,32 @@ def discard_chunks(folder: str | Path) -> None:
     OwnedFolder(folder, "--work-dir", "score-chunks", CHUNK_FILES, legacy=MANIFEST).remove()
 
 
+def pinned_score_spec(score_spec, folder: str | Path | None, log=None):
+    """`score_spec` with precision 'auto' replaced by what the unfinished run in `folder` resolved it to.
+
+    'auto' on a CPU is decided by a timing probe, which a busy machine can tip either way; the
+    same command must resume its own run, not be refused as a different one.
+    """
+    from dataclasses import replace
+
+    from ..precision import PRECISIONS
+
+    if folder is None or getattr(score_spec, "precision", None) != "auto" or not (Path(folder) / MANIFEST).exists():
+        return score_spec
+    try:
+        manifest = ChunkStore(folder, {}, 0, 1).read_manifest() or {}
+    except ResumeMismatchError:
+        return score_spec
+    identity = manifest.get("identity")
+    score = identity.get("score") if isinstance(identity, dict) else None
+    precision = score.get("precision") if isinstance(score, dict) else None
+    if precision not in PRECISIONS or precision == "auto":
+        return score_spec
+    if log is not None:
+        log(f"precision auto: resuming at {precision}, as the unfinished run in {folder} resolved it")
+    return replace(score_spec, precision=precision)
+
+
 def default_chunk_size(batch_size: int) -> int:
     """Chunks of whole scoring steps, about 1024 images."""
     return batch_size * max(1, 1024 // batch_size)
@@ -241,4 +267,4 @@ def _score(scorer, images, indices, ids, store, ctx, chunk_size, progress, log, 
 
 
 __all__ = ["ChunkStore", "score_indices", "score_identity", "fingerprint_array", "fingerprint_model",
-           "default_chunk_size", "discard_chunks", "chunk_bounds"]
+           "default_chunk_size", "discard_chunks", "chunk_bounds", "pinned_score_spec"]

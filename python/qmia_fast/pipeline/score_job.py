@@ -18,7 +18,7 @@ from .identity import digest_json, execution_identity, fingerprint_array, identi
 from .loading import load_for_scoring
 from .outputs import check_output_file, spec_inputs
 from .ownership import OwnedFolder, check_apart
-from .resumable import CHUNK_FILES, MANIFEST, ChunkStore, discard_chunks, score_indices
+from .resumable import CHUNK_FILES, MANIFEST, ChunkStore, discard_chunks, pinned_score_spec, score_indices
 from .specs import ScoreJob
 
 Log = Callable[[str], None]
@@ -89,7 +89,8 @@ def run_score(job: ScoreJob, log: Log | None = None) -> ScoreResult | None:
 
 def _run(job: ScoreJob, out: Path, ctx, log: Log) -> ScoreResult | None:
     say = log if ctx.is_main else (lambda text: None)
-    run = load_for_scoring(job.model, job.data, job.score, job.seed, ctx)
+    chunks, option = chunk_folder(job)
+    run = load_for_scoring(job.model, job.data, pinned_score_spec(job.score, chunks, say), job.seed, ctx)
     target, loaded, scorer = run.target, run.data, run.scorer
     indices = select_indices(job.subset, loaded.split, len(loaded.images))
     run.announce(say)
@@ -97,7 +98,6 @@ def _run(job: ScoreJob, out: Path, ctx, log: Log) -> ScoreResult | None:
     model_id = model_identity(target)  # each weight hashed once, for the identity and the metadata alike
     identity = score_identity(scorer, target, loaded.images, indices, model_id=model_id,
                               data=fingerprint_array(loaded.images))
-    chunks, option = chunk_folder(job)
     # Rank 0 holds the chunk folder's lock from before scoring until the score file is written.
     guard = OwnedFolder(chunks, option, "score-chunks", CHUNK_FILES, legacy=MANIFEST)
     if ctx.is_main:
