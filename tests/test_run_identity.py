@@ -199,3 +199,14 @@ def test_precision_auto_resumes_at_what_the_unfinished_run_resolved(files, tmp_p
     result = run_score(job(files, out, precision="auto"), log=said.append)
     assert any("resuming at bf16" in line for line in said) and any("resuming: 2 of 3" in line for line in said)
     assert result.metadata["score"]["precision"] == "bf16"
+
+
+def test_run_score_hashes_the_weights_once(files, tmp_path, monkeypatch):
+    """The identity and the score file's model_sha256 come from one pass over the weights."""
+    import qmia_fast.pipeline.identity as identity
+
+    calls = []
+    real = identity.fingerprint_tensors
+    monkeypatch.setattr(identity, "fingerprint_tensors", lambda module: calls.append(1) or real(module))
+    result = run_score(job(files, tmp_path / "s.npz"))
+    assert len(calls) == 1 and len(result.metadata["model_sha256"]) == 64

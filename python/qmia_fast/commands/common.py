@@ -1,7 +1,6 @@
 """Options shared by the CLI commands (model, data, scoring, attack), the --config file that can set them, and their specs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
