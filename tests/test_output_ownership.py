@@ -230,3 +230,31 @@ def test_experiment_out_never_replaces_or_deletes_what_is_not_its_own(root, tmp_
     one_line_error(result, "--overwrite" if not extra else "cache")
     assert (tmp_path / "report.md").read_text() == "my notes"
     assert (tmp_path / "cache" / "precious.bin").read_bytes() == b"1"
+
+
+def test_an_audit_of_images_with_odd_names_writes_every_output(root, tmp_path):
+    """Image names that are not UTF-8, hold a CR or start with '=' are written escaped and prefixed: the audit
+    finishes (no failure after scoring and fitting) and its scores.csv has one row per image."""
+    import csv
+
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    images = np.load(root / "images.npy")
+    odd = [os.fsdecode(b"caf\xc3.png"), "line\rbreak.png", "=sum(A1).png"]
+    names = odd + [f"img{i:02d}.png" for i in range(len(images) - len(odd))]
+    for name, image in zip(names, images):
+        Image.fromarray(image[0]).save(folder / name, format="PNG")
+    # Sorted, the odd names are images 0 ('='), 1 ('caf') and 39 ('line'): make them members, so they are evaluated.
+    members = np.array(sorted({0, 1, 39} | set(range(2, 36, 2))))
+    np.save(tmp_path / "members.npy", members)
+    result = invoke("attack", "--model", root / "model", "--data", folder, "--members", tmp_path / "members.npy",
+                    "--out", tmp_path / "audit", "--n-models", "1", "--reg-epochs", "1", *FAST)
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "audit" / "scores.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    files = {row["file"] for row in rows}
+    assert len(rows) == len(members) + 10 and all(row["label"] in ("0", "1") for row in rows)
+    assert {"caf\\xc3.png", "line\\x0dbreak.png", "'=sum(A1).png"} <= files
+    verify_audit_folder(tmp_path / "audit")

@@ -91,7 +91,11 @@ def init(device_type: str = "cpu") -> Context:
             raise PeerError(f"torchrun rank {rank} of {world}: not every rank joined within {limit:g} s "
                             f"({_short(exc)}); a rank may have failed before it started: read its output, fix "
                             "the cause and rerun (the scores already computed are kept)") from None
-    _STORE = distributed_c10d._get_default_store()
+    try:  # the rendezvous store the group was built on: peers exchange JSON messages through it
+        _STORE = distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError) as exc:
+        raise PeerError(f"torchrun rank {rank}: this torch build gives no access to the rendezvous store "
+                        f"({_short(exc)}); run without torchrun") from None
     _CONTEXT = Context(rank=rank, world_size=world, local_rank=local_rank)
     _start_heartbeat(_CONTEXT, limit)
     return _CONTEXT
