@@ -219,17 +219,30 @@ def test_the_report_lists_the_hashes_of_what_this_run_wrote(root, tmp_path, monk
 
 @pytest.mark.parametrize("extra", [[], ["--overwrite"]])
 def test_experiment_out_never_replaces_or_deletes_what_is_not_its_own(root, tmp_path, monkeypatch, extra):
-    """experiment --out . with the user's report.md/results.json: refused without --overwrite; a cache/ folder
-    that is not qmia-fast's is refused even with --overwrite, and keeps its files."""
+    """experiment --out . with the user's report.md/results.json, or a cache/ folder that is not qmia-fast's: refused
+    with or without --overwrite, and every file of the user's is kept."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "report.md").write_text("my notes")
     (tmp_path / "results.json").write_text("{}")
+    command = ["experiment", "oracle", "--out", ".", "--budget", "tiny", "--no-progress", *extra]
+    one_line_error(invoke(*command), "report.md")
+    assert (tmp_path / "report.md").read_text() == "my notes"
+    (tmp_path / "report.md").unlink()
+    (tmp_path / "results.json").unlink()
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "precious.bin").write_bytes(b"1")
-    result = invoke("experiment", "oracle", "--out", ".", "--budget", "tiny", "--no-progress", *extra)
-    one_line_error(result, "--overwrite" if not extra else "cache")
-    assert (tmp_path / "report.md").read_text() == "my notes"
+    one_line_error(invoke(*command), "cache")
     assert (tmp_path / "cache" / "precious.bin").read_bytes() == b"1"
+
+
+def test_an_audit_folder_holding_files_of_the_users_names_is_refused_even_with_overwrite(root, tmp_path):
+    """A scores.npz or report.json in --out that qmia-fast did not write is never replaced."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "scores.npz").write_bytes(b"my scores")
+    (out / "report.json").write_text('{"mine": true}')
+    one_line_error(attack(root, out, "--overwrite"), "did not write")
+    assert (out / "scores.npz").read_bytes() == b"my scores"
 
 
 def test_an_audit_of_images_with_odd_names_writes_every_output(root, tmp_path):

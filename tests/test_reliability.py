@@ -86,6 +86,7 @@ def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(job, tmp_path):
     assert not chunks.exists()
 
 
+@pytest.mark.slow
 def test_changed_config_or_data_is_refused_not_mixed(job, tmp_path):
     out = tmp_path / "s.npy"
     chunks = tmp_path / "s.npy.chunks"

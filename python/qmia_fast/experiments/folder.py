@@ -22,8 +22,8 @@ class ExperimentFolder:
     is the unfinished run of the same command (a killed run resumes). With overwrite, the old
     report, results and the figures its results.json lists are deleted; the cache is kept, because
     its entries are keyed by everything that decides them and sealed, so only exact matches are
-    reused. A report.md or results.json that qmia-fast did not write is replaced only with overwrite;
-    a cache/ that is not qmia-fast's is never written into.
+    reused. A report.md or results.json that qmia-fast did not write, or a cache/ that is not
+    qmia-fast's, is never replaced or written into, with or without overwrite.
     """
 
     def __init__(self, out: Path, overwrite: bool, command: str):
@@ -54,9 +54,9 @@ class ExperimentFolder:
                 raise OutputError(f"--out {self.path}: {name} there is not a file; remove it or choose another folder")
         previous = self._previous()
         foreign = previous == {} or (previous is None and (self.path / REPORT).exists())
-        if foreign and not self.overwrite:
+        if foreign:
             raise OutputError(f"--out {self.path} holds a report.md or results.json that qmia-fast did not write; "
-                              "choose another folder, or pass --overwrite to replace them")
+                              "choose another folder (nothing of yours is replaced, even with --overwrite)")
         if previous and not self.overwrite:
             resuming = not previous.get("complete") and previous.get("command") == self.command
             if not resuming:
