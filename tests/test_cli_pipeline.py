@@ -111,10 +111,11 @@ def test_score_outputs_npz_and_csv_and_subsets(workspace, tmp_path):
         np.testing.assert_array_equal(f["labels"], np.ones(len(f["indices"])))
     run(*base, "--members", root / "members.npy", "--subset", "holdout", "--out", tmp_path / "h.csv")
     lines = (tmp_path / "h.csv").read_text().splitlines()
-    assert lines[0].startswith("# qmia-fast/scores ")
-    assert json.loads(lines[0].split(" ", 2)[2])["direction"] == "lower_is_member"
-    assert lines[1] == "index,score,label"
-    rows = [line.split(",") for line in lines[2:]]
+    # The CSV is plain (csv.DictReader and pandas read it as it is); its metadata is in h.csv.json beside it.
+    assert lines[0] == "index,score,label"
+    sidecar = json.loads((tmp_path / "h.csv.json").read_text())
+    assert sidecar["metadata"]["direction"] == "lower_is_member" and sidecar["sidecar_of"] == "h.csv"
+    rows = [line.split(",") for line in lines[1:]]
     assert len(rows) == 20
     for index, value, label in rows:
         assert float(value) == everything[int(index)] and label == "0"

@@ -78,8 +78,11 @@ def test_all_experiments_write_report_results_and_figures_and_reuse_their_caches
     assert (out / "targets" / "linear" / "model.pt").is_file()
     assert results["setup"]["sets"] == {"members": 30, "public": 30, "holdout": 30}
 
-    # Rerun: every score and fit comes from the cache, so the numbers are the same and nothing is scored again.
-    run(*common)
+    # A second run into the same --out is refused without --overwrite; with it, every score and fit comes
+    # from the cache, so the numbers are the same and nothing is scored again.
+    refused = run(*common, expect=2)
+    assert "--overwrite" in refused.output
+    run(*common, "--overwrite")
     again = json.loads((out / "results.json").read_text())
     assert again["experiments"]["alpha"]["by_alpha"] == results["experiments"]["alpha"]["by_alpha"]
     assert again["experiments"]["alpha"]["score_cost"]["cached"] is True

@@ -86,12 +86,14 @@ def test_sigkill_midway_then_rerun_equals_an_uninterrupted_run(job, tmp_path):
     assert not chunks.exists()
 
 
+@pytest.mark.slow
 def test_changed_config_or_data_is_refused_not_mixed(job, tmp_path):
     out = tmp_path / "s.npy"
     chunks = tmp_path / "s.npy.chunks"
     # Leave partial chunks behind (--keep-chunks keeps the folder after success too).
     assert qmia(*score_args(job, out, "--keep-chunks")).returncode == 0
     assert (chunks / "manifest.json").exists()
+    out.unlink()  # as if the run had been killed before writing its output
     changed = qmia(*score_args(job, out, "--t-sec", "50"))
     assert changed.returncode == 2
     errors = [line for line in changed.stderr.splitlines() if line.startswith("qmia-fast: error:")]
@@ -164,4 +166,4 @@ def test_sigkilled_attack_reruns_to_complete_valid_outputs(job, tmp_path):
         assert len(arrays["labels"]) == report["n_samples"]
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == \
         ["attack.pt", "leakpro.json", "report.json", "roc.png", "roc_log.png", "score_histogram.png", "scores.csv",
-         "scores.npz", "threshold_scatter.png"]
+         "scores.csv.json", "scores.npz", "threshold_scatter.png"]

@@ -103,10 +103,10 @@ def test_write_report_files(tmp_path, results):
     arrays = attack_like_arrays(methods, labels)
     written = report.write_report(tmp_path / "out", built, arrays)
     names = [p.name for p in written["files"]]
-    assert names == ["scores.npz", "scores.csv", "leakpro.json", "roc.png", "roc_log.png", "score_histogram.png",
-                     "threshold_scatter.png", "report.json"]
+    assert names == ["scores.npz", "scores.csv", "scores.csv.json", "leakpro.json", "roc.png", "roc_log.png",
+                     "score_histogram.png", "threshold_scatter.png", "report.json"]
     assert written["note"] is None
-    for png in names[3:7]:
+    for png in names[4:8]:
         assert (tmp_path / "out" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with np.load(tmp_path / "out" / "scores.npz") as saved:
         assert set(saved.files) == {"labels", "indices", "raw_scores", "votes", "bag_threshold", "metadata",
@@ -162,7 +162,8 @@ def test_without_matplotlib_json_is_still_written(tmp_path, results, monkeypatch
     written = report.write_report(tmp_path, built, report.score_arrays(methods, labels))
     assert "pip install 'qmia-fast[plot]'" in written["note"]
     assert "\n" not in written["note"]
-    assert sorted(p.name for p in written["files"]) == ["leakpro.json", "report.json", "scores.csv", "scores.npz"]
+    assert sorted(p.name for p in written["files"]) == ["leakpro.json", "report.json", "scores.csv", "scores.csv.json",
+                                                                "scores.npz"]
     assert json.loads((tmp_path / "report.json").read_text())["plots"] == written["note"]
 
 
@@ -224,7 +225,8 @@ def test_report_from_attack(tmp_path):
     np.testing.assert_array_equal(arrays["decision_qmia_bag"], result.decision)
     np.testing.assert_array_equal(arrays["bag_threshold"], report.vote_threshold(result.thresholds))
     written = report.write_report(tmp_path, built, arrays, plots=False)
-    assert sorted(p.name for p in written["files"]) == ["leakpro.json", "report.json", "scores.csv", "scores.npz"]
+    assert sorted(p.name for p in written["files"]) == ["leakpro.json", "report.json", "scores.csv", "scores.csv.json",
+                                                                "scores.npz"]
     report.validate_report(json.loads((tmp_path / "report.json").read_text()))
 
 

@@ -45,7 +45,7 @@ def test_the_schema_ships_inside_the_package():
 
 def test_a_written_report_validates(written):
     report.validate_report(written)
-    assert set(written["files"]) == {"scores.npz", "scores.csv", "leakpro.json"}
+    assert set(written["files"]) == {"scores.npz", "scores.csv", "scores.csv.json", "leakpro.json"}
 
 
 def broken(written, change):

@@ -2,13 +2,20 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import OutputError
+
+# What this process wrote under each final name: (sha256, bytes) of the bytes it renamed there. A report
+# lists these, not what is on disk when it is written, so a file another process put in its place since
+# is caught by verification instead of being listed as this run's.
+_WRITTEN: dict[str, tuple[str, int]] = {}
 
 
 @contextlib.contextmanager
@@ -35,7 +42,9 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+            digest, size = _digest(fh)
         os.replace(tmp_path, final)
+        _WRITTEN[_key(final)] = (digest, size)
         _fsync_dir(final.parent)
     except OSError as exc:
         raise OutputError(f"cannot write {final}: {exc.strerror or exc}; free disk space, fix the permissions "
@@ -49,6 +58,40 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
     finally:
         if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+
+
+def written_digest(path: str | os.PathLike) -> tuple[str, int] | None:
+    """(sha256, bytes) of what this process last wrote to `path` through atomic_path, or None."""
+    return _WRITTEN.get(_key(Path(path)))
+
+
+def remove_stale_temporaries(final: str | os.PathLike) -> None:
+    """Delete the temporaries that a killed atomic write of `final` left beside it (.NAME.xxxxxxxx.tmpSUFFIX).
+
+    Call it only where no other process writes `final` at the same time (the folder's run lock).
+    """
+    final = Path(final)
+    pattern = re.compile(r"\." + re.escape(final.name) + r"\.[a-z0-9_]{8}\.tmp" + re.escape(final.suffix))
+    try:
+        entries = list(final.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        if pattern.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
+
+
+def _key(path: Path) -> str:
+    return os.path.join(os.path.realpath(path.parent), path.name)
+
+
+def _digest(handle) -> tuple[str, int]:
+    handle.seek(0)
+    digest, size = hashlib.sha256(), 0
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
+        size += len(block)
+    return digest.hexdigest(), size
 
 
 def _umask() -> int:
@@ -100,8 +143,6 @@ def save_npz(final: str | os.PathLike, compressed: bool = False, **arrays) -> No
 
 def sha256_file(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes, read in 1 MiB blocks."""
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

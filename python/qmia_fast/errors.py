@@ -46,6 +46,10 @@ class ResumeMismatchError(QmiaError):
     """An output folder holds partial results of a different configuration or dataset."""
 
 
+class PeerError(QmiaError):
+    """Another torchrun rank failed, disappeared, or disagrees with this one about the run."""
+
+
 class MissingExtraError(QmiaError):
     """An optional dependency is needed for this feature and is not installed."""
 

@@ -6,7 +6,7 @@ import platform
 from typing import Any
 
 # ISA features that decide which kernels oneDNN, MKL and our core run, and so a score's last bits.
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
 
 
 @functools.lru_cache(maxsize=1)

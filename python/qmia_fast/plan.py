@@ -54,11 +54,12 @@ class RunPlan:
     decided: dict = field(default_factory=dict)
 
     def bit_identity(self) -> dict[str, Any]:
-        """The settings that can change a score's bits (a resumed run must match them): not the batch size, not threads."""
+        """The settings that can change a score's bits (a resumed run must match them): not the batch size, not
+        threads. The machine they ran on is part of a run's identity too (pipeline.identity.machine_identity)."""
         return {"device_type": torch.device(self.device).type, "precision": self.precision,
                 "unet_batch": self.unet_batch, "micro_batches": list(self.micro_batches),
                 "channels_last": self.channels_last, "fast_layers": self.fast_layers, "fused": self.fused,
-                "compile": self.compile, "machine": dict(self.machine)}
+                "compile": self.compile}
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -21,7 +21,8 @@ from .common import (
 @click.option("--chunk-size", default=None, type=click.IntRange(min=1),
               help="Images per resumable chunk [default: about 1024].")
 @click.option("--overwrite", is_flag=True, default=False,
-              help="Replace a finished audit in --out, or partial scores left there by a run with other settings.")
+              help="Replace a finished audit in --out, or partial scores left there by a run with other settings "
+                   "(partial scores of the same run are kept).")
 def attack(**options):
     """Run the membership audit end to end. With no options: the shipped demo.
 

@@ -1,7 +1,6 @@
 """Options shared by the CLI commands (model, data, scoring, attack), the --config file that can set them, and their specs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -176,13 +175,15 @@ def attack_spec(options: dict) -> AttackSpec:
 # --- --config FILE ----------------------------------------------------------------------------
 
 def read_config_file(path: str) -> dict[str, Any]:
-    """Options from a YAML or JSON file; keys mirror the long option names (dashes or underscores)."""
+    """Options from a YAML or JSON file; keys mirror the long option names (dashes or underscores).
+
+    Read through the bounded reader: a FIFO, a device or a folder is named as such, not waited on.
+    """
+    from ..safe_read import parse_json, read_bytes
+
     file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"--config {path}: no such file; check the path")
-    if file.stat().st_size > 1 << 20:
-        raise ConfigError(f"--config {path}: larger than 1 MiB; a config file holds option values only")
-    text = file.read_text(encoding="utf-8", errors="replace")
+    data = read_bytes(file, 1 << 20, "--config", ConfigError)
+    text = data.decode("utf-8", errors="replace")
     if file.suffix.lower() in (".yaml", ".yml"):
         from ..errors import require_extra
 
@@ -195,11 +196,9 @@ def read_config_file(path: str) -> dict[str, Any]:
             raise ConfigError(f"--config {path}: nested too deeply to be a config file") from None
     else:
         try:
-            values = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--config {path}: not valid JSON ({exc}); use a .yaml name for YAML") from None
-        except RecursionError:
-            raise ConfigError(f"--config {path}: nested too deeply to be a config file") from None
+            values = parse_json(text, f"--config {path}", ConfigError)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; use a .yaml name for YAML") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -208,7 +207,10 @@ def read_config_file(path: str) -> dict[str, Any]:
 
 
 def _config_value(param: click.Parameter, key: str, value: Any, path: str) -> Any:
-    """A value from the config file for one option: a scalar of a plausible type, or a one-line error."""
+    """A value from the config file for one option: a scalar of the option's own type, or a one-line error.
+
+    Nothing is coerced across kinds: true is not 1, 10.7 is not 10, "yes" is not a flag.
+    """
     scalar = (str, int, float, bool)
     if value is None:
         return None
@@ -217,6 +219,12 @@ def _config_value(param: click.Parameter, key: str, value: Any, path: str) -> An
                           f"{'true/false' if getattr(param, 'is_flag', False) else 'value'}")
     if getattr(param, "is_flag", False) and not isinstance(value, bool):
         raise ConfigError(f"--config {path}: {key} = {value!r} must be true or false")
+    kind = getattr(param.type, "name", "")
+    if not getattr(param, "is_flag", False) and isinstance(value, bool):
+        raise ConfigError(f"--config {path}: {key} = {value!r} is a true/false value; give a "
+                          f"{kind or 'value'} (in YAML, quote words such as \"on\" or \"off\")")
+    if isinstance(param.type, (click.types.IntParamType, click.IntRange)) and isinstance(value, float):
+        raise ConfigError(f"--config {path}: {key} = {value!r} must be a whole number")
     try:
         return param.type_cast_value(click.Context(click.Command(key)), value)
     except click.BadParameter as exc:

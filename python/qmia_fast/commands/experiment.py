@@ -46,7 +46,8 @@ def _names(text: str | None) -> tuple[str, ...]:
 @click.option("--train-steps", default=None, type=click.IntRange(min=1),
               help="targets: training steps of the trained variants [default: 800; 20 with --quick].")
 @click.option("--overwrite", is_flag=True, default=False,
-              help="Discard the cached scores and fits in --out first (trained targets are kept and resumed).")
+              help="Replace an earlier experiment's report, results and figures in --out (the cache is kept: "
+                   "its entries are keyed by everything that decides them; trained targets are kept and resumed).")
 def experiment(**options):
     """Run an experiment NAME (or all) on the target and data; with no options, the shipped demo.
 

@@ -15,15 +15,18 @@ from .common import config_option, data_options, data_spec, echo_err, model_opti
 @click.option("--subset", default="all", show_default=True, type=click.Choice(list(SUBSETS)),
               help="Which images to score (members/public/holdout need --split or --members).")
 @click.option("--out", "out_path", required=True,
-              help="Output file: .npz (scores, indices, labels, metadata), .csv (index,score[,label][,file] after "
-                   "a metadata line) or .npy (bare float64 scores).")
+              help="Output file: .npz (scores, indices, labels, metadata), .csv (index,score[,label][,file], its "
+                   "metadata in OUT.json beside it) or .npy (bare float64 scores).")
 @click.option("--work-dir", default=None,
-              help="Folder for resumable score chunks [default: OUT.chunks beside the output].")
-@click.option("--keep-chunks", is_flag=True, default=False, help="Keep the chunk folder after success.")
+              help="Folder for resumable score chunks: new, empty, or one qmia-fast made [default: OUT.chunks "
+                   "beside the output]. Only the chunks are deleted after success, and the folder only if qmia-fast "
+                   "made it.")
+@click.option("--keep-chunks", is_flag=True, default=False, help="Keep the chunks after success.")
 @click.option("--chunk-size", default=None, type=click.IntRange(min=1),
               help="Images per resumable chunk [default: about 1024].")
 @click.option("--overwrite", is_flag=True, default=False,
-              help="Discard partial chunks of a different run instead of refusing.")
+              help="Replace an existing --out, and discard partial chunks of a different run instead of refusing "
+                   "(chunks of the same run are kept).")
 def score(**options):
     """Score images with the target model (lower score = more likely a training member).
 

@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import datetime
-import shutil
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..errors import ConfigError, OutputError
+from ..errors import ConfigError
+from ..pipeline.outputs import spec_inputs
 from ..pipeline.specs import AuditSpec
 from . import alpha, bag_size, defence, mismatch, oracle, targets, timestep
 from .budget import BUDGETS, FULL, QUICK, TINY, Budget
 from .defended import defended_model
+from .folder import ExperimentFolder
 from .lab import Lab
 from .writing import Section, write_outputs
 
@@ -38,30 +39,34 @@ def run_experiments(name: str, spec: AuditSpec | None = None, out: str | Path | 
                     command: str | None = None, log: Callable[[str], None] | None = None) -> list[Section]:
     """Run experiment `name` (or all) on `spec`'s target and data; write report.md, results.json and figures to `out`.
 
-    Scores and fits are cached under out/cache (overwrite=True discards them first), so a
-    rerun, or a sweep that shares a score setting with an earlier one, only computes what is
-    missing. Returns the finished sections.
+    Scores and fits are cached under out/cache, keyed by everything that decides them and sealed
+    with their hashes, so a rerun, or a sweep that shares a score setting with an earlier one,
+    only computes what is missing. Earlier results in `out` are replaced only with
+    overwrite=True (the cache is kept; see ExperimentFolder). Returns the finished sections.
     """
     names = resolve_names(name)
     spec = spec or AuditSpec()
     out = Path(out if out is not None else Path(DEFAULT_ROOT) / name)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} exists and is not a folder; choose a folder path")
     if variants is not None:
         variants = targets.check_variants(tuple(variants))
     if train_steps is not None and (isinstance(train_steps, bool) or not isinstance(train_steps, int)
                                     or train_steps < 1):
         raise ConfigError(f"train_steps = {train_steps!r} must be a positive integer")
-    if overwrite:
-        shutil.rmtree(out / "cache", ignore_errors=True)
+    command = command or f"qmia-fast experiment {name}"
+    folder = ExperimentFolder(out, overwrite, command)
+    folder.check(spec_inputs(spec.model, spec.data, spec.config_file,
+                             [(path, "--targets model") for path in targets_given]))
+    folder.claim()
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"--out {out}: cannot create the folder ({exc.strerror}); choose a writable path") from None
+        return _run(names, spec, out, budget, targets_given, variants, train_steps, progress, command, log)
+    finally:
+        folder.release()
+
+
+def _run(names, spec, out, budget, targets_given, variants, train_steps, progress, command, log):
     log = log or (lambda text: None)
     lab = Lab(spec, out, budget, log=log, progress=progress)
     started = datetime.datetime.now(datetime.timezone.utc)
-    command = command or f"qmia-fast experiment {name}"
     setup = {**lab.describe(), "budget": budget.name}
     sections: list[Section] = []
     for experiment in names:

@@ -43,7 +43,7 @@ class Lab:
         self.progress = progress
         self.fingerprints = Fingerprints()
         self.score_cache = ScoreCache(self.out / "cache", self.fingerprints, self.log)
-        self.fit_cache = FitCache(self.out / "cache")
+        self.fit_cache = FitCache(self.out / "cache", self.log)
         self._prepared = None
         self._base_scores = None
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 import zipfile
 from pathlib import Path
 
@@ -107,10 +108,17 @@ def load_model(
         diffusers model's denoiser (and text encoder) before anything runs; its sha256 and the base
         folder are recorded in model.config["lora"].
     """
-    if format not in FORMATS:
-        raise ModelLoadError(f"model format {format!r} is unknown; use one of {', '.join(FORMATS)}")
+    if not isinstance(format, str) or format not in FORMATS:
+        raise ModelLoadError(f"model format {format!r:.60} is unknown; use one of {', '.join(FORMATS)}")
     if path_or_builtin is None:
         raise ModelLoadError("no model given; pass a checkpoint path, a model folder or 'builtin'")
+    if isinstance(path_or_builtin, bool) or not isinstance(path_or_builtin, (str, os.PathLike)):
+        raise ModelLoadError(f"path_or_builtin = {path_or_builtin!r:.60} must be a path (str or os.PathLike) or "
+                             "'builtin'")
+    if config is not None and not isinstance(config, (str, os.PathLike, Mapping)):
+        raise ModelLoadError(f"config = {config!r:.60} must be a path, a dict or None")
+    if not isinstance(trust_checkpoint, bool):
+        raise ModelLoadError(f"trust_checkpoint = {trust_checkpoint!r:.60} must be True or False")
     if str(path_or_builtin) == "builtin":
         if not is_qmia_folder(BUILTIN_TARGET_DIR):
             raise ModelLoadError(

@@ -1,6 +1,7 @@
 """run_audit: load, score members/public/holdout (resumable, shardable), fit the bag, vote, and write one whole report."""
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,13 +12,17 @@ import numpy as np
 from .. import distributed
 from ..errors import ConfigError, DataError
 from ..runtime import device_type
+from ..seeds import derive_seed
+from .identity import identity_key, score_identity
 from .loading import load_for_scoring
-from .outputs import AuditFolder
-from .resumable import score_identity, score_indices
+from .outputs import AuditFolder, spec_inputs
+from .resumable import score_indices
 from .specs import AttackSpec, AuditSpec
 
 SETS = ("members", "public", "holdout")
 Log = Callable[[str], None]
+# derive_seed stream of --max-per-set's subsamples (one sub-stream per set name).
+_SUBSAMPLE_STREAM = 7
 
 
 @dataclass
@@ -33,6 +38,7 @@ class Prepared:
     scorer: Any
     ctx: distributed.Context
     conditions: Any = None           # each image's condition (labels or captions), or None
+    identity_sha256: str | None = None  # the run's identity key, once score_sets has computed it
 
     @property
     def plan(self):
@@ -65,7 +71,8 @@ class AuditResult:
 
 
 def prepare(spec: AuditSpec, ctx: distributed.Context | None = None, log: Log | None = None) -> Prepared:
-    """Load the model and data, resolve the score settings and the sets; check images before any UNet call."""
+    """Load the model and data, resolve the score settings, the run plan and the sets; check images before any
+    UNet call."""
     log = log or (lambda text: None)
     ctx = ctx or distributed.Context()
     run = load_for_scoring(spec.model, spec.data, spec.score, spec.seed, ctx, log)
@@ -92,8 +99,10 @@ def score_sets(prepared: Prepared, work_dir: Path | None, *, overwrite: bool = F
     """Raw scores of every set (one resumable, shardable pass over their union); None on ranks other than 0."""
     union = prepared.union
     identity = score_identity(prepared.scorer, prepared.target, prepared.images, union, prepared.conditions)
+    prepared.identity_sha256 = identity_key(identity)
     raw = score_indices(prepared.scorer, prepared.images, union, work_dir=work_dir, identity=identity,
                         ctx=prepared.ctx, progress=progress, overwrite=overwrite, chunk_size=chunk_size, log=log,
+                        option=f"--out {work_dir.parent}: its {work_dir.name}" if work_dir is not None else "--out",
                         conditions=prepared.conditions)
     if raw is None:
         return None
@@ -130,14 +139,20 @@ def run_audit(spec: AuditSpec, log: Log | None = None) -> AuditResult | None:
     Under torchrun every rank scores its share; rank 0 fits, reports and writes. With
     spec.out set, a killed run resumes its scoring when run again with the same spec.
     """
+    if not isinstance(spec, AuditSpec):
+        raise ConfigError(f"run_audit takes an AuditSpec, got {type(spec).__name__}; build one with "
+                          "qmia_fast.AuditSpec(...)")
     log = log or (lambda text: None)
     folder = AuditFolder(spec.out, spec.overwrite) if spec.out is not None else None
     if folder is not None:
-        folder.check()
+        folder.check(spec_inputs(spec.model, spec.data, spec.config_file))
     ctx = distributed.init(device_type(spec.score.device))
     try:
-        return _run(spec, folder, ctx, log)
+        with distributed.reporting_failures(ctx):
+            return _run(spec, folder, ctx, log)
     finally:
+        if folder is not None:
+            folder.release()
         distributed.shutdown()
 
 
@@ -149,6 +164,13 @@ def _run(spec: AuditSpec, folder: AuditFolder | None, ctx, log: Log) -> AuditRes
     say = log if ctx.is_main else (lambda text: None)
     prepared = prepare(spec, ctx, say)
     timings["load_s"] = time.perf_counter() - started
+    from ..results.interop import image_file_names
+
+    # Names (relative to --data, undecodable bytes escaped) before any work, so that no name can fail late.
+    evaluated = np.concatenate([prepared.sets["members"], prepared.sets["holdout"]])
+    names = image_file_names(prepared.loaded, evaluated, spec.data.path)
+    if folder is not None and ctx.is_main:
+        folder.claim()  # one run per folder: a second run into it is refused here, before scoring
 
     t0 = time.perf_counter()
     raw = score_sets(prepared, folder.chunks if folder else None, overwrite=spec.overwrite,
@@ -170,7 +192,8 @@ def _run(spec: AuditSpec, folder: AuditFolder | None, ctx, log: Log) -> AuditRes
     config = {"spec": spec.to_dict(),
               "score": {**scorer.config.applicable(), "condition": scorer.conditions.describe()},
               "plan": prepared.plan.to_dict(),
-              "score_settings_note": prepared.note, "world_size": ctx.world_size}
+              "score_settings_note": prepared.note, "world_size": ctx.world_size,
+              "identity_sha256": prepared.identity_sha256}
     report, arrays = report_from_attack(
         attack, result, labels, raw_scores=np.concatenate([raw["members"], raw["holdout"]]), indices=indices,
         config=config, timings=timings,
@@ -181,10 +204,7 @@ def _run(spec: AuditSpec, folder: AuditFolder | None, ctx, log: Log) -> AuditRes
                "scoring_images_per_s": n_scored / max(timings["score_s"], 1e-9),
                "recomputed_fp32_micro_batches": scorer.recomputed_fp32})
     arrays.update(public_indices=np.asarray(prepared.sets["public"], np.int64), public_raw_scores=raw["public"])
-    from ..results.interop import image_file_names
-
     # Images from a folder keep their file names (relative to it) in scores.npz and scores.csv.
-    names = image_file_names(prepared.loaded, indices, spec.data.path)
     if names is not None:
         arrays["files"] = np.asarray(names, dtype=str)
     table = format_summary_table(report)
@@ -204,8 +224,9 @@ def _run(spec: AuditSpec, folder: AuditFolder | None, ctx, log: Log) -> AuditRes
 
 
 def subsample(indices: np.ndarray, limit: int, seed: int, name: str) -> np.ndarray:
-    """At most `limit` of `indices`, drawn with a generator seeded by (seed, set name)."""
+    """At most `limit` of `indices`, drawn with a generator seeded by seeds.derive_seed(seed, stream, set name)."""
     if len(indices) <= limit:
         return np.asarray(indices, dtype=np.int64)
-    rng = np.random.default_rng([seed, len(name), sum(map(ord, name))])
+    name_stream = int.from_bytes(hashlib.sha256(name.encode()).digest()[:7], "little")
+    rng = np.random.default_rng(derive_seed(seed, _SUBSAMPLE_STREAM, name_stream))
     return np.sort(rng.choice(np.asarray(indices, dtype=np.int64), size=limit, replace=False))

@@ -1,51 +1,29 @@
-"""Resumable, shardable scoring: scores written chunk by chunk beside a manifest, so a killed run redoes only missing chunks."""
+"""Resumable, shardable scoring: chunks bound to their run's identity and position, beside a manifest, so a killed run redoes only missing chunks."""
 from __future__ import annotations
 
 import hashlib
 import io
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from .. import atomic_io
-from ..distributed import Context, barrier, gather_to_main
-from ..errors import InputError, ResumeMismatchError
+from .. import atomic_io, distributed
+from ..distributed import Context
+from ..errors import DataError, InputError, ResumeMismatchError
 from ..progress import progress_bar
+from ..safe_read import parse_json, read_bytes
 from ..scoring.conditions import take
+from .identity import (  # noqa: F401 - re-exported: fingerprints used to live here
+    fingerprint_array, fingerprint_model, identity_differences, identity_key, part_digests, score_identity,
+)
+from .ownership import OwnedFolder
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
-
-
-def fingerprint_array(array) -> str:
-    """sha256 of an array's dtype, shape and bytes (streamed, so big data sets never get copied)."""
-    digest = hashlib.sha256()
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
-    array = np.asarray(array)
-    digest.update(f"{array.dtype.str}|{array.shape}|".encode())
-    flat = np.ascontiguousarray(array).reshape(-1)
-    step = max(1, (1 << 24) // max(1, flat.itemsize))
-    for start in range(0, flat.size, step):
-        digest.update(flat[start:start + step].tobytes())
-    return digest.hexdigest()
-
-
-def fingerprint_model(model) -> str:
-    """sha256 over the network's state dict (names, dtypes, shapes, values) and its schedule."""
-    digest = hashlib.sha256()
-    net = getattr(model, "net", model)
-    for name, tensor in sorted(net.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(fingerprint_array(tensor.detach().to("cpu")).encode())
-    schedule = getattr(model, "schedule", None)
-    if schedule is not None:
-        digest.update(np.asarray(schedule.betas, dtype=np.float64).tobytes())
-    return digest.hexdigest()
+FORMAT_VERSION = 2
+CHUNK_FILES = (r"chunk_\d{6}\.npy", r"chunk_\d{6}\.npy\.sha256", r"manifest\.json")
+_MANIFEST_LIMIT = 1 << 20
+_NPY_HEADER_SLACK = 4096
 
 
 def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -53,46 +31,74 @@ def chunk_bounds(n: int, chunk_size: int) -> list[tuple[int, int]]:
 
 
 class ChunkStore:
-    """A folder of score chunks for one (config, model, data) fingerprint.
+    """A folder of score chunks for one run identity (config, execution, machine, model, data, indices).
 
-    The manifest records the fingerprint; a folder made for anything else is refused,
-    never mixed. Each chunk is an .npy written atomically, then its sha256 beside it
-    (chunk_i.npy.sha256), so after a kill -9 a chunk is either complete or absent, and a
-    chunk whose bytes were changed since (or that has no recorded hash) is computed again.
+    The manifest records the identity; a folder made for anything else is refused, never mixed
+    (or, with overwrite, its chunks are discarded). Each chunk is an .npy written atomically,
+    its hash beside it (chunk_i.npy.sha256) written first; the hash covers the run's key, the
+    chunk's position and its bytes, so a chunk copied from another run or slot, altered,
+    torn or without a hash is computed again. Only regular files of bounded size are read.
     """
 
-    def __init__(self, folder: str | Path, identity: dict[str, Any], n: int, chunk_size: int):
+    def __init__(self, folder: str | Path, identity: dict[str, Any], n: int, chunk_size: int,
+                 option: str = "--work-dir"):
         self.folder = Path(folder)
         self.identity = identity
         self.n = int(n)
         self.chunk_size = int(chunk_size)
         self.bounds = chunk_bounds(self.n, self.chunk_size)
-        self.key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+        self.key = identity_key({"identity": identity, "n": self.n, "chunk_size": self.chunk_size})
+        self.owner = OwnedFolder(self.folder, option, "score-chunks", CHUNK_FILES, legacy=MANIFEST)
 
-    def open(self) -> "ChunkStore":
-        """Create the folder and manifest, or check that an existing one matches."""
-        manifest_path = self.folder / MANIFEST
-        manifest = {"format": "qmia-fast-scores", "version": FORMAT_VERSION, "key": self.key,
-                    "n": self.n, "chunk_size": self.chunk_size, "identity": self.identity}
-        if manifest_path.exists():
-            try:
-                existing = json.loads(manifest_path.read_text())
-            except (OSError, json.JSONDecodeError):
-                raise ResumeMismatchError(
-                    f"{manifest_path} is unreadable; delete {self.folder} or choose another output folder"
-                ) from None
-            if existing.get("key") != self.key or existing.get("n") != self.n or \
-                    existing.get("chunk_size") != self.chunk_size:
-                differs = _differences(existing.get("identity", {}), self.identity)
-                if existing.get("chunk_size") != self.chunk_size:
-                    differs.append("chunk_size")
+    def check(self) -> None:
+        """Before work: the folder is new, empty or a chunk folder of qmia-fast's (not a file, a link, a user's folder)."""
+        self.owner.check()
+
+    def read_manifest(self) -> dict | None:
+        path = self.folder / MANIFEST
+        if not path.exists() and not path.is_symlink():
+            return None
+        try:
+            manifest = parse_json(read_bytes(path, _MANIFEST_LIMIT, "chunk manifest", ResumeMismatchError),
+                                  f"chunk manifest {path}", ResumeMismatchError)
+        except ResumeMismatchError as exc:
+            raise ResumeMismatchError(f"{path} is unreadable ({exc}); pass --overwrite to discard the chunks in {self.folder}, or choose "
+                                      "another output") from None
+        if not isinstance(manifest, dict):
+            raise ResumeMismatchError(f"{path} is not a chunk manifest; pass --overwrite to discard the chunks in "
+                                      f"{self.folder}, or choose another output")
+        return manifest
+
+    def open(self, overwrite: bool = False, main: bool = True) -> "ChunkStore":
+        """Take the folder (rank 0: create, mark, lock) and check its manifest against this run.
+
+        Chunks of the same run are kept, with or without overwrite: they hold the same bits.
+        Chunks of another run are refused, or with overwrite discarded (only the chunk files).
+        """
+        if main:
+            self.owner.claim()
+            self.owner.remove_temporaries()  # what a kill -9 mid-write left behind
+        try:
+            existing = self.read_manifest()
+        except ResumeMismatchError:
+            if not (main and overwrite):
+                raise
+            existing = {}
+        if existing is not None and existing.get("key") != self.key:
+            if not (main and overwrite):
+                differs = identity_differences(existing.get("identity", {}), self.identity)
+                for name in ("n", "chunk_size"):
+                    if existing.get(name) != getattr(self, name):
+                        differs.append(name)
                 raise ResumeMismatchError(
                     f"{self.folder} holds partial scores of a different run (differs in: "
-                    f"{', '.join(differs) or 'unknown'}); use a fresh --out folder, or pass --overwrite to discard them"
-                )
-            return self
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_io.write_json(manifest_path, manifest)
+                    f"{', '.join(differs) or 'its format'}); use a fresh --out, or pass --overwrite to discard them")
+            self.owner.remove_own_files()
+            existing = None
+        if existing is None and main:
+            atomic_io.write_json(self.folder / MANIFEST, {
+                "format": "qmia-fast-scores", "version": FORMAT_VERSION, "key": self.key, "n": self.n,
+                "chunk_size": self.chunk_size, "identity": self.identity})
         return self
 
     def chunk_path(self, i: int) -> Path:
@@ -101,18 +107,25 @@ class ChunkStore:
     def hash_path(self, i: int) -> Path:
         return self.folder / f"chunk_{i:06d}.npy.sha256"
 
+    def _seal(self, i: int, data: bytes) -> str:
+        start, end = self.bounds[i]
+        digest = hashlib.sha256(f"qmia-fast-chunk|{self.key}|{i}|{start}|{end}|".encode())
+        digest.update(data)
+        return digest.hexdigest()
+
     def load_chunk(self, i: int) -> np.ndarray | None:
         path, recorded = self.chunk_path(i), self.hash_path(i)
         if not path.exists() or not recorded.exists():
             return None
-        try:
-            data = path.read_bytes()
-            if hashlib.sha256(data).hexdigest() != recorded.read_text().strip():
-                return None  # altered or torn: recompute it
-            values = np.load(io.BytesIO(data), allow_pickle=False)
-        except (OSError, ValueError):
-            return None  # unreadable: recompute it
         start, end = self.bounds[i]
+        try:
+            data = read_bytes(path, 8 * (end - start) + _NPY_HEADER_SLACK, "score chunk")
+            expected = read_bytes(recorded, 256, "score chunk hash").decode("ascii", "replace").strip()
+            if self._seal(i, data) != expected:
+                return None  # altered, torn, or another run's or slot's: recompute it
+            values = np.load(io.BytesIO(data), allow_pickle=False)
+        except (DataError, OSError, ValueError):
+            return None  # unreadable, not a regular file, too big: recompute it
         if values.shape != (end - start,) or values.dtype != np.float64:
             return None
         return values
@@ -123,17 +136,20 @@ class ChunkStore:
         data = buffer.getvalue()
         # The hash first: a chunk file that is visible is a finished chunk (a kill between the two
         # writes leaves a hash without its chunk, which is recomputed).
-        atomic_io.write_text(self.hash_path(i), hashlib.sha256(data).hexdigest() + "\n")
+        atomic_io.write_text(self.hash_path(i), self._seal(i, data) + "\n")
         atomic_io.write_bytes(self.chunk_path(i), data)
 
     def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Delete the chunk files, the manifest and the marker; the folder too if qmia-fast made it and it is empty."""
+        self.owner.remove()
+
+    def release(self) -> None:
+        self.owner.release()
 
 
-def _differences(old: dict, new: dict) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [key for key in keys if json.dumps(old.get(key), sort_keys=True, default=str)
-            != json.dumps(new.get(key), sort_keys=True, default=str)]
+def discard_chunks(folder: str | Path) -> None:
+    """Remove a chunk folder's own files (and the folder if qmia-fast made it); anything else in it stays."""
+    OwnedFolder(folder, "--work-dir", "score-chunks", CHUNK_FILES, legacy=MANIFEST).remove()
 
 
 def default_chunk_size(batch_size: int) -> int:
@@ -141,47 +157,23 @@ def default_chunk_size(batch_size: int) -> int:
     return batch_size * max(1, 1024 // batch_size)
 
 
-def fingerprint_conditions(conditions) -> str | None:
-    """sha256 of per-image conditions (int64 labels, or captions as UTF-8 with their lengths), None for none."""
-    if conditions is None:
-        return None
-    if isinstance(conditions, np.ndarray):
-        return fingerprint_array(conditions)
-    digest = hashlib.sha256(b"captions|")
-    for caption in conditions:
-        data = str(caption).encode("utf-8", "surrogatepass")
-        digest.update(len(data).to_bytes(8, "little") + data)
-    return digest.hexdigest()
-
-
-def score_identity(scorer, model, images, indices, conditions=None) -> dict[str, Any]:
-    """What decides the bits of a run's scores: a resumed run must match it exactly.
-
-    The batch size, the threads and the sharding are not in it: a sample's score does not
-    depend on them; the run plan's bit-relevant settings (precision, micro-batches, layout,
-    layers, the machine) are, and so are each image's condition and the condition mode.
-    """
-    return {"score": scorer.config.to_dict(), "plan": scorer.plan.bit_identity(),
-            "condition": scorer.conditions.describe(), "conditions": fingerprint_conditions(conditions),
-            "model": fingerprint_model(model), "data": fingerprint_array(images),
-            "indices": fingerprint_array(indices)}
-
-
 def score_indices(scorer, images, indices, *, work_dir: str | Path | None, identity: dict[str, Any],
                   ctx: Context | None = None, chunk_size: int | None = None, progress: bool = False,
                   overwrite: bool = False, log=None, sample_ids=None, label: str | None = None,
-                  report: dict[str, Any] | None = None, conditions=None) -> np.ndarray | None:
+                  report: dict[str, Any] | None = None, option: str = "--work-dir",
+                  conditions=None) -> np.ndarray | None:
     """Scores (float64, in the order of `indices`) of images[indices], chunked, resumable and sharded.
 
     Chunk i covers positions [i*chunk_size, (i+1)*chunk_size) of `indices`; rank r of W
     computes the chunks with i % W == r. Every image is scored under its global index
     (`sample_ids[i]` instead of `indices[i]` where given, e.g. altered copies keep their
-    originals' noise), so the bits do not depend on the chunking or the ranks. With work_dir,
-    finished chunks are saved and reused on the next run; the caller removes work_dir once
-    the final output is safely written. Images are validated before any UNet call. `label`
-    names the progress bar; `report` receives {"scored_now": images this rank computed}.
-    `conditions`: each row of `images`' condition (labels or captions) for a conditional model.
-    Returns the scores on rank 0 and None on the other ranks.
+    originals' noise), so the bits do not depend on the chunking or the ranks. Under torchrun
+    the ranks first agree on `identity` (a difference is refused on every rank). With
+    work_dir, finished chunks are saved and reused on the next run; the caller removes
+    work_dir (discard_chunks) once the final output is safely written. Images are validated
+    before any UNet call. `label` names the progress bar; `report` receives {"scored_now":
+    images this rank computed}. `conditions`: each row of `images`' condition (labels or captions)
+    for a conditional model. Returns the scores on rank 0 and None on the other ranks.
     """
     ctx = ctx or Context()
     indices = np.asarray(indices, dtype=np.int64)
@@ -189,16 +181,24 @@ def score_indices(scorer, images, indices, *, work_dir: str | Path | None, ident
     if ids.shape != indices.shape:
         raise InputError(f"sample_ids has shape {ids.shape} but indices has {indices.shape}; give one identity per index")
     chunk_size = int(chunk_size or default_chunk_size(scorer.batch_size))
+    distributed.agree(ctx, {**part_digests(identity), "n": str(len(indices)), "chunk_size": str(chunk_size),
+                            "sample_ids": fingerprint_array(ids)})
     store = None
     if work_dir is not None:
-        store = ChunkStore(work_dir, identity, len(indices), chunk_size)
+        store = ChunkStore(work_dir, identity, len(indices), chunk_size, option)
         if ctx.is_main:
-            if overwrite:
-                store.remove()
-            store.open()
-        barrier(ctx)
+            store.open(overwrite=overwrite)
+        distributed.wait_all(ctx, "chunk-store")
         if not ctx.is_main:
-            store.open()
+            store.open(main=False)
+    try:
+        return _score(scorer, images, indices, ids, store, ctx, chunk_size, progress, log, label, report)
+    finally:
+        if store is not None:
+            store.release()
+
+
+def _score(scorer, images, indices, ids, store, ctx, chunk_size, progress, log, label, report):
     bounds = chunk_bounds(len(indices), chunk_size)
     mine = [i for i in range(len(bounds)) if i % ctx.world_size == ctx.rank]
     results: dict[int, np.ndarray] = {}
@@ -233,16 +233,16 @@ def score_indices(scorer, images, indices, *, work_dir: str | Path | None, ident
             if store is not None:
                 store.write_chunk(i, values)
             results[i] = values
-    gathered = gather_to_main(results, ctx)
-    if not ctx.is_main:
+    distributed.wait_all(ctx, "scored")
+    gathered = distributed.gather_chunks(ctx, results, bounds)
+    if gathered is None:
         return None
     out = np.empty(len(indices), dtype=np.float64)
-    for part in gathered:
-        for i, values in part.items():
-            start, end = bounds[i]
-            out[start:end] = values
+    for i, values in gathered.items():
+        start, end = bounds[i]
+        out[start:end] = values
     return out
 
 
 __all__ = ["ChunkStore", "score_indices", "score_identity", "fingerprint_array", "fingerprint_model",
-           "default_chunk_size"]
+           "default_chunk_size", "discard_chunks", "chunk_bounds"]

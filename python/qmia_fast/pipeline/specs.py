@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -12,7 +14,7 @@ from ..data.loader import PARTS
 from ..errors import ConfigError
 from ..models.loader import FORMATS as MODEL_FORMATS
 from ..precision import PRECISIONS
-from ..scoring import CONDITION_MODES, METHODS, SCORE_SETTINGS, score_defaults
+from ..scoring import CONDITION_MODES, METHOD_SETTINGS, METHODS, SCORE_SETTINGS, score_defaults
 from ..seeds import check_seed
 
 SUBSETS = ("all", "members", "public", "holdout", "nonmembers")
@@ -30,7 +32,11 @@ class ModelSpec:
     lora: str | None = None  # a LoRA weights file merged into the denoiser before scoring
 
     def __post_init__(self):
+        _path(self.path, "model")
         _choice(self.format, MODEL_FORMATS, "model_format")
+        _path(self.config, "model_config", optional=True)
+        _flag(self.trust_checkpoint, "trust_checkpoint")
+        _path(self.lora, "lora", optional=True)
 
     def load(self):
         from ..models import load_model
@@ -56,6 +62,11 @@ class DataSpec:
     resolution: int | None = None       # image folders: resize + centre crop to this side (default: the model's)
 
     def __post_init__(self):
+        _path(self.path, "data")
+        _path(self.split, "split", optional=True)
+        _path(self.members, "members", optional=True)
+        _path(self.labels, "labels", optional=True)
+        _path(self.captions, "captions", optional=True)
         _choice(self.format, DATA_FORMATS, "data_format")
         _optional_int(self.resolution, "resolution", minimum=1)
         _choice(self.layout, LAYOUTS, "layout")
@@ -106,6 +117,11 @@ class ScoreSpec:
         if self.p is not None and (not isinstance(self.p, numbers.Real) or isinstance(self.p, bool)
                                    or not math.isfinite(float(self.p))):
             raise ConfigError(f"p = {self.p!r} must be a finite number")
+        if not isinstance(self.device, str):
+            raise ConfigError(f"device = {self.device!r} must be a string such as 'cpu', 'cuda', 'cuda:1' or 'auto'")
+        for name in ("fast_layers", "fused"):
+            if getattr(self, name) is not None:
+                _flag(getattr(self, name), name)
 
     def given(self) -> dict[str, Any]:
         """The score settings the user chose (None: not chosen)."""
@@ -137,6 +153,14 @@ class ScoreSpec:
                 taken.append(f"{name}={recommended[name]}")
             else:
                 resolved[name] = default
+        # A setting the chosen method does not read would be silently ignored: say so (it changes nothing).
+        reads = METHOD_SETTINGS.get(resolved["method"], ())
+        unused = [f"{name} = {given[name]}" for name in SCORE_SETTINGS
+                  if name != "method" and given[name] is not None and name not in reads]
+        if unused:
+            verb = "does" if len(unused) == 1 else "do"
+            warnings.warn(f"{', '.join(unused)} {verb} not apply to method {resolved['method']} (it reads "
+                          f"{', '.join(reads)}); ignored", UserWarning, stacklevel=2)
         note = None
         if taken:
             why = recommended.get("why", "")
@@ -207,8 +231,13 @@ class AuditSpec:
     config_file: str | None = None
 
     def __post_init__(self):
+        _parts(self, model=ModelSpec, data=DataSpec, score=ScoreSpec, attack=AttackSpec)
         check_seed(self.seed)
+        _path(self.out, "out", optional=True)
+        _path(self.config_file, "config_file", optional=True)
         _optional_int(self.chunk_size, "chunk_size", minimum=1)
+        for name in ("overwrite", "progress", "plots"):
+            _flag(getattr(self, name), name)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -232,9 +261,15 @@ class ScoreJob:
     config_file: str | None = None
 
     def __post_init__(self):
+        _parts(self, model=ModelSpec, data=DataSpec, score=ScoreSpec)
         check_seed(self.seed)
+        _path(self.out, "out")
+        _path(self.work_dir, "work_dir", optional=True)
+        _path(self.config_file, "config_file", optional=True)
         _choice(self.subset, SUBSETS, "subset")
         _optional_int(self.chunk_size, "chunk_size", minimum=1)
+        for name in ("keep_chunks", "overwrite", "progress"):
+            _flag(getattr(self, name), name)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,8 +279,28 @@ def spec_fields(cls) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
+def _path(value, name: str, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (str, os.PathLike)) or str(value) == "":
+        raise ConfigError(f"{name} = {value!r:.60} must be a path (a string or os.PathLike)"
+                          + (" or None" if optional else ""))
+
+
+def _flag(value, name: str) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} = {value!r:.60} must be True or False")
+
+
+def _parts(spec, **kinds) -> None:
+    for name, kind in kinds.items():
+        if not isinstance(getattr(spec, name), kind):
+            raise ConfigError(f"{name} = {getattr(spec, name)!r:.60} must be a {kind.__name__}; build it with "
+                              f"qmia_fast.{kind.__name__}(...)")
+
+
 def _choice(value, allowed, name: str) -> None:
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise ConfigError(f"{name} = {value!r} is not one of {', '.join(allowed)}")
 
 

@@ -12,6 +12,9 @@ import numpy as np
 from .. import metrics
 from ..atomic_io import write_json, write_text
 
+AUDIT_CSV_FORMAT = "qmia-fast/audit-scores-csv"
+# Cell starts a spreadsheet evaluates as a formula (OWASP CSV injection).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # LeakPro's fixed-FPR table: these targets, keyed as it formats them ("TPR@0.1%FPR").
 LEAKPRO_FPRS = (0.0, 1e-4, 1e-3, 1e-2, 0.1)
 
@@ -122,7 +125,8 @@ def scores_table_columns(report: Mapping, arrays: Mapping[str, np.ndarray]) -> l
 
 
 def write_scores_csv(path, report: Mapping, arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write scores.csv: one row per evaluated image (members, then holdout non-members); see scores_table_columns."""
+    """Write scores.csv (one row per evaluated image, members then holdout; see scores_table_columns) and,
+    beside it, scores.csv.json: the columns' directions, the primary method's name, alpha and the CSV's sha256."""
     columns = scores_table_columns(report, arrays)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -132,21 +136,73 @@ def write_scores_csv(path, report: Mapping, arrays: Mapping[str, np.ndarray]) ->
         for name, values in columns:
             value = values[row]
             if name == "file":
-                cells.append(str(value))
+                cells.append(csv_text(str(value)))
             elif values.dtype.kind == "f":
                 cells.append(_number(value))
             else:
                 cells.append(str(int(value)))
         writer.writerow(cells)
-    write_text(Path(path), buffer.getvalue())
-    return Path(path)
+    path = Path(path)
+    write_text(path, buffer.getvalue())
+    attack = (report.get("config") or {}).get("attack") or {}
+    write_csv_sidecar(path, {"format": AUDIT_CSV_FORMAT, "version": 1, "alpha": report.get("alpha"),
+                             "n_models": attack.get("n_models"), "primary_method": primary_method(report),
+                             "methods": list(report.get("methods") or {}),
+                             "membership_direction": "higher_is_member", "raw_direction": "lower_is_member"})
+    return path
+
+
+def csv_sidecar_path(path) -> Path:
+    """The JSON file beside a CSV score file that holds its metadata: NAME.csv -> NAME.csv.json."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def write_csv_sidecar(csv_path, metadata: Mapping[str, Any]) -> Path:
+    """Write NAME.csv.json: the metadata plus the CSV's name and sha256 (of the bytes this process wrote)."""
+    from ..atomic_io import written_digest
+
+    csv_path = Path(csv_path)
+    recorded = written_digest(csv_path)
+    sidecar = csv_sidecar_path(csv_path)
+    write_json(sidecar, {"sidecar_of": csv_path.name, "csv_sha256": recorded[0] if recorded else None,
+                         "metadata": dict(metadata)})
+    return sidecar
+
+
+def display_name(text: str) -> str:
+    """A file name as every output writes it: backslashes, control characters and undecodable bytes escaped.
+
+    A name whose bytes are not UTF-8 reaches Python with those bytes as lone surrogates; it is
+    written with each such byte as \\xNN (and a backslash as \\\\, a control character as \\xNN),
+    so that a CSV row stays one row and every name can be written and read back as text.
+    """
+    out = []
+    for char in text:
+        code = ord(char)
+        if char == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that surrogateescape could not decode
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def csv_text(text: str) -> str:
+    """A text cell for a CSV that spreadsheets open: a leading = + - @ (or tab, CR) is prefixed with ' (OWASP)."""
+    return "'" + text if text[:1] in _FORMULA_STARTS else text
 
 
 def image_file_names(loaded, indices, root=None) -> list[str] | None:
     """Per-image file names for `indices` when the images came from a folder (one file each), else None.
 
     Names are relative to `root` (the --data folder) where they lie under it, so that a report
-    names "cats/001.png" rather than a path on the auditor's machine.
+    names "cats/001.png" rather than a path on the auditor's machine, and escaped (display_name).
     """
     files = getattr(loaded, "files", ())
     if getattr(loaded, "format", None) != "images" or len(files) != len(loaded.images):
@@ -156,7 +212,7 @@ def image_file_names(loaded, indices, root=None) -> list[str] | None:
     for index in np.asarray(indices, dtype=np.int64):
         path = Path(files[int(index)])
         try:
-            names.append(path.relative_to(base).as_posix() if base is not None else path.as_posix())
+            names.append(display_name(path.relative_to(base).as_posix() if base is not None else path.as_posix()))
         except ValueError:
-            names.append(path.as_posix())
+            names.append(display_name(path.as_posix()))
     return names

@@ -11,8 +11,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .. import metrics
-from ..atomic_io import save_npz, sha256_file, write_json
-from ..errors import InputError
+from ..atomic_io import save_npz, write_json, written_digest
+from ..errors import InputError, OutputError
 from .plots import PLOT_HINT, plot_roc, run_caption, write_plots
 from .summary_table import TITLES, format_summary_table
 
@@ -211,12 +211,12 @@ def _npz_metadata(report: dict) -> str:
 
 def write_artifacts(out_dir, report: dict, arrays: Mapping[str, np.ndarray], plots: bool = True
                     ) -> tuple[list[Path], str | None]:
-    """Write scores.npz, scores.csv, leakpro.json and, where matplotlib is installed, the plots; all atomically.
+    """Write scores.npz, scores.csv (with its scores.csv.json), leakpro.json and, where matplotlib is installed, the plots; all atomically.
 
     `arrays` is what score_arrays() returns (plus any other arrays to keep in scores.npz).
     Returns (written paths, one line for the user or None).
     """
-    from .interop import write_leakpro_json, write_scores_csv
+    from .interop import csv_sidecar_path, write_leakpro_json, write_scores_csv
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -224,6 +224,7 @@ def write_artifacts(out_dir, report: dict, arrays: Mapping[str, np.ndarray], plo
     save_npz(out / "scores.npz", **arrays, metadata=np.array(_npz_metadata(report)))
     written.append(out / "scores.npz")
     written.append(write_scores_csv(out / "scores.csv", report, arrays))
+    written.append(csv_sidecar_path(out / "scores.csv"))
     written.append(write_leakpro_json(out / "leakpro.json", report, arrays))
     note = None
     if plots:
@@ -235,9 +236,18 @@ def write_artifacts(out_dir, report: dict, arrays: Mapping[str, np.ndarray], plo
 
 
 def write_report_json(out_dir, report: dict, files: Sequence[Path], note: str | None = None) -> Path:
-    """Write report.json last, naming every other file of the run with its sha256 and size."""
-    report = dict(report, files={Path(p).name: {"sha256": sha256_file(p), "bytes": Path(p).stat().st_size}
-                                 for p in files})
+    """Write report.json last, naming every other file of the run with the sha256 and size of what this run wrote.
+
+    The hashes are those atomic_io recorded while this process wrote each file, not those of
+    whatever is on disk now: a file another process put there since is caught by verification.
+    """
+    listed = {}
+    for p in files:
+        recorded = written_digest(p)
+        if recorded is None:
+            raise OutputError(f"{p} was not written by this run; rerun with --overwrite")
+        listed[Path(p).name] = {"sha256": recorded[0], "bytes": recorded[1]}
+    report = dict(report, files=listed)
     if note:
         report["plots"] = note
     path = Path(out_dir) / "report.json"
