@@ -56,24 +56,24 @@ def test_fused_is_part_of_the_identity_so_a_resume_never_mixes_fused_and_plain_c
 
 def test_another_kind_of_cpu_or_torch_build_is_refused_on_resume(files, tmp_path, monkeypatch):
     """The machine belongs to the identity: a resume on another CPU model (or torch build) is refused."""
-    out = tmp_path / "s.npy"
-    killed_run(files, out)
-    import qmia_fast.build_info as build_info
+    from qmia_fast import machine
 
-    real = build_info._cpuinfo
-    monkeypatch.setattr(build_info, "_cpuinfo", lambda: {**real(), "model": "Some Other CPU"})
+    out = tmp_path / "s.npy"
+    killed_run(files, out, precision="fp32")
+    real = machine.describe()
+    monkeypatch.setattr(machine, "describe", lambda: {**real, "cpu": "Some Other CPU"})
     with pytest.raises(ResumeMismatchError, match="machine.cpu"):
-        run_score(job(files, out))
-    monkeypatch.setattr(build_info, "_cpuinfo", real)
-    monkeypatch.setattr(torch.version, "git_version", "0" * 40)
+        run_score(job(files, out, precision="fp32"))
+    monkeypatch.setattr(machine, "describe", lambda: {**real, "torch_git": "0" * 40})
     with pytest.raises(ResumeMismatchError, match="machine.torch_git"):
-        run_score(job(files, out))
+        run_score(job(files, out, precision="fp32"))
 
 
 def test_execution_identity_names_every_bit_changing_setting():
-    """unet_batch, device type, fused, fast_layers and channels_last, one dict (the run plan's swap point)."""
+    """The run plan's bit identity (precision, micro-batches, layout, layers, fusion) and the condition mode."""
     scorer = qf.Scorer(tiny_model(1, 8, attn=()), "loss", device="cpu", unet_batch=4)
-    assert set(execution_identity(scorer)) == {"unet_batch", "device_type", "fused", "fast_layers", "channels_last"}
+    assert set(execution_identity(scorer)) == {"device_type", "precision", "unet_batch", "micro_batches",
+                                               "channels_last", "fast_layers", "fused", "compile", "condition"}
 
 
 def test_the_whole_resolved_model_is_in_the_identity():
@@ -185,19 +185,30 @@ def test_rerunning_the_same_overwrite_command_keeps_the_chunks_of_the_same_run(t
     assert report["scored_now"] == 16  # another run's chunks were discarded
 
 
-def test_precision_auto_resumes_at_what_the_unfinished_run_resolved(files, tmp_path, monkeypatch):
-    """'auto' on a CPU follows a timing probe that a busy machine can tip: the same command must resume its own
-    run at the precision that run resolved, not be refused as a different run."""
-    import qmia_fast.precision as precision
+def test_precision_auto_resumes_its_own_run_when_a_new_probe_would_disagree(files, tmp_path, monkeypatch):
+    """'auto' on a CPU is measured once per machine and read back: the same command resumes its own run at the
+    precision that run used, however a new measurement on a busy machine would come out."""
+    from qmia_fast import machine, plan, plan_probe
 
+    monkeypatch.setenv(plan_probe.CACHE_ENV, str(tmp_path / "plans.json"))
+    monkeypatch.setattr(machine, "cpu_has_fast_bf16", lambda: True)
+
+    def timings(bf16):
+        def measure(model, unet_batch, rungs, build, variants=plan_probe.VARIANTS):
+            names = [v[0] for v in variants]
+            return {"seconds_per_image_call": {n: (bf16 if n == "bf16" else 1.0) for n in names},
+                    "micro_batch_invariant": {n: False for n in names}}
+        return measure
+
+    monkeypatch.setattr(plan_probe, "measure_variants", timings(0.2))
     out = tmp_path / "s.npy"
-    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda *a, **k: 3.0)
     killed_run(files, out, precision="auto")
     (tmp_path / "s.npy.chunks" / "chunk_000002.npy").unlink()
-    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda *a, **k: None)
+    monkeypatch.setattr(plan_probe, "measure_variants", timings(5.0))  # a new probe would say fp32
+    plan._BYTES_SEEN.clear()
     said = []
     result = run_score(job(files, out, precision="auto"), log=said.append)
-    assert any("resuming at bf16" in line for line in said) and any("resuming: 2 of 3" in line for line in said)
+    assert any("resuming: 2 of 3" in line for line in said)
     assert result.metadata["score"]["precision"] == "bf16"
 
 

@@ -192,13 +192,13 @@ def score_indices(scorer, images, indices, *, work_dir: str | Path | None, ident
         if not ctx.is_main:
             store.open(main=False)
     try:
-        return _score(scorer, images, indices, ids, store, ctx, chunk_size, progress, log, label, report)
+        return _score(scorer, images, indices, ids, store, ctx, chunk_size, progress, log, label, report, conditions)
     finally:
         if store is not None:
             store.release()
 
 
-def _score(scorer, images, indices, ids, store, ctx, chunk_size, progress, log, label, report):
+def _score(scorer, images, indices, ids, store, ctx, chunk_size, progress, log, label, report, conditions):
     bounds = chunk_bounds(len(indices), chunk_size)
     mine = [i for i in range(len(bounds)) if i % ctx.world_size == ctx.rank]
     results: dict[int, np.ndarray] = {}
