@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from qmia_fast import kernels
 from qmia_fast.kernels import dispatch
 from qmia_fast.plan import resolve_precision
 from qmia_fast.scoring import Scorer, default_unet_batch, score

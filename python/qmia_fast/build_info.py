@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 # CPU features that matter for the kernels and for bfloat16 speed (x86 /proc/cpuinfo names).
 CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -12,28 +12,11 @@ _OPENMP_VERSIONS = {200505: "2.5", 200805: "3.0", 201107: "3.1", 201307: "4.0", 
                     202011: "5.1", 202111: "5.2"}
 
 
-def _cpuinfo() -> Dict[str, Any]:
-    """Model name and feature flags from /proc/cpuinfo (empty where it does not exist)."""
-    model: Optional[str] = None
-    flags: set = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                if key in ("model name", "hardware", "cpu model") and model is None:
-                    model = value.strip()
-                elif key in ("flags", "features") and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    return {"model": model or platform.processor() or None, "flags": flags}
-
-
 def _cpu_features() -> Dict[str, Any]:
-    info = _cpuinfo()
-    flags = info["flags"]
-    features: Dict[str, Any] = {"model": info["model"], "logical_cores": os.cpu_count(),
+    from .machine import cpu_has_fast_bf16, cpu_model_and_flags
+
+    model, flags = cpu_model_and_flags()
+    features: Dict[str, Any] = {"model": model, "logical_cores": os.cpu_count(),
                                 "machine": platform.machine()}
     try:
         import torch
@@ -44,12 +27,9 @@ def _cpu_features() -> Dict[str, Any]:
     features["flags"] = {name: name in flags for name in CPU_FLAGS}
     if platform.machine().lower() in ("aarch64", "arm64"):
         features["flags"]["bf16"] = "bf16" in flags
-        native_bf16 = "bf16" in flags
-    else:
-        native_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
     # Without native bf16 dot products (AVX512-BF16, AMX or ARM BF16), bfloat16 math on the
     # CPU is converted to float32 and is rarely faster than float32 itself.
-    features["bf16_fast_path_likely"] = bool(native_bf16)
+    features["bf16_fast_path_likely"] = cpu_has_fast_bf16()
     return features
 
 

@@ -1,7 +1,6 @@
 """Noise schedules in float64 with SecMI's 0-based timestep indexing: DDPM (linear, cosine, diffusers configs) and flow matching."""
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -83,16 +82,7 @@ class Schedule:
 
     def check_timestep(self, t, name: str = "t"):
         """Return t as an int (scalar) or int64 numpy array, raising ConfigError if any value is outside [0, T)."""
-        values = _as_int_array(t, name)
-        if np.size(values):
-            lo, hi = int(np.min(values)), int(np.max(values))
-            if lo < 0 or hi >= self.T:
-                culprit = lo if lo < 0 else hi
-                raise ConfigError(
-                    f"{name} = {culprit} is outside the schedule's timesteps [0, {self.T}); "
-                    f"use a timestep between 0 and {self.T - 1}"
-                )
-        return values
+        return _checked_timesteps(t, name, self.T, "the schedule's timesteps")
 
     def abar_at(self, t):
         """abar[t] in float64: a Python float for an int, else an array/tensor of t's shape (a tensor stays on its device)."""
@@ -208,14 +198,7 @@ class FlowSchedule:
 
     def check_timestep(self, t, name: str = "t"):
         """t as an int or int64 array, or a ConfigError if any value is outside [0, T)."""
-        values = _as_int_array(t, name)
-        if np.size(values):
-            lo, hi = int(np.min(values)), int(np.max(values))
-            if lo < 0 or hi >= self._T:
-                culprit = lo if lo < 0 else hi
-                raise ConfigError(f"{name} = {culprit} is outside the flow schedule's timesteps [0, {self._T}) "
-                                  f"(s = t / {self._T}); use a timestep between 0 and {self._T - 1}")
-        return values
+        return _checked_timesteps(t, name, self._T, f"the flow schedule's timesteps (s = t / {self._T})")
 
     def sigma_at(self, t) -> float:
         """s = t / T (float64)."""
@@ -412,6 +395,17 @@ def _to_numpy(value):
     if _is_tensor(value):
         return value.detach().cpu().numpy()
     return np.asarray(value)
+
+
+def _checked_timesteps(t, name: str, T: int, what: str):
+    """t as an int or int64 array, or a ConfigError naming the first value outside [0, T)."""
+    values = _as_int_array(t, name)
+    if np.size(values):
+        lo, hi = int(np.min(values)), int(np.max(values))
+        if lo < 0 or hi >= T:
+            culprit = lo if lo < 0 else hi
+            raise ConfigError(f"{name} = {culprit} is outside {what} [0, {T}); use a timestep between 0 and {T - 1}")
+    return values
 
 
 def _as_int_array(t, name: str):

@@ -183,6 +183,16 @@ class NpzReader:
 
 # --------------------------------------------------------------------------- score and array files
 
+def read_npz_named(path, key: str, *, where: str, what: str, error=DataError, **limits) -> np.ndarray:
+    """The array `key` of an .npz, or its only array; more than one array without `key` is an `error` naming them."""
+    with NpzReader(path, where=where) as npz:
+        keys = npz.keys()
+        name = key if key in keys else keys[0] if len(keys) == 1 else None
+        if name is None:
+            raise error(f"{where} {path}: .npz holds {', '.join(keys)}; name the {what} array '{key}'")
+        return npz.read(name, **limits)
+
+
 def read_array_file(path, *, where: str, max_elements: int | None = None,
                     max_bytes: int = MAX_ARRAY_FILE_BYTES) -> np.ndarray:
     """One numeric array from a .npy file, for score, label and index files, read without pickle.

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .arrays import NPY_MAGIC, NpzReader, read_npy
+from .arrays import NPY_MAGIC, read_npy, read_npz_named
 from .safe_read import decode_text, read_capped_bytes
 from .table_text import first_few, is_integer_text, parse_csv, parse_json, place_by_key
 
@@ -127,12 +127,7 @@ def read_labels_file(path, n_images: int, *, file_names: Sequence[str] | None = 
     if suffix == ".npy" or data.startswith(NPY_MAGIC):
         values = read_npy(path, where=where, max_bytes=MAX_LABEL_FILE_BYTES)
     elif suffix == ".npz":
-        with NpzReader(path, where=where) as npz:
-            keys = npz.keys()
-            key = "labels" if "labels" in keys else keys[0] if len(keys) == 1 else None
-            if key is None:
-                raise DataError(f"{origin}: .npz holds {', '.join(keys)}; name the labels array 'labels'")
-            values = npz.read(key, max_bytes=MAX_LABEL_FILE_BYTES)
+        values = read_npz_named(path, "labels", where=where, what="labels", max_bytes=MAX_LABEL_FILE_BYTES)
     else:
         text = decode_text(data, where=where, path=path)
         if suffix == ".json":

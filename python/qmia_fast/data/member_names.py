@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import SplitError
-from .arrays import NpzReader, read_npy
+from .arrays import read_npy, read_npz_named
 from .formats import sniff_format
 from .safe_read import read_capped_text
 from .table_text import NameIndex, first_few, is_integer_text, parse_json
@@ -97,12 +97,8 @@ def read_member_file(path: Path, *, where: str = "--members") -> np.ndarray | li
     if kind == "npy":
         values = read_npy(path, where=where, max_text_bytes=MAX_NAME_LIST_BYTES)
     elif kind == "npz":
-        with NpzReader(path, where=where) as npz:
-            keys = npz.keys()
-            key = "members" if "members" in keys else keys[0] if len(keys) == 1 else None
-            if key is None:
-                raise SplitError(f"{origin}: .npz holds {', '.join(keys)}; name the member array 'members'")
-            values = npz.read(key, max_text_bytes=MAX_NAME_LIST_BYTES)
+        values = read_npz_named(path, "members", where=where, what="member", error=SplitError,
+                                max_text_bytes=MAX_NAME_LIST_BYTES)
     else:
         text = read_capped_text(path, MAX_NAME_LIST_BYTES, where=where, what="member list")
         if kind == "json":

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import atomic_io
-from .arrays import NpzReader, read_npy
+from .arrays import NpzReader, read_npy, read_npz_named
 from .formats import sniff_format
 from .member_names import (
     MAX_NAME_LIST_BYTES, NAMES_NEED_FOLDER, is_name_list, names_to_indices, read_member_file, warn_if_numbered,
@@ -347,12 +347,7 @@ def read_index_file(path: Path, *, where: str = "--members") -> np.ndarray:
     if kind == "npy":
         return read_npy(path, where=where)
     if kind == "npz":
-        with NpzReader(path, where=where) as npz:
-            keys = npz.keys()
-            key = "members" if "members" in keys else keys[0] if len(keys) == 1 else None
-            if key is None:
-                raise SplitError(f"{origin}: .npz holds {', '.join(keys)}; name the member array 'members'")
-            return npz.read(key)
+        return read_npz_named(path, "members", where=where, what="member", error=SplitError)
     if kind == "json":
         value = _read_json(path, origin)
         if isinstance(value, dict):

@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 
 from ..errors import ConfigError, InputError, QmiaError
-from ..seeds import SEED_LIMIT, check_seed
+from ..seeds import check_seed
 
 # Storage dtype codes of csrc/common/qmia_common.h.
 _STORAGE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}

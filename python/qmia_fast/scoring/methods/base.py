@@ -46,4 +46,12 @@ class ScoreMethod:
         raise NotImplementedError
 
 
+def check_t(config, T: int) -> None:
+    """The loss's and PIA's timestep lies in the schedule."""
+    from ...errors import ConfigError
+
+    if not 0 <= config.t < T:
+        raise ConfigError(f"t = {config.t} is outside the schedule's timesteps [0, {T}); use 0 <= t < {T}")
+
+
 PredFn = Callable[[torch.Tensor, int, Any, str], torch.Tensor]

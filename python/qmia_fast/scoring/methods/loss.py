@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ... import kernels
 from ...errors import ConfigError
-from .base import ScoreMethod
+from .base import ScoreMethod, check_t
 
 
 class Loss(ScoreMethod):
@@ -12,8 +12,7 @@ class Loss(ScoreMethod):
     settings = ("t", "n_draws")
 
     def check(self, config, T: int) -> None:
-        if not 0 <= config.t < T:
-            raise ConfigError(f"t = {config.t} is outside the schedule's timesteps [0, {T}); use 0 <= t < {T}")
+        check_t(config, T)
         if config.n_draws < 1:
             raise ConfigError(f"n_draws = {config.n_draws} must be at least 1")
 

@@ -5,7 +5,7 @@ import math
 
 from ... import kernels
 from ...errors import ConfigError
-from .base import ScoreMethod
+from .base import ScoreMethod, check_t
 
 # PIA's exponent: beyond this the float32 sum of |error|^p overflows on ordinary images.
 P_RANGE = (0.25, 32.0)
@@ -17,8 +17,7 @@ class PIA(ScoreMethod):
     settings = ("t", "p")
 
     def check(self, config, T: int) -> None:
-        if not 0 <= config.t < T:
-            raise ConfigError(f"t = {config.t} is outside the schedule's timesteps [0, {T}); use 0 <= t < {T}")
+        check_t(config, T)
         if not (math.isfinite(config.p) and P_RANGE[0] <= config.p <= P_RANGE[1]):
             raise ConfigError(f"p = {config.p} must be in [{P_RANGE[0]:g}, {P_RANGE[1]:g}] (PIA uses 4; larger exponents "
                               "overflow float32 sums of |error|^p)")
