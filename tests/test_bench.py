@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from qmia_fast import benchmark
 from qmia_fast.cli import cli
-from qmia_fast.commands.bench import build_options, parse_batch_sizes, parse_variants
+from qmia_fast.benchmark.options import build_options, parse_batch_sizes, parse_variants
 from qmia_fast.errors import ConfigError
 from qmia_fast.scoring import Scorer
 

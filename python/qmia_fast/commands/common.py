@@ -1,11 +1,11 @@
 """Options shared by the CLI commands (model, data, scoring, attack), the --config file that can set them, and their specs."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import click
 
+from ..config_file import read_config_file
 from ..errors import ConfigError
 from ..pipeline.specs import (
     DATA_FORMATS, LAYOUTS, MODEL_FORMATS, PARTS, AttackSpec, DataSpec, ModelSpec, ScoreSpec,
@@ -173,38 +173,6 @@ def attack_spec(options: dict) -> AttackSpec:
 
 
 # --- --config FILE ----------------------------------------------------------------------------
-
-def read_config_file(path: str) -> dict[str, Any]:
-    """Options from a YAML or JSON file; keys mirror the long option names (dashes or underscores).
-
-    Read through the bounded reader: a FIFO, a device or a folder is named as such, not waited on.
-    """
-    from ..safe_read import parse_json, read_bytes
-
-    file = Path(path)
-    data = read_bytes(file, 1 << 20, "--config", ConfigError)
-    text = data.decode("utf-8", errors="replace")
-    if file.suffix.lower() in (".yaml", ".yml"):
-        from ..errors import require_extra
-
-        yaml = require_extra("yaml", "yaml", "a YAML --config file")
-        try:
-            values = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--config {path}: not valid YAML ({' '.join(str(exc).split())})") from None
-        except RecursionError:
-            raise ConfigError(f"--config {path}: nested too deeply to be a config file") from None
-    else:
-        try:
-            values = parse_json(text, f"--config {path}", ConfigError)
-        except ConfigError as exc:
-            raise ConfigError(f"{exc}; use a .yaml name for YAML") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"--config {path}: expected a mapping of option names to values")
-    return {str(key).replace("-", "_"): value for key, value in values.items()}
-
 
 def _config_value(param: click.Parameter, key: str, value: Any, path: str) -> Any:
     """A value from the config file for one option: a scalar of the option's own type, or a one-line error.

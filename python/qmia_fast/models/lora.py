@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import math
 import re
@@ -51,11 +50,10 @@ class LoraPlan:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 of the LoRA file (read as a regular file only), recorded in the model's config and the report."""
+    from ..safe_read import sha256_regular
+
+    return sha256_regular(path, "LoRA file", ModelLoadError)
 
 
 def _read_index(path: Path):
