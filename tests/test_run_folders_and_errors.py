@@ -1,4 +1,4 @@
-"""The red team's findings in scoring and the pipeline, each pinned: bit-identical scores, whole output folders, one-line errors."""
+"""A run folder holds one whole run, bad settings are one-line errors before any work, overflows are redone or refused, warnings are one line."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Issue 14's model- and data-loading attacks: config memory bombs, FIFOs, image folders decoded too early, score-file bombs, messages."""
+"""Loading is bounded: configs the weights cannot hold, FIFOs, image folders checked before decoding, score-file bombs, messages that say what is wrong."""
 from __future__ import annotations
 
 import argparse
@@ -76,7 +76,7 @@ def _patch_config(folder: Path, unet=None, schedule=None, **top) -> None:
     (folder / "config.json").write_text(json.dumps(config))
 
 
-# ---------------------------------------------------------------------- item 1: config memory bombs
+# ---------------------------------------------------------------------- configs the weights cannot hold
 
 
 def test_unet_shapes_match_the_module_exactly():
@@ -162,7 +162,7 @@ def test_zip_checkpoint_with_a_compressed_record_is_refused(tmp_path):
         load_model(tmp_path / "deflated.pt", config=TINY)
 
 
-# ---------------------------------------------------------------------- item 2: FIFOs and image folders
+# ---------------------------------------------------------------------- FIFOs and image folders checked before decoding
 
 
 def _run_python(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -292,7 +292,7 @@ def test_expected_shape_applies_to_arrays_and_is_validated(tmp_path):
     assert load_data(tmp_path / "x.npy", expected_shape=[3, 8, 8]).images.shape == (4, 3, 8, 8)
 
 
-# ---------------------------------------------------------------------- item 3: bounded score-file readers
+# ---------------------------------------------------------------------- score-file readers bounded before inflating
 
 
 def _npy_claiming(path: Path, shape, dtype="<f8") -> Path:
@@ -355,7 +355,7 @@ def test_score_readers_never_unpickle(tmp_path):
         read_npz_arrays(tmp_path / "objects.npz", where="scores")
 
 
-# ---------------------------------------------------------------------- item 4: messages
+# ---------------------------------------------------------------------- messages that say what is wrong
 
 
 def test_string_version_is_called_a_type_error_not_an_old_release(tmp_path):
