@@ -7,6 +7,9 @@ import torch
 from qmia_fast.models import EpsModel, UNet
 from qmia_fast.schedule import linear_schedule
 
+# The storage dtypes every kernel takes (float32 arithmetic inside); tests parametrize over them.
+STORAGE_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
 
 def tiny_unet(channels: int = 3, size: int = 8, attn=(1,), seed: int = 0, perturb: float = 0.2) -> UNet:
     """A 2-level, 32-channel UNet. DDPM's initialisation leaves the output near zero (eps ~ 0 makes

@@ -5,30 +5,13 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-
-from qmia_fast.cli import cli
-
 import diffusers_builders as build
+from cli_helpers import one_line_error, run
 
 pytest.importorskip("diffusers")
 
 QUICK = ["--t-sec", "20", "--k", "10", "--device", "cpu", "--no-progress", "--precision", "fp32", "--n-models", "1",
          "--reg-epochs", "1", "--reg-width", "4", "--reg-depth", "1"]
-
-
-def run(*args, expect=0):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exit_code == expect, result.output + result.stderr
-    return result
-
-
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("qmia-fast: error:"), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def write_data(root, n=36, size=8, labels=None, seed=0):

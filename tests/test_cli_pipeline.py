@@ -14,6 +14,7 @@ from qmia_fast.models import save_model
 from qmia_fast.schedule import linear_schedule
 from model_helpers import tiny_unet
 from test_data_helpers import cifar_pickle, idx_bytes, png_bytes
+from cli_helpers import one_line_error as assert_one_line_error, run
 
 N_IMAGES = 60
 SIZE = 8
@@ -53,20 +54,8 @@ def workspace(tmp_path_factory):
     return {"root": root, "gray": gray, "color": color}
 
 
-def run(*args, expect=0):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exit_code == expect, result.output + (result.stderr if hasattr(result, "stderr") else "")
-    return result
 
 
-def assert_one_line_error(result, *needles):
-    assert result.exit_code == 2
-    err = result.stderr.strip().splitlines()
-    assert len(err) == 1, result.stderr
-    assert err[0].startswith("qmia-fast: error:")
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in err[0], err[0]
 
 
 FAST = ["--t-sec", "20", "--k", "10", "--batch-size", "16", "--device", "cpu", "--no-progress"]

@@ -13,6 +13,7 @@ from qmia_fast import metrics
 from qmia_fast.cli import cli
 from qmia_fast.results import validate_report
 from qmia_fast.results.score_files import read_score_table, score_metadata, write_scores
+from cli_helpers import invoke
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def data():
 
 
 def run(*args):
-    return CliRunner().invoke(cli, ["evaluate", *map(str, args)])
+    return invoke("evaluate", *args)
 
 
 def expected_auc(raw, labels):

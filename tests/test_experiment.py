@@ -18,6 +18,7 @@ from qmia_fast.experiments.stats import mean_sd, rate_interval
 from qmia_fast.metrics import clopper_pearson
 from qmia_fast.models import save_model
 from qmia_fast.schedule import linear_schedule
+from cli_helpers import run
 
 SIZE = 8
 # The tiny budget, one thread, small UNet micro-batches: the whole suite of experiments in seconds.
@@ -40,10 +41,6 @@ def workspace(tmp_path_factory):
     return root
 
 
-def run(*args, expect=0):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exit_code == expect, result.output
-    return result
 
 
 def test_the_command_lists_every_experiment():

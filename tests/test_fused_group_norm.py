@@ -10,8 +10,9 @@ from qmia_fast import kernels as K
 from qmia_fast.kernels import reference as R
 from qmia_fast.errors import ConfigError, InputError
 from qmia_fast.models.unet import UNet
+from model_helpers import STORAGE_DTYPES
 
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DTYPES = STORAGE_DTYPES
 # (shape, groups): the UNet's 32 groups, C not a multiple of 8, H*W = 1 with groups = C,
 # groups = 1, one channel per group, an empty batch.
 SHAPES = [((2, 64, 5, 7), 32), ((3, 12, 4, 3), 3), ((2, 6, 1, 1), 6), ((1, 5, 9, 3), 1), ((2, 32, 6, 6), 32),

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from qmia_fast import kernels as K
+from model_helpers import STORAGE_DTYPES
 
 pytestmark = pytest.mark.cuda
 
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DTYPES = STORAGE_DTYPES
 SHAPES = [(1, 1), (3, 7), (4, 1023), (8, 3, 32, 32), (2, 100003)]
 SHAPE_IDS = ["D1", "D7", "D1023", "cifar", "D100003"]
 

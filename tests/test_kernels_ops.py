@@ -18,8 +18,9 @@ import torch
 
 from qmia_fast import kernels as K
 from qmia_fast.kernels import reference as R
+from model_helpers import STORAGE_DTYPES
 
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DTYPES = STORAGE_DTYPES
 UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 TINY = {torch.float32: 2.0**-149, torch.bfloat16: 2.0**-133, torch.float16: 2.0**-24}
 SUM_RTOL = 1e-5

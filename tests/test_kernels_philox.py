@@ -8,8 +8,9 @@ import torch
 
 from qmia_fast import kernels as K
 from qmia_fast.kernels import reference as R
+from model_helpers import STORAGE_DTYPES
 
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DTYPES = STORAGE_DTYPES
 
 
 def _ulp32(values: torch.Tensor) -> torch.Tensor:

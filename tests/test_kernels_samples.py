@@ -7,9 +7,10 @@ import torch
 from qmia_fast import kernels as K
 from qmia_fast.kernels import reference as R
 from qmia_fast.errors import ConfigError, InputError, QmiaError
+from model_helpers import STORAGE_DTYPES
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+DTYPES = STORAGE_DTYPES
 
 
 def _data(shape, dtype, seed, device):

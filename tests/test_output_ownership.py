@@ -7,16 +7,16 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from qmia_fast.attack import QuantileAttack
-from qmia_fast.cli import cli
 from qmia_fast.errors import OutputError
 from qmia_fast.models import save_model
 from qmia_fast.pipeline import AttackSpec, AuditSpec, DataSpec, ModelSpec, ScoreSpec, run_audit, verify_audit_folder
 from qmia_fast.schedule import linear_schedule
 
 from model_helpers import random_images, tiny_unet
+
+from cli_helpers import invoke, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 FAST = ["--method", "loss", "--device", "cpu", "--unet-batch", "8", "--no-progress"]
@@ -31,17 +31,6 @@ def root(tmp_path_factory):
     return root
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("qmia-fast: error:") and "internal error" not in lines[0], lines
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def score(root, out, *extra):

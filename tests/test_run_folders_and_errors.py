@@ -17,6 +17,8 @@ from qmia_fast.pipeline import AttackSpec, AuditSpec, DataSpec, ModelSpec, Score
 from qmia_fast.schedule import linear_schedule
 
 from model_helpers import random_images, tiny_model, tiny_unet
+import cli_helpers
+from cli_helpers import invoke
 
 
 # --- an output folder is one whole run ---------------------------------------------------------
@@ -81,15 +83,7 @@ def test_verify_detects_a_file_from_another_run(small, tmp_path):
 # --- one-line errors, found before any work --------------------------------------------------
 
 def one_line_error(args, *needles):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("qmia-fast: error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0] and "internal error" not in errors[0], lines
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
+    return cli_helpers.one_line_error(invoke(*args), *needles)
 
 
 def test_attack_out_that_is_a_file_is_refused_before_work(small, tmp_path):

@@ -6,26 +6,20 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from qmia_fast.cli import cli
 from qmia_fast.errors import DataError
 from qmia_fast.results import report
 from qmia_fast.results import csv_reading
 from qmia_fast.results.interop import display_name
 from qmia_fast.results.score_files import read_score_table, score_metadata, write_scores
 
+from cli_helpers import invoke, one_line_error
+
 
 def run(*args):
-    return CliRunner().invoke(cli, ["evaluate", *map(str, args)])
+    return invoke("evaluate", *args)
 
 
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("qmia-fast: error:") and "internal" not in lines[0], lines
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture
