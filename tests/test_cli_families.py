@@ -93,3 +93,37 @@ def test_a_text_to_image_pipeline_reads_captions_from_the_folders_metadata(tmp_p
     (folder / "metadata.jsonl").unlink()
     one_line_error(run("score", "--model", model, "--data", folder, "--out", tmp_path / "s.npz", *QUICK[:7],
                        expect=2), "captions")
+
+
+def test_a_latent_models_chunks_keep_their_latents_so_a_resumed_run_encodes_only_what_is_missing(tmp_path, monkeypatch):
+    """Latents are encoded once per image and kept, sealed, beside the score chunks; a rerun after a kill reuses them,
+    and the scores equal those of an uninterrupted run."""
+    import qmia_fast as qf
+    from qmia_fast.pipeline import DataSpec, ModelSpec, ScoreJob, ScoreSpec, run_score
+    from qmia_fast.scoring import engine
+
+    model = build.build_latent_unet(tmp_path / "m", vae="kl")
+    data, _ = write_data(tmp_path, n=20, size=16)
+    job = ScoreJob(model=ModelSpec(str(model)), data=DataSpec(str(data)),
+                   score=ScoreSpec(method="loss", device="cpu", precision="fp32", unet_batch=4),
+                   out=str(tmp_path / "s.npy"), chunk_size=8, keep_chunks=True)
+    whole = run_score(job).scores
+    chunks = tmp_path / "s.npy.chunks"
+    assert sorted(p.name for p in chunks.glob("latents_*.npy")) == ["latents_000000.npy", "latents_000001.npy",
+                                                                   "latents_000002.npy"]
+    (tmp_path / "s.npy").unlink()
+    (chunks / "chunk_000001.npy").unlink()  # as if killed after encoding chunk 1 but before its scores
+    encoded = []
+    real = engine.Scorer.encode
+    monkeypatch.setattr(engine.Scorer, "encode", lambda self, images, progress=False: encoded.append(len(images))
+                        or real(self, images, progress))
+    again = run_score(ScoreJob(**{**job.__dict__, "overwrite": False})).scores
+    assert encoded == [] and np.array_equal(again, whole)
+    # A tampered latent chunk is encoded again, not trusted.
+    (tmp_path / "s.npy").unlink()
+    (chunks / "chunk_000002.npy").unlink()
+    latents = np.load(chunks / "latents_000002.npy")
+    np.save(chunks / "latents_000002.npy", latents + 1)
+    third = run_score(ScoreJob(**{**job.__dict__})).scores
+    assert encoded == [4] and np.array_equal(third, whole)
+    assert qf.load_model(model).latent is not None

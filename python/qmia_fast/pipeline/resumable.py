@@ -21,7 +21,8 @@ from .ownership import OwnedFolder
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
-CHUNK_FILES = (r"chunk_\d{6}\.npy", r"chunk_\d{6}\.npy\.sha256", r"manifest\.json")
+CHUNK_FILES = (r"chunk_\d{6}\.npy", r"chunk_\d{6}\.npy\.sha256", r"latents_\d{6}\.npy", r"latents_\d{6}\.npy\.sha256",
+               r"manifest\.json")
 _MANIFEST_LIMIT = 1 << 20
 _NPY_HEADER_SLACK = 4096
 
@@ -107,9 +108,9 @@ class ChunkStore:
     def hash_path(self, i: int) -> Path:
         return self.folder / f"chunk_{i:06d}.npy.sha256"
 
-    def _seal(self, i: int, data: bytes) -> str:
+    def _seal(self, i: int, data: bytes, kind: str = "chunk") -> str:
         start, end = self.bounds[i]
-        digest = hashlib.sha256(f"qmia-fast-chunk|{self.key}|{i}|{start}|{end}|".encode())
+        digest = hashlib.sha256(f"qmia-fast-{kind}|{self.key}|{i}|{start}|{end}|".encode())
         digest.update(data)
         return digest.hexdigest()
 
@@ -138,6 +139,38 @@ class ChunkStore:
         # writes leaves a hash without its chunk, which is recomputed).
         atomic_io.write_text(self.hash_path(i), self._seal(i, data) + "\n")
         atomic_io.write_bytes(self.chunk_path(i), data)
+
+    # A latent model's chunks keep their images' latents beside their scores (the VAE posterior mean times its
+    # scaling factor), sealed like the scores: a resumed run encodes only the images of chunks it has not yet
+    # encoded, and memory holds one chunk's latents at a time.
+
+    def latents_path(self, i: int) -> Path:
+        return self.folder / f"latents_{i:06d}.npy"
+
+    def load_latents(self, i: int, shape: tuple[int, ...]) -> np.ndarray | None:
+        path, recorded = self.latents_path(i), self.folder / f"latents_{i:06d}.npy.sha256"
+        if not path.exists() or not recorded.exists():
+            return None
+        start, end = self.bounds[i]
+        expected_shape = (end - start, *shape)
+        try:
+            data = read_bytes(path, 4 * int(np.prod(expected_shape)) + _NPY_HEADER_SLACK, "latent chunk")
+            seal = read_bytes(recorded, 256, "latent chunk hash").decode("ascii", "replace").strip()
+            if self._seal(i, data, "latents") != seal:
+                return None
+            values = np.load(io.BytesIO(data), allow_pickle=False)
+        except (DataError, OSError, ValueError):
+            return None
+        if values.shape != expected_shape or values.dtype != np.float32:
+            return None
+        return values
+
+    def write_latents(self, i: int, latents: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(latents, dtype=np.float32))
+        data = buffer.getvalue()
+        atomic_io.write_text(self.folder / f"latents_{i:06d}.npy.sha256", self._seal(i, data, "latents") + "\n")
+        atomic_io.write_bytes(self.latents_path(i), data)
 
     def remove(self) -> None:
         """Delete the chunk files, the manifest and the marker; the folder too if qmia-fast made it and it is empty."""
@@ -226,8 +259,9 @@ def _score(scorer, images, indices, ids, store, ctx, chunk_size, progress, log, 
             start, end = bounds[i]
             values = np.empty(end - start, dtype=np.float64)
             rows = indices[start:end]
-            for at, batch_values in scorer.iter_scores(images[rows], indices=ids[start:end], validated=True,
-                                                       conditions=take(conditions, rows)):
+            inputs, kind = _chunk_inputs(scorer, images, rows, store, i)
+            for at, batch_values in scorer.iter_scores(inputs, indices=ids[start:end], validated=True,
+                                                       conditions=take(conditions, rows), inputs=kind):
                 values[at:at + len(batch_values)] = batch_values
                 ticker.update(len(batch_values))
             if store is not None:
@@ -242,6 +276,18 @@ def _score(scorer, images, indices, ids, store, ctx, chunk_size, progress, log, 
         start, end = bounds[i]
         out[start:end] = values
     return out
+
+
+def _chunk_inputs(scorer, images, rows, store, i: int):
+    """(what to score, "pixels" or "latents") for one chunk: a latent model's latents, encoded once and kept with the
+    chunk when there is a chunk folder; the pixels themselves otherwise."""
+    if getattr(scorer.model, "latent", None) is None or store is None:
+        return images[rows], "pixels"
+    latents = store.load_latents(i, tuple(scorer.model.input_shape))
+    if latents is None:
+        latents = scorer.encode(images[rows])
+        store.write_latents(i, latents)
+    return latents, "latents"
 
 
 __all__ = ["ChunkStore", "score_indices", "score_identity", "fingerprint_array", "fingerprint_model",

@@ -141,12 +141,14 @@ class Scorer:
         self.check_images(images)
         n = len(images)
         out = np.empty((n, *self.model.input_shape), dtype=np.float32)
-        with progress_bar(progress, n, f"encoding {n} images"), torch_threads(self.threads), torch.inference_mode():
+        with progress_bar(progress, n, f"encoding {n} images") as bar, torch_threads(self.threads), \
+                torch.inference_mode():
             for start in range(0, n, self.unet_batch):
                 rows = self._upload(images[start:start + self.unet_batch])
                 real = rows.shape[0]
                 latents = self._prepare(self._pad(rows, self._rung(real)), "pixels")[:real]
                 out[start:start + real] = latents.float().cpu().numpy()
+                bar.update(real)
         return out
 
     def score_batch(self, batch, offset: int = 0, indices=None, conditions=None) -> np.ndarray:
