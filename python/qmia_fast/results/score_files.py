@@ -113,7 +113,8 @@ class ScoreTable:
                                   "--higher-is-member (membership scores, probabilities)")
             if recorded is not None and direction is not None and recorded != direction:
                 option = "--" + direction.replace("_", "-")
-                raise ConfigError(f"{option} contradicts {where}: its {name} scores are recorded as "
+                what = "scores" if name == "scores" else f"{name} scores"
+                raise ConfigError(f"{option} contradicts {where}: its {what} are recorded as "
                                   f"{recorded.replace('_', '-')}; drop {option}")
             values = np.asarray(values)
             if values.dtype.kind not in "iuf":
