@@ -9,7 +9,7 @@ import torch
 
 from . import machine, plan_probe
 from .errors import ConfigError
-from .precision import PRECISIONS, call_precisions
+from .precision import DEFAULT_PRECISION, PRECISIONS, call_precisions
 from .runtime import check_threads, resolve_device
 
 DEFAULT_UNET_BATCH = {"cpu": 64, "cuda": 256}
@@ -101,7 +101,7 @@ def resolve_precision(precision: str, device: torch.device, method: str | None =
     return "fp32"
 
 
-def resolve_plan(model, method: str, *, device=None, precision: str = "auto", unet_batch: int | None = None,
+def resolve_plan(model, method: str, *, device=None, precision: str = DEFAULT_PRECISION, unet_batch: int | None = None,
                  batch_size: int | None = None, threads: int | None = None, fast_layers: bool | None = None,
                  fused: bool | None = None, channels_last: bool | None = None, cuda_graphs: bool = True,
                  compile: bool = False, fit_device: str | None = None, fit_threads: int | None = None,

@@ -14,6 +14,8 @@ from .errors import ConfigError
 # resident weights; the mixed variants (secmi only) run SecMI's inversion in bf16 and the
 # two round-trip calls, whose difference is the t-error, in fp32 or TF32.
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16", "mixed", "mixed-tf32")
+# The one default of the CLI, the specs, the scorer and the plan: the run plan decides per machine and model.
+DEFAULT_PRECISION = "auto"
 # What one UNet call runs in.
 CALL_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 # (inversion, round trip) of the mixed variants.

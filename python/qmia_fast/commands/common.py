@@ -10,7 +10,7 @@ from ..errors import ConfigError
 from ..pipeline.specs import (
     DATA_FORMATS, LAYOUTS, MODEL_FORMATS, PARTS, AttackSpec, DataSpec, ModelSpec, ScoreSpec,
 )
-from ..precision import PRECISIONS
+from ..precision import DEFAULT_PRECISION, PRECISIONS
 from ..regress import RegressorConfig
 from ..scoring import CONDITION_MODES, METHODS, score_defaults
 from ..seeds import SEED_LIMIT
@@ -108,7 +108,7 @@ def scoring_options(func):
         click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto."),
         click.option("--threads", default=None, type=click.IntRange(min=1),
                      help="torch threads for scoring and fitting [default: torch's]."),
-        click.option("--precision", default="auto", show_default=True, type=click.Choice(list(PRECISIONS)),
+        click.option("--precision", default=DEFAULT_PRECISION, show_default=True, type=click.Choice(list(PRECISIONS)),
                      help="UNet precision. fp32 is strict; tf32, bf16, fp16; mixed / mixed-tf32 (secmi only): "
                           "bf16 inversion, fp32 / TF32 round trip. auto: fp16 on CUDA; on a CPU the fastest "
                           "variant measured once on this machine for this model (fp32, or where bf16 hardware wins: "

@@ -13,7 +13,7 @@ from ..data.loader import FORMATS as DATA_FORMATS
 from ..data.loader import PARTS
 from ..errors import ConfigError
 from ..models.loader import FORMATS as MODEL_FORMATS
-from ..precision import PRECISIONS
+from ..precision import DEFAULT_PRECISION, PRECISIONS
 from ..scoring import CONDITION_MODES, METHOD_SETTINGS, METHODS, SCORE_SETTINGS, score_defaults
 from ..seeds import check_seed
 
@@ -98,7 +98,7 @@ class ScoreSpec:
     t: int | None = None
     p: float | None = None
     n_draws: int | None = None
-    precision: str = "auto"
+    precision: str = DEFAULT_PRECISION
     batch_size: int | None = None
     unet_batch: int | None = None
     device: str = "auto"

@@ -9,6 +9,7 @@ import torch
 
 from ..arrays import to_tensor
 from ..errors import ConfigError, InputError, ScoreOverflowError
+from ..precision import DEFAULT_PRECISION
 from ..progress import progress_bar
 from ..runtime import check_threads, torch_threads
 from ..seeds import check_seed
@@ -51,7 +52,7 @@ class Scorer:
                  k: int = ScoreConfig.k, t: int = ScoreConfig.t, p: float = ScoreConfig.p,
                  n_draws: int = ScoreConfig.n_draws, seed: int = ScoreConfig.seed, condition: str = "own",
                  plan=None, batch_size: int | None = None, unet_batch: int | None = None, device=None,
-                 precision: str = "auto", channels_last: bool | None = None, cuda_graphs: bool = True,
+                 precision: str = DEFAULT_PRECISION, channels_last: bool | None = None, cuda_graphs: bool = True,
                  compile: bool = False, threads: int | None = None, fast_layers: bool | None = None,
                  fused: bool | None = None):
         if not callable(model) or not hasattr(model, "schedule"):
@@ -323,7 +324,7 @@ class Scorer:
 
 def score(model, images, method: str = ScoreConfig.method, t_sec: int = ScoreConfig.t_sec, k: int = ScoreConfig.k,
           t: int = ScoreConfig.t, p: float = ScoreConfig.p, seed: int = ScoreConfig.seed,
-          batch_size: int | None = None, device=None, precision: str = "auto",
+          batch_size: int | None = None, device=None, precision: str = DEFAULT_PRECISION,
           n_draws: int = ScoreConfig.n_draws, offset: int = 0, progress: bool = False, indices=None,
           conditions=None, condition: str = "own", **options) -> np.ndarray:
     """Membership scores (float64 [N], lower = more likely a member) of images under model; see Scorer."""
