@@ -231,3 +231,23 @@ def test_missing_transformers_is_a_one_line_error_naming_the_extra(sd_folder, mo
     with pytest.raises(MissingExtraError, match=r"pip install 'qmia-fast\[diffusers\]'") as info:
         load_model(sd_folder)
     assert "\n" not in str(info.value)
+
+
+def test_a_text_targets_conditioning_file_may_say_how_captions_were_encoded(tmp_path):
+    """train-target --text records its caption encoding; the same encoding is accepted, another is refused."""
+    import json
+
+    import diffusers_builders as build
+
+    from qmia_fast.errors import ModelLoadError
+    from qmia_fast.models import load_model
+
+    folder = build.build_text_to_image(tmp_path / "sd")
+    declared = {"kind": "text", "max_length": build.TOKENIZER_MAX_LENGTH, "padding": "max_length",
+                "truncation": True, "hidden_states": "last_hidden_state", "null_caption": "", "cfg_dropout": 0.1}
+    (folder / "conditioning.json").write_text(json.dumps(declared))
+    assert load_model(folder).conditioning.kind == "text"
+    for key, value in (("padding", "longest"), ("hidden_states", "pooler_output"), ("max_length", 77)):
+        (folder / "conditioning.json").write_text(json.dumps({**declared, key: value}))
+        with pytest.raises(ModelLoadError, match=key):
+            load_model(folder)

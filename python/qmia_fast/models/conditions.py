@@ -18,6 +18,11 @@ CONDITIONING_FILE = "conditioning.json"
 # cfg_dropout: the share of training steps that saw the null class (what `qmia-fast train-target --condition class`
 # records); informational, checked for range only.
 _KEYS = ("kind", "num_classes", "null_label", "class_names", "cfg_dropout")
+# How a text-conditioned target was trained to encode its captions; the text encoder here encodes them this way
+# (StableDiffusionPipeline's way), so a file may say so, and a file that says otherwise is refused.
+_TEXT_ENCODING = {"padding": "max_length", "truncation": True, "hidden_states": "last_hidden_state",
+                  "null_caption": ""}
+_TEXT_KEYS = ("max_length", *_TEXT_ENCODING)
 
 
 def read_conditioning_json(root: Path) -> dict[str, Any] | None:
@@ -29,12 +34,18 @@ def read_conditioning_json(root: Path) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise ModelLoadError(f"conditioning file {path} must hold a JSON object such as "
                              '{"kind": "class", "num_classes": 10, "null_label": 10}')
-    unknown = sorted(k for k in value if k not in _KEYS and not str(k).startswith("_"))
+    known = _KEYS + (_TEXT_KEYS if value.get("kind") == "text" else ())
+    unknown = sorted(k for k in value if k not in known and not str(k).startswith("_"))
     if unknown:
         raise ModelLoadError(f"conditioning file {path}: unknown key(s) {', '.join(map(repr, unknown[:4]))}; "
                              f"the keys are {', '.join(_KEYS)}")
     if value.get("kind") not in ("class", "text"):
         raise ModelLoadError(f"conditioning file {path}: kind = {value.get('kind')!r:.40} must be \"class\" or \"text\"")
+    for key, expected in _TEXT_ENCODING.items():
+        if key in value and value[key] != expected:
+            raise ModelLoadError(f"conditioning file {path}: {key} = {value[key]!r:.40}, but captions are encoded with "
+                                 f"{key} = {expected!r} (as StableDiffusionPipeline does); this target cannot be "
+                                 "audited with its own encoding")
     dropout = value.get("cfg_dropout")
     if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
                                 or not 0.0 <= float(dropout) < 1.0):

@@ -133,6 +133,10 @@ def load_diffusers(path: str | Path, config=None, trust_checkpoint: bool = False
         tokenizer = None
         if text is not None:
             tokenizer = load_tokenizer(layout.tokenizer, int(text.config.get("max_position_embeddings", 77)))
+            declared_length = (read_conditioning_json(layout.root) or {}).get("max_length")
+            if declared_length is not None and declared_length != tokenizer[1]:
+                raise ModelLoadError(f"conditioning file in {layout.root}: max_length = {declared_length!r:.20}, but the "
+                                     f"tokenizer takes {tokenizer[1]} tokens; fix one of them")
         # diffusers' LoRA files prefix the denoiser's keys with its pipeline role.
         lora_targets = {"transformer" if plan.timestep_keyword else "unet": plan.prepared.meta}
         if text is not None:
