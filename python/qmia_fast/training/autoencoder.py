@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .architectures import build
-from .folders import export_component, component_exported
+from .folders import export_component
 from .loop import Stage
 
 __all__ = ["VAE_CHECKPOINT_NAME", "vae_stage", "scaling_factor", "encode_latents", "check_disjoint_from_members",
@@ -60,7 +60,6 @@ def vae_stage(images: np.ndarray, folder: Path, config: dict[str, Any], hparams:
                      "vae_data": {"n_images": int(len(images)), "shape": list(images.shape[1:]),
                                   "sha256": data_digest(images)}},
         hparams=hparams, n_items=len(images), build=lambda: build("vae", config), loss=loss, export=export,
-        exported=lambda: component_exported(folder),
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 from .. import atomic_io
 from ..errors import require_extra
 
-__all__ = ["export_component", "component_exported", "scheduler_config", "write_scheduler", "write_model_index",
+__all__ = ["export_component", "scheduler_config", "write_scheduler", "write_model_index",
            "write_conditioning", "CONDITIONING_NAME", "PIPELINES"]
 
 CONDITIONING_NAME = "conditioning.json"
@@ -33,11 +33,9 @@ def export_component(module, folder: Path) -> None:
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def component_exported(folder: Path) -> bool:
-    return (Path(folder) / "config.json").is_file() or (Path(folder) / "scheduler_config.json").is_file()
+    # This copy and the leftovers of a run killed while exporting (one run writes a folder at a time).
+    for stale in folder.parent.glob(f".{folder.name}.*-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def scheduler_config(objective: str, schedule_dict: Mapping[str, Any], *, clip_sample: bool) -> tuple[str, dict]:

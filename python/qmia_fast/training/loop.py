@@ -41,7 +41,6 @@ class Stage:
     build: Callable[[], nn.Module]
     loss: Callable[[nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
     export: Callable[[nn.Module, int], None]
-    exported: Callable[[], bool]
 
 
 def run_stage(stage: Stage, out_dir: Path, device: torch.device, progress: StageProgress | None = None
@@ -132,7 +131,8 @@ def _run(stage, fingerprint, checkpoint, out_dir, device, progress):
             progress(step + 1, steps, last_loss, stage.name)
         if (step + 1) % h["save_every"] == 0 or step + 1 == steps:
             save(step + 1)
-    if start_step >= steps and not stage.exported():
+    if start_step >= steps:
+        # Re-exported from the checkpoint: a kill during the last export may have left an older copy.
         stage.export(ema, start_step)
     this_run = time.perf_counter() - started
     summary = {

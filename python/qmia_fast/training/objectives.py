@@ -67,7 +67,7 @@ class DenoiserObjective:
             raise ConfigError(f"--flow-timesteps = {flow_timesteps!r} is unknown; use one of {', '.join(FLOW_TIMESTEPS)}")
         self.objective, self.T, self.flow_timesteps = objective, int(T), flow_timesteps
         if objective == "ddpm":
-            abar = torch.from_numpy(schedule.abar)
+            abar = torch.tensor(schedule.abar, dtype=torch.float64)  # abar is a read-only array
             self.sqrt_abar = abar.sqrt().float().to(device)
             self.sqrt_one_minus_abar = (1.0 - abar).sqrt().float().to(device)
 

@@ -19,7 +19,7 @@ from .autoencoder import (check_disjoint_from_members, encode_latents, load_vae,
                           weights_digest)
 from .common import (CHECKPOINT_NAME, SUMMARY_NAME, data_digest, own_version, resolve_training_device,
                      validate_hparams, validate_images)
-from .folders import (PIPELINES, component_exported, export_component, scheduler_config,
+from .folders import (PIPELINES, export_component, scheduler_config,
                       write_conditioning, write_model_index, write_scheduler)
 from .loop import StageProgress, run_stage
 from .objectives import FLOW_TIMESTEPS, OBJECTIVES, DenoiserObjective, drop_condition
@@ -170,8 +170,7 @@ def train_diffusers_target(
     }
     stage = Stage(name="denoiser", checkpoint_name=CHECKPOINT_NAME, fingerprint=fingerprint, hparams=h, n_items=n,
                   build=lambda: arch.build(kind, net_config), loss=loss,
-                  export=lambda ema, step: export_component(ema, out_dir / component),
-                  exported=lambda: component_exported(out_dir / component))
+                  export=lambda ema, step: export_component(ema, out_dir / component))
     _, denoiser_summary = run_stage(stage, out_dir, device, progress)
     summary = {
         **denoiser_summary,
