@@ -74,10 +74,8 @@ def write_clip_vocabulary(captions: Sequence[str], folder: str | Path) -> tuple[
 def build_tokenizer(folder: str | Path, max_length: int):
     """A CLIPTokenizer over write_clip_vocabulary's files, model_max_length = the text encoder's positions."""
     transformers = require_extra("transformers", "diffusers", "training a text-conditioned target")
-    folder = Path(folder)
-    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-    merges = [tuple(line.split(" ")) for line in (folder / "merges.txt").read_text(encoding="utf-8").splitlines()[1:] if line]
-    tokenizer = transformers.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=int(max_length))
+    # from_pretrained reads vocab.json + merges.txt in every transformers version (slow or fast tokenizer).
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(str(folder), model_max_length=int(max_length))
     return tokenizer
 
 
