@@ -6,6 +6,7 @@ Usage (from the repository root, package installed with the diffusers extra and 
     python scripts/make_targets.py NAME [...]        # one target: class-unet flow-unet latent-unet dit text-latent
     python scripts/make_targets.py all               # data, then the five targets in order, one at a time
     python scripts/make_targets.py check [NAME ...]  # members vs public non-members denoising loss (t = 100..200)
+    python scripts/make_targets.py table             # docs/targets.md's table from the summaries and the check
 
 ROOT is /work/targets unless QMIA_TARGETS_ROOT says otherwise; weights stay out of the repository.
 Every target trains on the 200 members of the demo data only; the VAE on Fashion-MNIST training
@@ -92,7 +93,35 @@ def train(name: str) -> None:
     print(f"{name}: done in {time.time() - started:.0f} s", flush=True)
 
 
+def table() -> None:
+    import json
+
+    checks = ROOT / "membership_check.json"
+    check = json.loads(checks.read_text()) if checks.is_file() else {}
+    print("| target | denoiser | parameters | steps | final loss (mean of last 100) | wall time | VAE | "
+          "member loss | public loss | gap | AUC |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in ORDER:
+        path = ROOT / name / "train_summary.json"
+        if not path.is_file():
+            continue
+        s = json.loads(path.read_text())
+        vae = s.get("vae") or {}
+        vae_text = ("reused" if "reused_from" in vae else
+                    f"{vae.get('parameters')} params, {vae.get('steps')} steps, {vae.get('wall_time_s', 0) / 60:.1f} min, "
+                    f"loss {vae.get('final_loss_mean', float('nan')):.4f}, scaling {vae.get('scaling_factor', 0):.4f}"
+                    ) if vae else "-"
+        c = check.get(name, {})
+        row = [name, s["denoiser"]["class"], str(s["parameters"]), str(s["steps"]), f"{s['final_loss_mean']:.4f}",
+               f"{s['wall_time_s'] / 60:.1f} min", vae_text]
+        row += [f"{c['member_loss']:.4f}", f"{c['public_loss']:.4f}", f"{c['gap']:.4f}", f"{c['auc']:.3f}"] if c \
+            else ["-"] * 4
+        print("| " + " | ".join(row) + " |")
+
+
 def main(argv: list[str]) -> None:
+    if argv and argv[0] == "table":
+        return table()
     if not argv or argv[0] not in ("data", "all", "check", *TARGETS):
         print(__doc__)
         raise SystemExit(2)
