@@ -270,7 +270,13 @@ def _text_side(captions, out_dir: Path, settings, seed):
     # The BPE files themselves too, for tokenizers that read vocab.json + merges.txt.
     for name in ("vocab.json", "merges.txt"):
         atomic_io.write_bytes(out_dir / "tokenizer" / name, (staging / name).read_bytes())
-    export_component(encoder, out_dir / "text_encoder")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # its shard-writing bar would break train-target's own
+    try:
+        export_component(encoder, out_dir / "text_encoder")
+    finally:
+        transformers_logging.enable_progress_bar()
     shutil.rmtree(staging, ignore_errors=True)
     return tokenizer, encoder, config
 
