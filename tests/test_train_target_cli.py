@@ -133,3 +133,19 @@ def test_read_captions_matches_file_names_and_refuses_gaps(files, tmp_path):
     assert read_captions(tmp_path / "col.jsonl", ["a.png"], column="caption") == ["x"]
     (tmp_path / "m.csv").write_text("file_name,text\na.png,a coat\n")
     assert read_captions(tmp_path / "m.csv", ["a.png"]) == ["a coat"]
+
+
+def test_the_fashion_mnist_caption_vocabulary_makes_each_word_one_token(tmp_path):
+    pytest.importorskip("transformers")
+    from qmia_fast.training.text_encoder import build_tokenizer, write_clip_vocabulary
+
+    captions = captions_from_labels(np.arange(10).repeat(20), FASHION_MNIST_CLASSES, seed=0)
+    write_clip_vocabulary(captions, tmp_path)
+    tokenizer = build_tokenizer(tmp_path, 16)
+    for caption in set(captions):
+        tokens = tokenizer.convert_ids_to_tokens(tokenizer(caption)["input_ids"])
+        words = re.findall(r"[a-z]+|[^\sa-z]", caption)
+        assert tokens[1:-1] == [w + "</w>" for w in words], (caption, tokens)
+    # Words it has never seen still tokenize (byte symbols), never to an unknown token.
+    ids = tokenizer("zebra 42")["input_ids"]
+    assert tokenizer.unk_token_id not in ids[1:-1] and len(ids) > 4
