@@ -44,13 +44,13 @@ LATENT_VAE = ["--vae-data", str(VAE_IMAGES), "--vae-ch", "16,32", "--latent-chan
               "--vae-steps", "800", "--vae-batch-size", "64", "--vae-lr", "1e-3"]
 
 TARGETS: dict[str, list[str]] = {
-    "class-unet": [*COMMON, "--condition", "class", *PIXEL_UNET, "--steps", "1000", "--warmup", "100"],
-    "flow-unet": [*COMMON, "--objective", "flow", "--condition", "class", *PIXEL_UNET, "--steps", "1000",
+    "class-unet": [*COMMON, "--condition", "class", *PIXEL_UNET, "--steps", "2000", "--warmup", "100"],
+    "flow-unet": [*COMMON, "--objective", "flow", "--condition", "class", *PIXEL_UNET, "--steps", "2000",
                   "--warmup", "100"],
     "latent-unet": [*COMMON, "--latent", *LATENT_VAE, "--ch", "32", "--ch-mult", "1,2", "--attn", "1",
                     "--num-res-blocks", "1", "--steps", "1500", "--warmup", "100"],
     "dit": [*COMMON, "--latent", "--denoiser", "dit", "--vae", str(ROOT / "latent-unet"), "--dit-layers", "4",
-            "--dit-heads", "4", "--dit-head-dim", "32", "--patch-size", "2", "--steps", "1500", "--warmup", "100"],
+            "--dit-heads", "4", "--dit-head-dim", "32", "--patch-size", "2", "--steps", "3000", "--warmup", "100"],
     "text-latent": [*[a if a != "builtin" else str(CAPTIONED) for a in COMMON], "--split", str(CAPTIONED_SPLIT),
                     "--text", "--vae", str(ROOT / "latent-unet"), "--ch", "32", "--ch-mult", "1,2", "--attn", "1",
                     "--num-res-blocks", "1", "--text-dim", "64", "--text-layers", "2", "--text-heads", "4",
