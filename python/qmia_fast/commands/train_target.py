@@ -5,21 +5,27 @@ import sys
 
 import click
 
-from ..training import SUMMARY_NAME, TRAIN_DEFAULTS
+from ..errors import ConfigError
+from ..training import DIFFUSERS_DEFAULTS, SUMMARY_NAME, TRAIN_DEFAULTS
 
 _D = TRAIN_DEFAULTS
 
 
 class _ProgressBar:
-    """click progress bar fed by train_ddpm's per-step callback, showing a smoothed running loss."""
+    """click progress bar fed by the trainers' per-step callback, showing a smoothed running loss (one bar per stage)."""
 
     def __init__(self):
         self.bar = None
         self.running_loss = None
+        self.stage = None
 
-    def __call__(self, step: int, total: int, loss: float) -> None:
+    def __call__(self, step: int, total: int, loss: float, stage: str | None = None) -> None:
+        if stage != self.stage:
+            self.close()
+            self.stage, self.running_loss = stage, None
         if self.bar is None:
-            self.bar = click.progressbar(length=total, label="training", show_eta=True, show_pos=True,
+            label = "training" if stage is None else f"training {stage}"
+            self.bar = click.progressbar(length=total, label=label, show_eta=True, show_pos=True,
                                          item_show_func=self._describe, file=sys.stderr)
             self.bar.__enter__()
             if step > 1:
@@ -35,6 +41,15 @@ class _ProgressBar:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
             self.bar = None
+
+
+def _names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [v.strip() for v in text.split(",")]
+    if not all(names):
+        raise click.BadParameter(f"{text!r} must be comma-separated non-empty names", param_hint="--class-names")
+    return names
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -82,14 +97,94 @@ def _int_list(text: str, option: str) -> list[int]:
               show_default=True, help="First beta of the linear schedule.")
 @click.option("--beta-T", "beta_T", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.02,
               show_default=True, help="Last beta of the linear schedule.")
+@click.option("--condition", type=click.Choice(["none", "class"]), default="none", show_default=True,
+              help="class: a class-conditional diffusers UNet2DModel on the members' labels (null class K for CFG).")
+@click.option("--labels", "labels_path", default=None,
+              help="Class labels of all images (index-file formats: .npy/.npz/.json/text); default: the data's own.")
+@click.option("--class-names", default=None, help="Comma-separated class names (default: Fashion-MNIST's for "
+              "--data builtin, else 0..K-1).")
+@click.option("--cfg-dropout", type=click.FloatRange(min=0, max=1), default=DIFFUSERS_DEFAULTS["cfg_dropout"],
+              show_default=True, help="Share of steps that see the null condition (class K, or the empty caption).")
+@click.option("--objective", type=click.Choice(["ddpm", "flow"]), default="ddpm", show_default=True,
+              help="flow: rectified-flow matching (x_s = (1-s) x0 + s eps, predicts v = eps - x0).")
+@click.option("--flow-timesteps", type=click.Choice(["uniform", "logit-normal"]), default="uniform",
+              show_default=True, help="How flow matching draws s.")
+@click.option("--latent", is_flag=True, help="Latent target: an AutoencoderKL trained first on --vae-data "
+              "(non-members), the denoiser on the members' latents.")
+@click.option("--denoiser", type=click.Choice(["unet", "dit"]), default="unet", show_default=True,
+              help="dit: a class-conditional DiTTransformer2DModel on the latents (needs --latent).")
+@click.option("--text", is_flag=True, help="Text-to-image target (implies --latent): captions through a frozen "
+              "CLIPTextModel, a UNet2DConditionModel; StableDiffusionPipeline layout.")
+@click.option("--captions", default=None, help="Caption file (metadata.jsonl/.csv with file_name and text); "
+              "default: metadata.jsonl in the --data image folder.")
+@click.option("--caption-column", default="text", show_default=True)
+@click.option("--vae-data", default=None, help="Images for the VAE, none of them a member (path load_data reads).")
+@click.option("--vae-part", type=click.Choice(["train", "test", "all"]), default=None,
+              help="For an idx/CIFAR --vae-data folder: which part.")
+@click.option("--vae", "vae_from", default=None, help="Reuse a VAE trained before (a latent target's folder).")
+@click.option("--vae-ch", default=",".join(map(str, DIFFUSERS_DEFAULTS["vae"]["vae_ch"])), show_default=True,
+              help="VAE channels per level (n levels down-sample 2^(n-1) times).")
+@click.option("--latent-channels", type=click.IntRange(min=1), default=DIFFUSERS_DEFAULTS["vae"]["latent_channels"],
+              show_default=True)
+@click.option("--kl-weight", type=click.FloatRange(min=0), default=DIFFUSERS_DEFAULTS["vae"]["kl_weight"],
+              show_default=True, help="Weight of the mean KL term beside the mean squared reconstruction error.")
+@click.option("--vae-steps", type=click.IntRange(min=1), default=DIFFUSERS_DEFAULTS["vae"]["steps"], show_default=True)
+@click.option("--vae-batch-size", type=click.IntRange(min=1), default=DIFFUSERS_DEFAULTS["vae"]["batch_size"],
+              show_default=True)
+@click.option("--vae-lr", type=click.FloatRange(min=0, min_open=True), default=DIFFUSERS_DEFAULTS["vae"]["lr"],
+              show_default=True)
+@click.option("--dit-layers", type=click.IntRange(min=1), default=DIFFUSERS_DEFAULTS["dit"]["layers"], show_default=True)
+@click.option("--dit-heads", type=click.IntRange(min=1), default=DIFFUSERS_DEFAULTS["dit"]["heads"], show_default=True)
+@click.option("--dit-head-dim", type=click.IntRange(min=1), default=DIFFUSERS_DEFAULTS["dit"]["head_dim"],
+              show_default=True)
+@click.option("--patch-size", type=click.IntRange(min=1), default=DIFFUSERS_DEFAULTS["dit"]["patch_size"],
+              show_default=True)
+@click.option("--text-dim", type=click.IntRange(min=1), default=DIFFUSERS_DEFAULTS["text_encoder"]["dim"],
+              show_default=True, help="CLIPTextModel hidden size.")
+@click.option("--text-layers", type=click.IntRange(min=1), default=DIFFUSERS_DEFAULTS["text_encoder"]["layers"],
+              show_default=True)
+@click.option("--text-heads", type=click.IntRange(min=1), default=DIFFUSERS_DEFAULTS["text_encoder"]["heads"],
+              show_default=True)
+@click.option("--text-max-length", type=click.IntRange(min=3), default=DIFFUSERS_DEFAULTS["text_encoder"]["max_length"],
+              show_default=True, help="Token positions (tokenizer model_max_length).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads [default: torch's].")
 def train_target(data, split_path, members, part, out_dir, steps, batch_size, lr, warmup, ema_decay, grad_clip,
                  weight_decay, hflip, bf16, seed, device, save_every, ch, ch_mult, attn, num_res_blocks, dropout,
-                 T, beta_1, beta_T):
-    """Train a target DDPM (the pytorch-ddpm UNet, eps-prediction) on the members of a data set.
+                 T, beta_1, beta_T, condition, labels_path, class_names, cfg_dropout, objective, flow_timesteps,
+                 latent, denoiser, text, captions, caption_column, vae_data, vae_part, vae_from, vae_ch,
+                 latent_channels, kl_weight, vae_steps, vae_batch_size, vae_lr, dit_layers, dit_heads, dit_head_dim,
+                 patch_size, text_dim, text_layers, text_heads, text_max_length, threads):
+    """Train a target on the members of a data set: by default a DDPM (the pytorch-ddpm UNet, eps-prediction).
 
-    The result loads with `qmia-fast attack --model OUT`. Kill it at any time: rerunning the
-    same command continues from the last checkpoint.
+    --condition class, --objective flow, --latent, --denoiser dit and --text train the diffusers
+    families instead and write standard diffusers folders (see docs/targets.md). The result
+    loads with `qmia-fast attack --model OUT`. Kill it at any time: rerunning the same command
+    continues from the last checkpoint.
     """
+    diffusers_mode = condition == "class" or objective == "flow" or latent or text or denoiser == "dit"
+    if not diffusers_mode:
+        for given, option in ((labels_path, "--labels"), (captions, "--captions"), (vae_data, "--vae-data"),
+                              (vae_from, "--vae"), (class_names, "--class-names")):
+            if given is not None:
+                raise ConfigError(f"{option} applies to --condition class, --latent, --denoiser dit or --text; "
+                                  "add one of them or drop it")
+    else:
+        from ..runtime import torch_threads
+
+        with torch_threads(threads):
+            _train_diffusers(**{k: v for k, v in locals().items() if k not in ("diffusers_mode", "torch_threads")})
+        return
+    from ..runtime import torch_threads
+
+    with torch_threads(threads):
+        _train_default(data, split_path, members, part, out_dir, steps, batch_size, lr, warmup, ema_decay, grad_clip,
+                       weight_decay, hflip, bf16, seed, device, save_every, ch, ch_mult, attn, num_res_blocks,
+                       dropout, T, beta_1, beta_T)
+
+
+def _train_default(data, split_path, members, part, out_dir, steps, batch_size, lr, warmup, ema_decay, grad_clip,
+                   weight_decay, hflip, bf16, seed, device, save_every, ch, ch_mult, attn, num_res_blocks, dropout,
+                   T, beta_1, beta_T):
     unet = {"T": T, "ch": ch, "ch_mult": _int_list(ch_mult, "--ch-mult"), "attn": _int_list(attn, "--attn"),
             "num_res_blocks": num_res_blocks, "dropout": dropout}
     # Validate the cheap options before reading any data.
@@ -121,6 +216,10 @@ def train_target(data, split_path, members, part, out_dir, steps, batch_size, lr
         )
     finally:
         bar.close()
+    _report(summary, steps, out_dir)
+
+
+def _report(summary, steps, out_dir) -> None:
     if summary["resumed_from_step"] >= steps:
         click.echo(f"already trained to step {summary['resumed_from_step']} in {out_dir}; nothing to do")
     elif summary["resumed_from_step"]:
@@ -130,3 +229,86 @@ def train_target(data, split_path, members, part, out_dir, steps, batch_size, lr
         f"final loss {summary['final_loss']:.4f} (mean of last {summary['final_loss_window']}: "
         f"{summary['final_loss_mean']:.4f}); model in {out_dir}, summary in {out_dir}/{SUMMARY_NAME}"
     )
+
+
+def _train_diffusers(data, split_path, members, part, out_dir, steps, batch_size, lr, warmup, ema_decay, grad_clip,
+                     weight_decay, hflip, bf16, seed, device, save_every, ch, ch_mult, attn, num_res_blocks, dropout,
+                     T, beta_1, beta_T, condition, labels_path, class_names, cfg_dropout, objective, flow_timesteps,
+                     latent, denoiser, text, captions, caption_column, vae_data, vae_part, vae_from, vae_ch,
+                     latent_channels, kl_weight, vae_steps, vae_batch_size, vae_lr, dit_layers, dit_heads,
+                     dit_head_dim, patch_size, text_dim, text_layers, text_heads, text_max_length, threads):
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..data import load_data
+    from ..data.split import read_index_file
+    from ..errors import require_extra
+    from ..training import train_diffusers_target
+    from ..training.captions import FASHION_MNIST_CLASSES, caption_source, read_captions
+
+    require_extra("diffusers", "diffusers", "training a diffusers target")
+    if text:
+        require_extra("transformers", "diffusers", "training a text-conditioned target (--text)")
+    names = _names(class_names)
+    unet = {"ch": ch, "ch_mult": _int_list(ch_mult, "--ch-mult"), "attn": _int_list(attn, "--attn"),
+            "num_res_blocks": num_res_blocks, "dropout": dropout}
+    vae = {"vae_ch": _int_list(vae_ch, "--vae-ch"), "latent_channels": latent_channels, "kl_weight": kl_weight,
+           "steps": vae_steps, "batch_size": vae_batch_size, "lr": vae_lr, "warmup": min(warmup, vae_steps)}
+    dit = {"layers": dit_layers, "heads": dit_heads, "head_dim": dit_head_dim, "patch_size": patch_size}
+    text_encoder = {"dim": text_dim, "layers": text_layers, "heads": text_heads, "max_length": text_max_length}
+    if text and captions is None:
+        caption_source(data, None)  # the one-line error before any data is read
+    if (latent or text) and vae_data is None and vae_from is None:
+        raise ConfigError("--latent needs non-member images to train its VAE on: pass --vae-data PATH "
+                          "(images outside the members) or --vae FOLDER (a VAE trained before)")
+
+    loaded = load_data(data, split=split_path, members=members, part=part)
+    images, split = loaded
+    labels = loaded.labels
+    if labels_path is not None:
+        labels = read_index_file(Path(labels_path), where="--labels")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise ConfigError(f"--labels {labels_path}: {labels.size} labels for {len(images)} images; "
+                              "give one label per image of --data")
+    if names is None and labels is not None and str(data) == "builtin":
+        names = list(FASHION_MNIST_CLASSES)
+    member_captions = None
+    if text:
+        source = caption_source(data, captions)
+        folder = Path(str(data))
+        if not folder.is_dir() or loaded.format != "images":
+            raise ConfigError("--text: captions are matched to images by file name, so --data must be an image "
+                              "folder (write one with scripts/make_targets.py captions)")
+        file_names = [Path(f).relative_to(folder).as_posix() for f in loaded.files]
+        member_captions = read_captions(source, file_names, caption_column)
+    if split is not None:
+        index = np.asarray(split.members)
+        click.echo(f"data: {loaded.description}; training on the {len(index)} members", err=True)
+    else:
+        index = np.arange(len(images))
+        click.echo(f"data: {loaded.description}; no split given, so all {len(images)} images are members", err=True)
+    vae_images = None
+    if vae_data is not None and vae_from is None:
+        vae_loaded = load_data(vae_data, part=vae_part)
+        vae_images = vae_loaded.images
+        click.echo(f"VAE data: {vae_loaded.description} (non-members only)", err=True)
+
+    bar = _ProgressBar()
+    try:
+        summary = train_diffusers_target(
+            images[index], out_dir, condition=condition, objective=objective, latent=latent, denoiser=denoiser,
+            text=text, labels=None if labels is None else np.asarray(labels)[index], class_names=names,
+            captions=None if member_captions is None else [member_captions[i] for i in index],
+            cfg_dropout=cfg_dropout, flow_timesteps=flow_timesteps, unet=unet, dit=dit, vae=vae,
+            vae_images=vae_images, vae_from=vae_from, text_encoder=text_encoder, T=T, beta_1=beta_1, beta_T=beta_T,
+            steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, ema_decay=ema_decay, grad_clip=grad_clip,
+            weight_decay=weight_decay, hflip=hflip, bf16=bf16, seed=seed,
+            device=None if device == "auto" else device, save_every=save_every, progress=bar,
+            metadata={"data": str(data), "split": split_path, "members": members, "n_members": int(len(index)),
+                      "data_description": loaded.description, "vae_data": vae_data, "vae_from": vae_from,
+                      "threads": threads},
+        )
+    finally:
+        bar.close()
+    _report(summary, steps, out_dir)

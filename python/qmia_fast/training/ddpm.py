@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import time
 from pathlib import Path
@@ -12,23 +11,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import atomic_io
-from .errors import ConfigError, InputError
-from .models.checkpoint_io import safe_torch_load
-from .models.qmia_format import FORMAT_TAG as MODEL_FORMAT_TAG
-from .models.qmia_format import save_model
-from .models.unet import UNet, count_parameters, normalize_unet_config
-from .runtime import resolve_device
-from .schedule import Schedule, linear_schedule, schedule_from_dict
-from .seeds import check_seed
+from .. import atomic_io
+from ..errors import ConfigError, InputError
+from ..models.qmia_format import FORMAT_TAG as MODEL_FORMAT_TAG
+from ..models.qmia_format import save_model
+from ..models.unet import UNet, count_parameters, normalize_unet_config
+from ..schedule import Schedule, linear_schedule, schedule_from_dict
+from .common import CHECKPOINT_NAME, SUMMARY_NAME, read_training_checkpoint
+from .common import CHECKPOINT_TAG as _CHECKPOINT_TAG
+from .common import CHECKPOINT_VERSION as _CHECKPOINT_VERSION
+from .common import RECENT_LOSSES as _RECENT_LOSSES
+from .common import EpochSampler as _EpochSampler
+from .common import cpu_state as _cpu_state
+from .common import data_digest as _data_digest
+from .common import resolve_training_device as _resolve_device
+from .common import validate_hparams as _validate_hparams
+from .common import validate_images as _validate_images
 
 __all__ = ["train_ddpm", "TRAIN_DEFAULTS", "CHECKPOINT_NAME", "SUMMARY_NAME"]
-
-CHECKPOINT_NAME = "checkpoint.pt"
-SUMMARY_NAME = "train_summary.json"
-_CHECKPOINT_TAG = "qmia-fast-train-checkpoint"
-_CHECKPOINT_VERSION = 1
-_RECENT_LOSSES = 100  # the "final loss" is the mean over this many last steps
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "steps": 20000,
@@ -257,98 +257,8 @@ def _train(data, out_dir, device, unet_config, schedule, hparams, fingerprint, c
 # ---------------------------------------------------------------------- helpers
 
 
-class _EpochSampler:
-    """Shuffled passes over the data (each image once per epoch); its state is two tensors, so it checkpoints."""
-
-    def __init__(self, n: int, generator: torch.Generator):
-        self.n, self.generator = n, generator
-        self.order = torch.randperm(n, generator=generator)
-        self.position = 0
-
-    def next(self, batch: int) -> torch.Tensor:
-        parts, needed = [], batch
-        while needed:
-            if self.position == self.n:
-                self.order = torch.randperm(self.n, generator=self.generator)
-                self.position = 0
-            take = min(needed, self.n - self.position)
-            parts.append(self.order[self.position:self.position + take])
-            self.position += take
-            needed -= take
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"order": self.order.clone(), "position": self.position}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.order, self.position = state["order"].clone(), int(state["position"])
-
-
-def _validate_images(images) -> np.ndarray:
-    if isinstance(images, torch.Tensor):
-        images = images.detach().cpu().numpy()
-    if not isinstance(images, np.ndarray):
-        raise InputError(f"images must be a numpy array or tensor (N x C x H x W), got {type(images).__name__}")
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise InputError(f"images must be a non-empty N x C x H x W array, got shape {images.shape}")
-    if images.dtype == np.uint8:
-        images = np.ascontiguousarray(images)
-        # torch.from_numpy warns on read-only arrays (memory maps, load_data's outputs); copy those once.
-        return images if images.flags.writeable else images.copy()
-    if images.dtype.kind == "f":
-        if not np.all(np.isfinite(images)) or images.min() < 0.0 or images.max() > 1.0:
-            raise InputError("float images must lie in [0, 1]; pass uint8 in [0, 255] or floats in [0, 1]")
-        return np.ascontiguousarray(images, dtype=np.float32)
-    raise InputError(f"images must be uint8 in [0, 255] or floats in [0, 1], got dtype {images.dtype}")
-
-
-def _validate_hparams(h: dict[str, Any]) -> dict[str, Any]:
-    def check(ok: bool, name: str, rule: str):
-        if not ok:
-            raise ConfigError(f"--{name.replace('_', '-')} = {h[name]!r} {rule}")
-
-    for name in ("steps", "batch_size", "save_every"):
-        check(isinstance(h[name], (int, np.integer)) and not isinstance(h[name], bool) and h[name] >= 1,
-              name, "must be an integer >= 1")
-    check(isinstance(h["warmup"], (int, np.integer)) and h["warmup"] >= 0, "warmup", "must be an integer >= 0")
-    check_seed(h["seed"], "--seed")
-    check(_finite(h["lr"]) and h["lr"] > 0, "lr", "must be a positive number")
-    check(_finite(h["ema_decay"]) and 0.0 <= h["ema_decay"] < 1.0, "ema_decay", "must be in [0, 1)")
-    check(_finite(h["grad_clip"]) and h["grad_clip"] >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")
-    check(_finite(h["weight_decay"]) and h["weight_decay"] >= 0, "weight_decay", "must be >= 0")
-    out = {k: (int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v) for k, v in h.items()}
-    for name in ("lr", "ema_decay", "grad_clip", "weight_decay"):
-        out[name] = float(out[name])
-    out["hflip"], out["bf16"] = bool(out["hflip"]), bool(out["bf16"])
-    return out
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _resolve_device(device) -> torch.device:
-    # Training pins the GPU index, so that the checkpoint records where it ran.
-    resolved = resolve_device(device, default="auto", name="--device")
-    if resolved.type == "cuda" and resolved.index is None:
-        resolved = torch.device("cuda", torch.cuda.current_device())
-    return resolved
-
-
-def _data_digest(data: np.ndarray) -> str:
-    digest = hashlib.sha256()
-    digest.update(repr(data.shape).encode())
-    digest.update(memoryview(data).cast("B"))
-    return digest.hexdigest()
-
-
-def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
-
-
 def _read_resume_checkpoint(out_dir: Path, fingerprint: Mapping[str, Any]):
-    path = out_dir / CHECKPOINT_NAME
-    if not path.is_file():
+    if not (out_dir / CHECKPOINT_NAME).is_file():
         config = out_dir / "config.json"
         if config.is_file() and MODEL_FORMAT_TAG in config.read_text(encoding="utf-8", errors="replace"):
             raise ConfigError(
@@ -356,40 +266,7 @@ def _read_resume_checkpoint(out_dir: Path, fingerprint: Mapping[str, Any]):
                 "choose another --out or delete that folder"
             )
         return None
-    checkpoint = safe_torch_load(
-        path, trust_checkpoint=False, what="training checkpoint",
-        unsafe_advice=f"train-target writes plain tensors only, so this file is not one of its checkpoints; "
-                      f"delete {path} or choose another --out to train afresh",
-    )
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != _CHECKPOINT_TAG:
-        raise ConfigError(f"--out {out_dir}: {CHECKPOINT_NAME} is not a qmia-fast training checkpoint")
-    if checkpoint.get("version") != _CHECKPOINT_VERSION:
-        raise ConfigError(f"--out {out_dir}: {CHECKPOINT_NAME} has version {checkpoint.get('version')!r}; "
-                          f"this qmia-fast resumes version {_CHECKPOINT_VERSION}")
-    saved = checkpoint.get("fingerprint", {})
-    differing = [key for key in fingerprint if _normalise(saved.get(key)) != _normalise(fingerprint[key])]
-    if differing:
-        details = "; ".join(f"{key}: saved {_short(saved.get(key))}, now {_short(fingerprint[key])}"
-                            for key in differing[:3])
-        raise ConfigError(
-            f"--out {out_dir} holds a training run with a different configuration ({details}); "
-            "rerun with the original options to resume, or choose another --out"
-        )
-    return checkpoint
-
-
-def _normalise(value):
-    # Tuples come back from torch.load as lists, ints may come back as floats in nested JSON-ish dicts.
-    if isinstance(value, Mapping):
-        return {k: _normalise(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_normalise(v) for v in value]
-    return value
-
-
-def _short(value) -> str:
-    text = str(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return read_training_checkpoint(out_dir, fingerprint)
 
 
 def _model_metadata(metadata, hparams, step, fingerprint) -> dict[str, Any]:
@@ -405,6 +282,6 @@ def _model_metadata(metadata, hparams, step, fingerprint) -> dict[str, Any]:
 
 
 def _own_version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
