@@ -12,7 +12,7 @@ pytest.importorskip("diffusers")
 
 from qmia_fast.cli import cli  # noqa: E402
 from qmia_fast.training import SUMMARY_NAME  # noqa: E402
-from qmia_fast.training.captions import (FASHION_MNIST_CLASSES, captions_from_labels, read_captions,  # noqa: E402
+from qmia_fast.training.captions import (FASHION_MNIST_CLASSES, captions_from_labels,  # noqa: E402
                                          write_captioned_folder)
 from qmia_fast.errors import DataError, InputError  # noqa: E402
 
@@ -83,7 +83,7 @@ def test_cli_text_target_reads_the_folders_metadata_jsonl(files, tmp_path):
     (["--latent"], "--latent needs non-member images"),
     (["--latent", "--vae-data", "VAE", "--vae-ch", "8,16,16,16,16"], "--vae-ch: 5 levels down-sample"),
     (["--latent", "--vae-data", "IMAGES"], "equal member images"),
-    (["--condition", "class", "--labels", "SHORT"], "--labels .*: 3 labels for 8 images"),
+    (["--condition", "class", "--labels", "SHORT"], "--labels .*: holds 3 labels but --data has 8 images"),
     (["--labels", "LABELS"], "--labels applies to --condition class"),
     (["--denoiser", "dit", "--labels", "LABELS"], "add --latent"),
     (["--condition", "class", "--labels", "LABELS", "--cfg-dropout", "1.5"], "--cfg-dropout"),
@@ -116,23 +116,15 @@ def test_captions_are_seeded_per_image():
         captions_from_labels(np.array([3]), ["x", "y", "z"])
 
 
-def test_read_captions_matches_file_names_and_refuses_gaps(files, tmp_path):
+def test_a_captioned_folder_written_for_training_is_read_back_the_audits_way(files):
+    """train-target --text and the audit read one folder the same way (data.load_data): the captions written with
+    the images come back per image, in index order."""
+    from qmia_fast.data import load_data
+
     metadata = files / "folder" / "metadata.jsonl"
-    names = [f"{i:05d}.png" for i in range(8)]
-    captions = read_captions(metadata, names)
-    assert len(captions) == 8 and captions == [json.loads(line)["text"] for line in metadata.read_text().splitlines()]
-    assert read_captions(metadata, names[::-1]) == captions[::-1]
-    with pytest.raises(DataError, match="1 of 9 images have no caption, e.g. 99999.png"):
-        read_captions(metadata, names + ["99999.png"])
-    (tmp_path / "bad.jsonl").write_text('{"file_name": "a.png", "text": "x"}\nnot json\n')
-    with pytest.raises(DataError, match="line 2 is not JSON"):
-        read_captions(tmp_path / "bad.jsonl", ["a.png"])
-    (tmp_path / "col.jsonl").write_text('{"file_name": "a.png", "caption": "x"}\n')
-    with pytest.raises(DataError, match="--caption-column"):
-        read_captions(tmp_path / "col.jsonl", ["a.png"])
-    assert read_captions(tmp_path / "col.jsonl", ["a.png"], column="caption") == ["x"]
-    (tmp_path / "m.csv").write_text("file_name,text\na.png,a coat\n")
-    assert read_captions(tmp_path / "m.csv", ["a.png"]) == ["a coat"]
+    loaded = load_data(str(files / "folder"))
+    assert loaded.captions == [json.loads(line)["text"] for line in metadata.read_text().splitlines()]
+    assert loaded.file_names == tuple(f"{i:05d}.png" for i in range(len(loaded.captions)))
 
 
 def test_the_fashion_mnist_caption_vocabulary_makes_each_word_one_token(tmp_path):

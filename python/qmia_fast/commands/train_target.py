@@ -5,7 +5,6 @@ import sys
 
 import click
 
-from ..errors import ConfigError
 from ..training import DIFFUSERS_DEFAULTS, SUMMARY_NAME, TRAIN_DEFAULTS
 
 _D = TRAIN_DEFAULTS
@@ -148,12 +147,7 @@ def _int_list(text: str, option: str) -> list[int]:
 @click.option("--text-max-length", type=click.IntRange(min=3), default=DIFFUSERS_DEFAULTS["text_encoder"]["max_length"],
               show_default=True, help="Token positions (tokenizer model_max_length).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads [default: torch's].")
-def train_target(data, split_path, members, part, out_dir, steps, batch_size, lr, warmup, ema_decay, grad_clip,
-                 weight_decay, hflip, bf16, seed, device, save_every, ch, ch_mult, attn, num_res_blocks, dropout,
-                 T, beta_1, beta_T, condition, labels_path, class_names, cfg_dropout, objective, flow_timesteps,
-                 latent, denoiser, text, captions, caption_column, vae_data, vae_part, vae_from, vae_ch,
-                 latent_channels, kl_weight, vae_steps, vae_batch_size, vae_lr, dit_layers, dit_heads, dit_head_dim,
-                 patch_size, text_dim, text_layers, text_heads, text_max_length, threads):
+def train_target(**options):
     """Train a target on the members of a data set: by default a DDPM (the pytorch-ddpm UNet, eps-prediction).
 
     --condition class, --objective flow, --latent, --denoiser dit and --text train the diffusers
@@ -161,62 +155,18 @@ def train_target(data, split_path, members, part, out_dir, steps, batch_size, lr
     loads with `qmia-fast attack --model OUT`. Kill it at any time: rerunning the same command
     continues from the last checkpoint.
     """
-    diffusers_mode = condition == "class" or objective == "flow" or latent or text or denoiser == "dit"
-    if not diffusers_mode:
-        for given, option in ((labels_path, "--labels"), (captions, "--captions"), (vae_data, "--vae-data"),
-                              (vae_from, "--vae"), (class_names, "--class-names")):
-            if given is not None:
-                raise ConfigError(f"{option} applies to --condition class, --latent, --denoiser dit or --text; "
-                                  "add one of them or drop it")
-    else:
-        from ..runtime import torch_threads
+    from ..training.run import TrainJob, run_training
 
-        with torch_threads(threads):
-            _train_diffusers(**{k: v for k, v in locals().items() if k not in ("diffusers_mode", "torch_threads")})
-        return
-    from ..runtime import torch_threads
-
-    with torch_threads(threads):
-        _train_default(data, split_path, members, part, out_dir, steps, batch_size, lr, warmup, ema_decay, grad_clip,
-                       weight_decay, hflip, bf16, seed, device, save_every, ch, ch_mult, attn, num_res_blocks,
-                       dropout, T, beta_1, beta_T)
-
-
-def _train_default(data, split_path, members, part, out_dir, steps, batch_size, lr, warmup, ema_decay, grad_clip,
-                   weight_decay, hflip, bf16, seed, device, save_every, ch, ch_mult, attn, num_res_blocks, dropout,
-                   T, beta_1, beta_T):
-    unet = {"T": T, "ch": ch, "ch_mult": _int_list(ch_mult, "--ch-mult"), "attn": _int_list(attn, "--attn"),
-            "num_res_blocks": num_res_blocks, "dropout": dropout}
-    # Validate the cheap options before reading any data.
-    from ..models.unet import normalize_unet_config
-    from ..schedule import linear_schedule
-
-    normalize_unet_config({**unet, "img_size": 2 ** (len(unet["ch_mult"]) - 1)})
-    schedule = linear_schedule(T, beta_1, beta_T)
-
-    from ..data import load_data
-    from ..training import train_ddpm
-
-    loaded = load_data(data, split=split_path, members=members, part=part)
-    images, split = loaded
-    if split is not None:
-        images = images[split.members]
-        click.echo(f"data: {loaded.description}; training on the {len(images)} members", err=True)
-    else:
-        click.echo(f"data: {loaded.description}; no split given, so all {len(images)} images are members", err=True)
-
+    for name, option in (("ch_mult", "--ch-mult"), ("attn", "--attn"), ("vae_ch", "--vae-ch")):
+        options[name] = tuple(_int_list(options[name], option))
+    options["class_names"] = None if options["class_names"] is None else tuple(_names(options["class_names"]))
+    job = TrainJob(**options)
     bar = _ProgressBar()
     try:
-        summary = train_ddpm(
-            images, out_dir, unet=unet, schedule=schedule, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
-            ema_decay=ema_decay, grad_clip=grad_clip, weight_decay=weight_decay, hflip=hflip, bf16=bf16, seed=seed,
-            device=None if device == "auto" else device, save_every=save_every, progress=bar,
-            metadata={"data": str(data), "split": split_path, "members": members,
-                      "n_members": int(len(images)), "data_description": loaded.description},
-        )
+        summary = run_training(job, log=lambda text: click.echo(text, err=True), progress=bar)
     finally:
         bar.close()
-    _report(summary, steps, out_dir)
+    _report(summary, job.steps, job.out_dir)
 
 
 def _report(summary, steps, out_dir) -> None:
@@ -229,86 +179,3 @@ def _report(summary, steps, out_dir) -> None:
         f"final loss {summary['final_loss']:.4f} (mean of last {summary['final_loss_window']}: "
         f"{summary['final_loss_mean']:.4f}); model in {out_dir}, summary in {out_dir}/{SUMMARY_NAME}"
     )
-
-
-def _train_diffusers(data, split_path, members, part, out_dir, steps, batch_size, lr, warmup, ema_decay, grad_clip,
-                     weight_decay, hflip, bf16, seed, device, save_every, ch, ch_mult, attn, num_res_blocks, dropout,
-                     T, beta_1, beta_T, condition, labels_path, class_names, cfg_dropout, objective, flow_timesteps,
-                     latent, denoiser, text, captions, caption_column, vae_data, vae_part, vae_from, vae_ch,
-                     latent_channels, kl_weight, vae_steps, vae_batch_size, vae_lr, dit_layers, dit_heads,
-                     dit_head_dim, patch_size, text_dim, text_layers, text_heads, text_max_length, threads):
-    from pathlib import Path
-
-    import numpy as np
-
-    from ..data import load_data
-    from ..data.split import read_index_file
-    from ..errors import require_extra
-    from ..training import train_diffusers_target
-    from ..training.captions import FASHION_MNIST_CLASSES, caption_source, read_captions
-
-    require_extra("diffusers", "diffusers", "training a diffusers target")
-    if text:
-        require_extra("transformers", "diffusers", "training a text-conditioned target (--text)")
-    names = _names(class_names)
-    unet = {"ch": ch, "ch_mult": _int_list(ch_mult, "--ch-mult"), "attn": _int_list(attn, "--attn"),
-            "num_res_blocks": num_res_blocks, "dropout": dropout}
-    vae = {"vae_ch": _int_list(vae_ch, "--vae-ch"), "latent_channels": latent_channels, "kl_weight": kl_weight,
-           "steps": vae_steps, "batch_size": vae_batch_size, "lr": vae_lr, "warmup": min(warmup, vae_steps)}
-    dit = {"layers": dit_layers, "heads": dit_heads, "head_dim": dit_head_dim, "patch_size": patch_size}
-    text_encoder = {"dim": text_dim, "layers": text_layers, "heads": text_heads, "max_length": text_max_length}
-    if text and captions is None:
-        caption_source(data, None)  # the one-line error before any data is read
-    if (latent or text) and vae_data is None and vae_from is None:
-        raise ConfigError("--latent needs non-member images to train its VAE on: pass --vae-data PATH "
-                          "(images outside the members) or --vae FOLDER (a VAE trained before)")
-
-    loaded = load_data(data, split=split_path, members=members, part=part)
-    images, split = loaded
-    labels = loaded.labels
-    if labels_path is not None:
-        labels = read_index_file(Path(labels_path), where="--labels")
-        if labels.ndim != 1 or len(labels) != len(images):
-            raise ConfigError(f"--labels {labels_path}: {labels.size} labels for {len(images)} images; "
-                              "give one label per image of --data")
-    if names is None and labels is not None and str(data) == "builtin":
-        names = list(FASHION_MNIST_CLASSES)
-    member_captions = None
-    if text:
-        source = caption_source(data, captions)
-        folder = Path(str(data))
-        if not folder.is_dir() or loaded.format != "images":
-            raise ConfigError("--text: captions are matched to images by file name, so --data must be an image "
-                              "folder (write one with scripts/make_targets.py captions)")
-        file_names = [Path(f).relative_to(folder).as_posix() for f in loaded.files]
-        member_captions = read_captions(source, file_names, caption_column)
-    if split is not None:
-        index = np.asarray(split.members)
-        click.echo(f"data: {loaded.description}; training on the {len(index)} members", err=True)
-    else:
-        index = np.arange(len(images))
-        click.echo(f"data: {loaded.description}; no split given, so all {len(images)} images are members", err=True)
-    vae_images = None
-    if vae_data is not None and vae_from is None:
-        vae_loaded = load_data(vae_data, part=vae_part)
-        vae_images = vae_loaded.images
-        click.echo(f"VAE data: {vae_loaded.description} (non-members only)", err=True)
-
-    bar = _ProgressBar()
-    try:
-        summary = train_diffusers_target(
-            images[index], out_dir, condition=condition, objective=objective, latent=latent, denoiser=denoiser,
-            text=text, labels=None if labels is None else np.asarray(labels)[index], class_names=names,
-            captions=None if member_captions is None else [member_captions[i] for i in index],
-            cfg_dropout=cfg_dropout, flow_timesteps=flow_timesteps, unet=unet, dit=dit, vae=vae,
-            vae_images=vae_images, vae_from=vae_from, text_encoder=text_encoder, T=T, beta_1=beta_1, beta_T=beta_T,
-            steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, ema_decay=ema_decay, grad_clip=grad_clip,
-            weight_decay=weight_decay, hflip=hflip, bf16=bf16, seed=seed,
-            device=None if device == "auto" else device, save_every=save_every, progress=bar,
-            metadata={"data": str(data), "split": split_path, "members": members, "n_members": int(len(index)),
-                      "data_description": loaded.description, "vae_data": vae_data, "vae_from": vae_from,
-                      "threads": threads},
-        )
-    finally:
-        bar.close()
-    _report(summary, steps, out_dir)

@@ -20,6 +20,9 @@ from .split import Split, load_split, split_from_arrays, split_from_members
 
 __all__ = ["load_data", "LoadedData", "save_data", "BUILTIN_DATA", "FORMATS", "PARTS"]
 
+# Fashion-MNIST's classes, by label (the demo data's labels are these).
+FASHION_MNIST_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                         "ankle boot")
 # The shipped demo: images uint8 N x C x H x W, members/public/holdout int64, optional labels.
 BUILTIN_DATA = Path(__file__).resolve().parent.parent / "assets" / "demo_data.npz"
 FORMATS = ("auto", "npy", "npz", "idx", "cifar", "images")
@@ -129,6 +132,7 @@ def load_data(source: Any, *, split: Any = None, members: Any = None, public_fra
                             "reinstall qmia-fast or pass --data PATH to your own images")
         loaded, embedded = _load_npz(BUILTIN_DATA, layout)
         loaded.format, loaded.label = "builtin", "built-in demo data"
+        loaded.class_names = FASHION_MNIST_CLASSES  # the demo's images and labels are Fashion-MNIST's
     elif isinstance(source, (str, os.PathLike)):
         loaded, embedded = _load_path(Path(source), fmt, layout, part, expected_shape, resolution,
                                       settle=lambda early: _conditions(early, labels, captions, caption_column, split,

@@ -7,12 +7,11 @@ from ..attack import BAG, MARGINAL
 from ..seeds import derive_seed
 from .lab import Lab
 from .summary import aggregate, cost_text
+from ..data.loader import FASHION_MNIST_CLASSES
 from .writing import COLOURS, Section, errorbar, new_figure, pct, seconds
 
 NAME = "mismatch"
 TITLE = "Public-set distribution mismatch"
-FASHION_MNIST_CLASSES = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                         "ankle boot")
 KIND_COLOURS = {"classes": "tab:red", "brightness": "tab:olive", "contrast": "tab:cyan", "noise": "tab:purple"}
 BRIGHTNESS_SHIFT = 0.2   # of the full pixel range, added
 CONTRAST_FACTOR = 0.5    # deviations from each image's mean, scaled

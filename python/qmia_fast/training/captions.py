@@ -1,7 +1,6 @@
-"""Captions for text-conditioned targets: templates over class names (seeded per image), metadata.jsonl writing and reading."""
+"""Captions for text-conditioned targets: templates over class names (seeded per image), written as an image folder's metadata.jsonl."""
 from __future__ import annotations
 
-import csv
 import io
 import json
 from pathlib import Path
@@ -10,18 +9,13 @@ from typing import Sequence
 import numpy as np
 
 from .. import atomic_io
-from ..data.formats import open_regular_file
-from ..errors import ConfigError, DataError, InputError, require_extra
+from ..data.loader import FASHION_MNIST_CLASSES
+from ..errors import InputError, require_extra
 
-__all__ = ["CAPTION_TEMPLATES", "FASHION_MNIST_CLASSES", "captions_from_labels", "write_captioned_folder",
-           "read_captions", "MAX_CAPTION_FILE_BYTES"]
+__all__ = ["CAPTION_TEMPLATES", "FASHION_MNIST_CLASSES", "captions_from_labels", "write_captioned_folder"]
 
 CAPTION_TEMPLATES = ("a photo of a {name}", "a {name}", "a picture of a {name}", "an image of a {name}",
                      "a photo of the {name}", "a close-up photo of a {name}")
-FASHION_MNIST_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                         "ankle boot")
-MAX_CAPTION_FILE_BYTES = 64 << 20  # captions of millions of images; a larger file is not a caption list
-MAX_CAPTION_CHARS = 1000
 
 
 def captions_from_labels(labels, class_names: Sequence[str], seed: int = 0,
@@ -68,89 +62,3 @@ def write_captioned_folder(images: np.ndarray, captions: Sequence[str], folder: 
     lines = [json.dumps({"file_name": name, "text": text}) for name, text in zip(names, captions)]
     atomic_io.write_text(folder / "metadata.jsonl", "\n".join(lines) + "\n")
     return names
-
-
-def read_captions(source: str | Path, file_names: Sequence[str], column: str = "text",
-                  where: str = "--captions") -> list[str]:
-    """The caption of each file in file_names (paths relative to the image folder), from a metadata.jsonl/.csv.
-
-    Every image needs exactly one caption; file names outside the folder are ignored, as the
-    standard loaders do.
-    """
-    path = Path(source)
-    try:
-        with open_regular_file(path) as handle:
-            raw = handle.read(MAX_CAPTION_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise DataError(f"{where} {path} does not exist; pass a metadata.jsonl or metadata.csv with "
-                        "file_name and caption columns") from None
-    except DataError as exc:
-        raise DataError(f"{where} {path} {exc}") from None
-    if len(raw) > MAX_CAPTION_FILE_BYTES:
-        raise DataError(f"{where} {path} is larger than {MAX_CAPTION_FILE_BYTES >> 20} MiB; pass a caption file "
-                        "of this data set only")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"{where} {path} is not UTF-8 text") from None
-    rows = _csv_rows(text, path, where) if path.suffix.lower() == ".csv" else _jsonl_rows(text, path, where)
-    by_name: dict[str, str] = {}
-    for number, row in rows:
-        name, caption = row.get("file_name"), row.get(column)
-        if not isinstance(name, str) or not name:
-            raise DataError(f"{where} {path}: row {number} has no file_name")
-        if not isinstance(caption, str):
-            raise DataError(f"{where} {path}: row {number} ({name[:60]}) has no string {column!r}; "
-                            "pass --caption-column to name the caption column")
-        if len(caption) > MAX_CAPTION_CHARS:
-            raise DataError(f"{where} {path}: row {number} has a caption of {len(caption)} characters, more than "
-                            f"{MAX_CAPTION_CHARS}")
-        key = Path(name[2:] if name.startswith("./") else name).as_posix()
-        if key in by_name:
-            raise DataError(f"{where} {path}: {name[:60]} has two captions (rows); keep one per image")
-        by_name[key] = caption
-    missing = [name for name in file_names if name not in by_name]
-    if missing:
-        raise DataError(f"{where} {path}: {len(missing)} of {len(file_names)} images have no caption, e.g. "
-                        f"{missing[0][:60]}; add a row per image")
-    return [by_name[name] for name in file_names]
-
-
-def _jsonl_rows(text: str, path: Path, where: str):
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where} {path}: line {number} is not JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{where} {path}: line {number} must be a JSON object with file_name and a caption")
-        rows.append((number, row))
-    if not rows:
-        raise DataError(f"{where} {path} holds no captions")
-    return rows
-
-
-def _csv_rows(text: str, path: Path, where: str):
-    try:
-        rows = [(number, dict(row)) for number, row in enumerate(csv.DictReader(io.StringIO(text)), start=2)]
-    except csv.Error as exc:
-        raise DataError(f"{where} {path}: not a CSV file ({exc})") from None
-    if not rows:
-        raise DataError(f"{where} {path} holds no captions")
-    return rows
-
-
-def caption_source(data: str, captions: str | None) -> Path:
-    """The caption file of a --text run: --captions, else metadata.jsonl/.csv inside the --data image folder."""
-    if captions is not None:
-        return Path(captions)
-    folder = Path(str(data))
-    if folder.is_dir():
-        for name in ("metadata.jsonl", "metadata.csv"):
-            if (folder / name).is_file():
-                return folder / name
-    raise ConfigError("--text needs captions: pass --captions FILE (metadata.jsonl/.csv with file_name and text) "
-                      "or --data an image folder holding a metadata.jsonl")
