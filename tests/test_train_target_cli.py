@@ -14,7 +14,7 @@ from qmia_fast.cli import cli  # noqa: E402
 from qmia_fast.training import SUMMARY_NAME  # noqa: E402
 from qmia_fast.training.captions import (FASHION_MNIST_CLASSES, captions_from_labels,  # noqa: E402
                                          write_captioned_folder)
-from qmia_fast.errors import DataError, InputError  # noqa: E402
+from qmia_fast.errors import InputError  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
