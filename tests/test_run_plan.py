@@ -8,6 +8,7 @@ import torch
 from qmia_fast import machine, plan, plan_probe
 from qmia_fast.errors import ConfigError
 from qmia_fast.plan import resolve_plan
+from qmia_fast.runtime import torch_threads
 from qmia_fast.scoring import Scorer
 
 from model_helpers import random_images, tiny_model
@@ -123,6 +124,36 @@ def test_the_real_measurement_covers_every_variant_and_checks_invariance(cache):
     assert set(entry["seconds_per_image_call"]) == names == set(entry["micro_batch_invariant"])
     assert all(value > 0 for value in entry["seconds_per_image_call"].values())
     assert chosen.precision in ("fp32", "mixed")
+
+
+class _ThreadSensitiveNets:
+    """A stand-in network whose small batches change their last bit at one thread (what oneDNN did on a Xeon)."""
+    channels_last = False
+
+    def __init__(self, unet_batch, sensitive=True):
+        self.unet_batch, self.sensitive = unet_batch, sensitive
+
+    def activate(self):
+        pass
+
+    def __call__(self, x, t, cond, call):
+        out = x * 0.5
+        if self.sensitive and x.shape[0] < self.unet_batch and torch.get_num_threads() == 1:
+            out = torch.nextafter(out, torch.full_like(out, float("inf")))
+        return out
+
+
+def test_the_ladder_is_refused_where_a_small_batch_changes_bits_at_one_thread():
+    """The regression: a ladder measured invariant at two threads gave other bits at one (CI, 2026-12-02)."""
+    model = tiny_model()
+    with torch_threads(2):
+        entry = plan_probe.measure_variants(model, 16, (8,), lambda *a: _ThreadSensitiveNets(16),
+                                            variants=(("fp32", "fp32", False, False),))
+    assert entry["micro_batch_invariant"] == {"fp32": False}
+    with torch_threads(2):
+        steady = plan_probe.measure_variants(model, 16, (8,), lambda *a: _ThreadSensitiveNets(16, sensitive=False),
+                                             variants=(("fp32", "fp32", False, False),))
+    assert steady["micro_batch_invariant"] == {"fp32": True}
 
 
 def test_unet_batch_is_bounded_by_the_machines_memory(cache, monkeypatch):
