@@ -15,7 +15,7 @@ from .. import atomic_io
 from ..pipeline.resumable import fingerprint_array, fingerprint_model, score_indices
 
 # Bumped whenever what a cached fit records changes, so stale fits are never read back.
-FIT_CACHE_VERSION = 1
+FIT_CACHE_VERSION = 2
 SCORES, FITS = "scores", "fits"
 
 

@@ -1,0 +1,81 @@
+"""Regressor selection on public data only: candidates, held-out pinball loss, determinism, explicit overrides, budgets."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qmia_fast.attack import QuantileAttack, synthetic_problem
+from qmia_fast.regress import selection
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = dict(width=4, depth=1, head_width=8, epochs=2, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def public():
+    return synthetic_problem(600, 0, seed=7)
+
+
+def test_auto_is_deterministic_for_a_seed_and_records_every_candidate(public):
+    first = QuantileAttack(n_models=3, seed=3, **TINY).fit(public.images, public.scores)
+    again = QuantileAttack(n_models=3, seed=3, **TINY).fit(public.images, public.scores)
+    record = first.fit_info["selection"]
+    assert record == {**again.fit_info["selection"], "candidates": record["candidates"]}
+    assert [c["validation_pinball_loss"] for c in record["candidates"]] == \
+           [c["validation_pinball_loss"] for c in again.fit_info["selection"]["candidates"]]
+    names = [c["name"] for c in record["candidates"]]
+    assert names[0] == selection.AUTO_CANDIDATES[0] and record["requested"] == "auto"
+    fitted = [c for c in record["candidates"] if c["skipped"] is None]
+    assert len(fitted) >= 2 and all(np.isfinite(c["validation_pinball_loss"]) for c in fitted)
+    best = min(fitted, key=lambda c: c["validation_pinball_loss"])
+    assert record["chosen"] == best["name"] and first.config.to_dict() == record["chosen_settings"]
+    # The default budget is in estimated work, so what was skipped says why, with no clock in it.
+    assert all("default budget" in c["skipped"] for c in record["candidates"] if c["skipped"])
+
+
+def test_selection_never_sees_the_calibration_part(public):
+    attack = QuantileAttack(n_models=3, seed=1, **TINY).fit(public.images, public.scores)
+    n_cal = attack.fit_info["calibration"]["n_calibration"]
+    for candidate in attack.fit_info["selection"]["candidates"]:
+        if candidate["skipped"] is None:
+            assert candidate["n_validation"] <= 600 - n_cal
+
+
+def test_explicit_options_override_every_candidate(public):
+    attack = QuantileAttack(n_models=3, width=6, ensemble="full", **{k: v for k, v in TINY.items() if k != "width"})
+    attack.fit(public.images, public.scores)
+    for candidate in attack.fit_info["selection"]["candidates"]:
+        assert candidate["settings"]["width"] == 6 and candidate["settings"]["ensemble"] == "full"
+    # "full-wide" and "paper" became copies of "full" (and were dropped), so no name appears twice.
+    names = [c["name"] for c in attack.fit_info["selection"]["candidates"]]
+    assert "full-wide" not in names and "paper" not in names and len(names) == len(set(names))
+
+
+def test_a_named_regressor_fits_that_setting_alone(public):
+    attack = QuantileAttack(n_models=2, regressor="full-gaussian", **TINY).fit(public.images, public.scores)
+    record = attack.fit_info["selection"]
+    assert record["chosen"] == "full-gaussian" and len(record["candidates"]) == 1
+    assert attack.config.head == "gaussian" and attack.config.ensemble == "full"
+
+
+def test_levels_head_fits_extra_levels_but_decides_at_alpha(public):
+    attack = QuantileAttack(alpha=0.02, n_models=2, regressor="full-levels", **TINY).fit(public.images, public.scores)
+    assert attack.fitted_levels == [0.02, 0.06, 0.2, 0.5] and attack.levels == [0.02]
+    result = attack.predict(public.images, public.scores)
+    assert result.thresholds.shape == (2, 600)
+
+
+def test_a_seconds_budget_skips_what_would_not_fit(public):
+    attack = QuantileAttack(n_models=3, fit_budget=1e-3, **TINY).fit(public.images, public.scores)
+    record = attack.fit_info["selection"]
+    assert record["budget"] == {"kind": "seconds", "seconds": 1e-3}
+    fitted = [c for c in record["candidates"] if c["skipped"] is None]
+    assert len(fitted) == 1 and record["chosen"] == fitted[0]["name"]  # the first always runs
+    assert all("--fit-budget" in c["skipped"] for c in record["candidates"][1:])
+
+
+def test_fine_stem_halves_the_automatic_patch():
+    config = selection.named_config("full-fine", {}, (28, 28))
+    assert config.stem_stride == 2 and selection.named_config("full", {}, (28, 28)).stem_stride == 4
+    assert selection.named_config("full-fine", {"stem_stride": 4}, (28, 28)).stem_stride == 4
