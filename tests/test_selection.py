@@ -79,3 +79,50 @@ def test_fine_stem_halves_the_automatic_patch():
     config = selection.named_config("full-fine", {}, (28, 28))
     assert config.stem_stride == 2 and selection.named_config("full", {}, (28, 28)).stem_stride == 4
     assert selection.named_config("full-fine", {"stem_stride": 4}, (28, 28)).stem_stride == 4
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+
+def _attack(tmp_path, *extra):
+    from click.testing import CliRunner
+
+    from qmia_fast.cli import cli
+
+    args = ["attack", "--max-per-set", "120", "--method", "loss", "--t", "100", "--reg-epochs", "1", "--n-models",
+            "2", "--no-progress", "--out", str(tmp_path / "out"), *extra]
+    return CliRunner().invoke(cli, args)
+
+
+def test_cli_defaults_calibrate_and_select_and_say_so(tmp_path):
+    import json
+
+    result = _attack(tmp_path, "--alpha", "0.05")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    calibration = report["fit"]["calibration"]
+    assert calibration["method"] == "conformal" and calibration["n_calibration"] == 24   # 20% of 120 public
+    assert report["config"]["spec"]["attack"]["regressor"] == "auto"
+    assert report["fit"]["selection"]["chosen"] in selection.NAMED
+    assert "calibration: split conformal on 24 public images" in " ".join(result.output.split())
+
+
+def test_cli_raw_rule_and_too_small_public_set_warn(tmp_path):
+    import json
+
+    result = _attack(tmp_path, "--regressor", "paper", "--fit-budget", "30")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    # 120 public images cannot calibrate at alpha = 0.01 (99 needed, at most half held out): said, not silent.
+    assert report["fit"]["calibration"]["method"] == "none"
+    assert any("conformal calibration at alpha = 0.01 needs at least 99" in w for w in report["warnings"])
+    assert "calibration: none (the public set has 120 images" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--calibration", "cross"], "--calibration"),
+    (["--regressor", "huge"], "--regressor"),
+    (["--fit-budget", "0"], "--fit-budget"),
+])
+def test_cli_bad_attack_options_exit_2(tmp_path, args, needle):
+    result = _attack(tmp_path, *args)
+    assert result.exit_code == 2 and needle in result.output
