@@ -31,8 +31,8 @@ NAMED: dict[str, dict[str, Any]] = {
 # What `auto` tries, in this order, while the budget lasts (the first always runs): most promising
 # first, by the held-out losses measured on the demo (README, "The quantile attack"). The default
 # budget covers the first two there.
-AUTO_CANDIDATES = ("full-gaussian", "full-levels", "full", "full-gaussian-wide", "full-wide", "full-gaussian-fine",
-                   "full-fine", "paper")
+AUTO_CANDIDATES = ("full-gaussian", "full-levels", "full-gaussian-fine", "full-gaussian-wide", "full", "full-fine",
+                   "full-wide", "paper")
 REGRESSOR_CHOICES = (AUTO, *NAMED)
 # The default budget of `auto`, in estimated training work: this many times the work of the paper's
 # bag of the same size plus its single-regressor baseline on the same public set. A work budget
