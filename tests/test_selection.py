@@ -28,8 +28,15 @@ def test_auto_is_deterministic_for_a_seed_and_records_every_candidate(public):
     assert names[0] == selection.AUTO_CANDIDATES[0] and record["requested"] == "auto"
     fitted = [c for c in record["candidates"] if c["skipped"] is None]
     assert len(fitted) >= 2 and all(np.isfinite(c["validation_pinball_loss"]) for c in fitted)
-    best = min(fitted, key=lambda c: c["validation_pinball_loss"])
-    assert record["chosen"] == best["name"] and first.config.to_dict() == record["chosen_settings"]
+    assert first.config.to_dict() == record["chosen_settings"]
+    # Each later candidate was compared with the choice so far, image by image; it won only if clearly better.
+    chosen = fitted[0]["name"]
+    for candidate in fitted[1:]:
+        comparison = candidate["comparison"]
+        assert comparison["against"] == chosen and comparison["n"] > 0
+        if -comparison["difference"] > selection.SWITCH_STANDARD_ERRORS * comparison["standard_error"]:
+            chosen = candidate["name"]
+    assert record["chosen"] == chosen
     # The default budget is in estimated work, so what was skipped says why, with no clock in it.
     assert all("default budget" in c["skipped"] for c in record["candidates"] if c["skipped"])
 
@@ -73,6 +80,22 @@ def test_a_seconds_budget_skips_what_would_not_fit(public):
     fitted = [c for c in record["candidates"] if c["skipped"] is None]
     assert len(fitted) == 1 and record["chosen"] == fitted[0]["name"]  # the first always runs
     assert all("--fit-budget" in c["skipped"] for c in record["candidates"][1:])
+
+
+def test_a_noise_win_does_not_displace_the_earlier_candidate():
+    from qmia_fast.regress.config import RegressorConfig
+
+    first = selection.Candidate("a", RegressorConfig(), [0.01], image_index=np.arange(100),
+                                image_loss=np.linspace(0.0, 1.0, 100))
+    noisy = np.random.default_rng(0).normal(0.0, 1.0, 100)
+    slightly = selection.Candidate("b", RegressorConfig(), [0.01], image_index=np.arange(100),
+                                   image_loss=first.image_loss - 0.01 + 0.1 * noisy)
+    clearly = selection.Candidate("c", RegressorConfig(), [0.01], image_index=np.arange(100),
+                                  image_loss=first.image_loss - 0.2 + 0.1 * noisy)
+    for candidate, wins in ((slightly, False), (clearly, True)):
+        result = selection.compare(candidate, first)
+        assert result["n"] == 100 and result["difference"] < 0
+        assert (-result["difference"] > selection.SWITCH_STANDARD_ERRORS * result["standard_error"]) == wins
 
 
 def test_fine_stem_halves_the_automatic_patch():

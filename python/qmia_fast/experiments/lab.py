@@ -12,6 +12,7 @@ from .. import metrics
 from ..attack import BAG, MARGINAL, SINGLE, QuantileAttack
 from ..pipeline.audit import SETS, prepare, subsample
 from ..pipeline.specs import AuditSpec
+from ..regress.selection import SELECTION_RULE
 from ..runtime import progress_bar, resolve_device
 from ..seeds import derive_seed
 from .budget import Budget
@@ -183,6 +184,8 @@ class Lab:
                "labels": array_digest(np.asarray(labels, np.int64)), "alpha": alpha, "n_models": n_models,
                "seed": seed, "baselines": baselines, "options": options, "extra": extra_name,
                "device": self.fit_device, "calibration": calibration, "regressor": regressor, "fit_budget": fit_budget}
+        if regressor == "auto":  # only a selected fit depends on the selection rule
+            key["selection_rule"] = SELECTION_RULE
         cached = self.fit_cache.get(key)
         if cached is not None:
             return cached

@@ -129,6 +129,11 @@ class Candidate:
     plans: list[SamplePlan] = field(default_factory=list)
     validation_loss: float = float("nan")   # mean pinball loss at alpha, log-score units
     n_validation: int = 0
+    # Per held-out image (sorted indices into the training part): its mean loss over the members that
+    # held it out, so two candidates can be compared image by image.
+    image_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    image_loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    comparison: dict | None = None
     work: float = 0.0
     seconds: float = 0.0
     cpu_seconds: float = 0.0
@@ -137,7 +142,7 @@ class Candidate:
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "validation_pinball_loss": self.validation_loss,
                 "n_validation": self.n_validation, "estimated_work": self.work, "fit_s": self.seconds,
-                "fit_cpu_s": self.cpu_seconds, "skipped": self.skipped,
+                "fit_cpu_s": self.cpu_seconds, "skipped": self.skipped, "comparison": self.comparison,
                 "settings": {f: getattr(self.config, f) for f in _DESCRIBED}}
 
 
@@ -159,38 +164,65 @@ def fit_candidate(candidate: Candidate, images, targets: np.ndarray, aux, *, alp
                   label=f"{candidate.name}: {n_models} quantile regressors")
     candidate.seconds, candidate.cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
     candidate.bag, candidate.plans = bag, plans
-    candidate.validation_loss, candidate.n_validation = held_out_pinball(bag, images, targets, aux, plans, alpha,
-                                                                         candidate.levels, candidate.config.threads)
+    held = held_out_pinball(bag, images, targets, aux, plans, alpha, candidate.levels, candidate.config.threads)
+    candidate.validation_loss, candidate.n_validation, candidate.image_index, candidate.image_loss = held
     return candidate
 
 
 def held_out_pinball(bag: QuantileBag, images, targets: np.ndarray, aux, plans: Sequence[SamplePlan], alpha: float,
-                     levels: Sequence[float], threads: int | None) -> tuple[float, int]:
-    """Mean over members and their held-out images of rho_alpha(y - q_alpha(x)), in log-score units."""
+                     levels: Sequence[float], threads: int | None):
+    """Mean over members and their held-out images of rho_alpha(y - q_alpha(x)), in log-score units.
+
+    Returns (mean loss, number of (member, image) pairs, held-out image indices, each one's
+    mean loss over the members that held it out).
+    """
     union = np.unique(np.concatenate([p.val for p in plans]))
     if union.size == 0:
-        return float("nan"), 0
+        return float("nan"), 0, union, np.zeros(0)
     index = list(levels).index(alpha)
     part_aux = None if aux is None else aux[torch.from_numpy(union)]
     predicted = bag.predict(images[torch.from_numpy(union)], part_aux, threads=threads, calibrated=False)
-    position = {int(i): k for k, i in enumerate(union)}
+    total, count = np.zeros(union.size), np.zeros(union.size)
     losses = []
     for member, plan in enumerate(plans):
-        rows = np.array([position[int(i)] for i in plan.val], dtype=np.int64)
+        rows = np.searchsorted(union, plan.val)
         u = targets[plan.val] - predicted[member, rows, index]
-        losses.append(np.maximum(alpha * u, (alpha - 1.0) * u))
+        loss = np.maximum(alpha * u, (alpha - 1.0) * u)
+        np.add.at(total, rows, loss)
+        np.add.at(count, rows, 1.0)
+        losses.append(loss)
     values = np.concatenate(losses)
-    return float(values.mean()), int(values.size)
+    return float(values.mean()), int(values.size), union, total / count
+
+
+# A later candidate replaces the current choice only if its held-out loss is lower by more than this
+# many standard errors of the image-by-image difference: at small alpha the loss rests on the few
+# images below the quantile, and a noise win must not displace the more promising earlier candidate.
+SWITCH_STANDARD_ERRORS = 2.0
+# Recorded with auto fits in caches, so that fits chosen under another rule are never read back.
+SELECTION_RULE = "paired-2se"
+
+
+def compare(candidate: Candidate, incumbent: Candidate) -> dict:
+    """The candidate's held-out loss minus the incumbent's on the images both held out: mean, standard error, n."""
+    common, mine, theirs = np.intersect1d(candidate.image_index, incumbent.image_index, return_indices=True)
+    if common.size < 2:
+        return {"against": incumbent.name, "difference": float("nan"), "standard_error": float("nan"), "n": 0}
+    difference = candidate.image_loss[mine] - incumbent.image_loss[theirs]
+    return {"against": incumbent.name, "difference": float(difference.mean()),
+            "standard_error": float(difference.std(ddof=1) / np.sqrt(common.size)), "n": int(common.size)}
 
 
 def select(images, targets: np.ndarray, aux, *, regressor: str, overrides: dict[str, Any], alpha: float,
            levels: Sequence[float], n_models: int, seed: int, fit_budget: float | None, progress: bool = False,
            log: Callable[[str], None] | None = None) -> tuple[Candidate, dict[str, Any]]:
-    """Fit the named setting, or (regressor="auto") every candidate the budget allows; keep the lowest held-out loss.
+    """Fit the named setting, or (regressor="auto") every candidate the budget allows; keep the best held-out loss.
 
-    Returns the chosen candidate (fitted) and the selection record for the report. Ties
-    and NaN losses go to the earlier candidate, so the choice is deterministic for a seed
-    (and, with the default work budget, the same on every machine).
+    A later candidate wins only if its loss is clearly lower (SWITCH_STANDARD_ERRORS standard
+    errors of the paired difference), so ties, noise and NaN losses keep the earlier, more
+    promising one. Returns the chosen candidate (fitted) and the selection record for the
+    report. The choice is deterministic for a seed (and, with the default work budget, the
+    same on every machine).
     """
     log = log or (lambda text: None)
     image_hw = tuple(images.shape[2:])
@@ -232,14 +264,18 @@ def select(images, targets: np.ndarray, aux, *, regressor: str, overrides: dict[
     fitted = [c for c in candidates if c.bag is not None]
     best = fitted[0]
     for candidate in fitted[1:]:
-        if np.isfinite(candidate.validation_loss) and not candidate.validation_loss >= best.validation_loss:
+        candidate.comparison = compare(candidate, best)
+        gain = -candidate.comparison["difference"]
+        if np.isfinite(gain) and gain > SWITCH_STANDARD_ERRORS * candidate.comparison["standard_error"]:
             best = candidate
     for candidate in fitted:
         if candidate is not best:
             candidate.bag = None  # free the losers' networks
     record = {"requested": regressor, "chosen": best.name,
               "criterion": "mean pinball loss at alpha of each member on its own held-out public training images "
-                           "(never the calibration part, the members or the holdout)",
+                           "(never the calibration part, the members or the holdout); a later candidate replaces the "
+                           f"choice only if it is lower by more than {SWITCH_STANDARD_ERRORS:g} standard errors of the "
+                           "image-by-image difference",
               "budget": ({"kind": "work", "times_paper_bag": DEFAULT_WORK_BUDGET} if fit_budget is None
                          else {"kind": "seconds", "seconds": fit_budget}),
               "candidates": [c.summary() for c in candidates], "chosen_settings": best.config.to_dict()}
