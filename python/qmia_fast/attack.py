@@ -112,8 +112,8 @@ class QuantileAttack:
     regressor="auto" (default): the candidates of regress.selection, in order while the
     budget lasts (fit_budget seconds, or by default twice the paper bag's estimated work),
     each judged by its members' pinball loss at alpha on their own held-out public
-    images; the lowest wins. A name ("paper", "full", "full-wide", ...) fits that
-    setting alone. Regressor options (width, depth, stem_stride, head, ensemble, epochs,
+    images; a later candidate wins only if clearly lower (selection.SWITCH_STANDARD_ERRORS).
+    A name ("paper", "full", "full-wide", ...) fits that setting alone. Regressor options (width, depth, stem_stride, head, ensemble, epochs,
     ...; see regress.RegressorConfig) override every candidate's setting.
     """
 
