@@ -1,4 +1,4 @@
-"""QuantileAttack: vote kernel against numpy, the synthetic heteroscedastic problem (FPR at alpha, per-image beats marginal), persistence, inputs."""
+"""QuantileAttack: vote kernel against numpy, the synthetic heteroscedastic problem (FPR at alpha, per-image beats marginal), persistence, settings, inputs."""
 from __future__ import annotations
 
 import numpy as np
@@ -135,15 +135,46 @@ def test_same_seed_same_result(small_problem):
     np.testing.assert_array_equal(first.single.thresholds, again.single.thresholds)
 
 
-def test_calibrated_attack_round_trips(small_problem, tmp_path):
+def test_conformal_attack_round_trips(small_problem, tmp_path):
     p = small_problem
-    attack = QuantileAttack(n_models=3, calibrate=True, **SMALL).fit(p.images, p.scores)
+    attack = QuantileAttack(n_models=3, regressor="paper", **SMALL).fit(p.images, p.scores)
+    assert attack.fit_info["calibration"]["method"] == "conformal"
     assert attack.bag.offsets.any() and attack.single.offsets.any()
-    assert len(attack.fit_info["calibration_offsets"]) == 3
     result = attack.predict(p.images, p.scores)
     attack.save(tmp_path / "a.pt")
-    again = QuantileAttack.load(tmp_path / "a.pt").predict(p.images, p.scores)
+    loaded = QuantileAttack.load(tmp_path / "a.pt")
+    assert loaded.params() == attack.params() and loaded.fit_info["calibration"] == attack.fit_info["calibration"]
+    again = loaded.predict(p.images, p.scores)
     assert again.thresholds.tolist() == result.thresholds.tolist()
+
+
+def test_paper_setting_without_calibration_is_the_earlier_default_exactly(small_problem):
+    """regressor="paper", calibration="none": bootstrap bag on all public images, the raw rule (pinned by hand)."""
+    from qmia_fast import regress
+    from qmia_fast.seeds import derive_seed
+
+    p = small_problem
+    attack = QuantileAttack(n_models=3, seed=5, regressor="paper", calibration="none", **SMALL)
+    result = attack.fit(p.images, p.scores).predict(p.images, p.scores)
+    y = np.log(p.scores)
+    seeds = [derive_seed(5, 0, j) for j in range(3)]
+    config = regress.RegressorConfig(**SMALL)
+    bag = regress.fit_bag(p.images, y, regress.bootstrap_plans(len(y), seeds, config.holdout_frac), seeds, [0.01],
+                          config)
+    np.testing.assert_array_equal(result.thresholds, bag.predict(p.images)[:, :, 0])
+    assert attack.marginal_threshold == np.quantile(y, 0.01)
+    assert attack.fit_info["calibration"]["method"] == "none" and not attack.bag.offsets.any()
+
+
+def test_full_data_ensemble_and_its_single_member(small_problem):
+    p = small_problem
+    attack = QuantileAttack(n_models=3, regressor="full", calibration="none", **SMALL).fit(p.images, p.scores)
+    assert attack.config.ensemble == "full"
+    result = attack.predict(p.images, p.scores)
+    # The single-regressor baseline is member 0 of the ensemble, alone.
+    # (grouped and plain convolutions round differently in float32)
+    np.testing.assert_allclose(result.single.thresholds[0], result.thresholds[0], rtol=0, atol=1e-5)
+    assert "member 0" in attack.fit_info["single_regressor"]
 
 
 def test_several_levels_and_pvalue_score(small_problem):
@@ -199,6 +230,13 @@ def test_too_few_public_images():
     (dict(levels=[0.5, 2.0]), "levels"),
     (dict(colour="red"), "unknown QuantileAttack option"),
     (dict(width=0), "width"),
+    (dict(calibration="cross"), "calibration must be one of conformal, none"),
+    (dict(calibrate=True), "calibration='conformal'"),
+    (dict(regressor="huge"), "regressor must be one of auto"),
+    (dict(fit_budget=0), "fit_budget"),
+    (dict(fit_budget="1 minute"), "fit_budget"),
+    (dict(head="laplace"), "head must be one of"),
+    (dict(ensemble="jackknife"), "ensemble must be one of"),
 ])
 def test_bad_options(kwargs, fragment):
     with pytest.raises(ConfigError, match=fragment):

@@ -1,4 +1,4 @@
-"""Quantile regressors: pinball loss, grouped bag = separate members, batched = looped training, seeding, plans, inputs."""
+"""Quantile regressors: pinball loss, grouped bag = separate members, batched = looped training, seeding, plans, heads, shifts, inputs."""
 from __future__ import annotations
 
 import numpy as np
@@ -148,20 +148,65 @@ def test_state_round_trip_predicts_the_same():
     np.testing.assert_array_equal(bag.predict(images), clone.predict(images))
 
 
-def test_calibration_puts_the_level_share_below_on_held_out_images():
-    images, targets = brightness_data(n=400)
+def test_shifts_add_to_every_member_and_survive_a_round_trip():
+    images, targets = brightness_data(n=200)
     bag = _fit(images, targets, n_models=2, levels=(0.1, 0.5))
-    held_out = [np.arange(0, 200), np.arange(100, 400)]
-    offsets = bag.calibrate(images, targets, held_out)
-    assert offsets.shape == (2, 2)
-    quantiles = bag.predict(images)
-    for member, index in enumerate(held_out):
-        below = (targets[index, None] < quantiles[member, index, :]).mean(axis=0)
-        np.testing.assert_allclose(below, [0.1, 0.5], atol=1.5 / len(index))
-    raw = bag.predict(images, calibrated=False)
-    np.testing.assert_allclose(quantiles, np.maximum.accumulate(raw + offsets[:, None, :], axis=2))
+    raw = bag.predict(images)
+    bag.set_shifts([-0.3, 0.2])
+    shifted = bag.predict(images)
+    # Added as they are, no re-sorting: the alpha column must stay exactly the calibrated one.
+    np.testing.assert_array_equal(shifted, raw + np.array([-0.3, 0.2]))
+    np.testing.assert_array_equal(bag.predict(images, calibrated=False), raw)
     clone = regress.QuantileBag.from_state(bag.state())
-    np.testing.assert_array_equal(clone.predict(images), quantiles)
+    np.testing.assert_array_equal(clone.predict(images), shifted)
+    with pytest.raises(ConfigError, match="one shift per level"):
+        bag.set_shifts([0.1])
+
+
+def test_member_alone_predicts_its_column_of_the_bag():
+    images, targets = brightness_data()
+    bag = _fit(images, targets, n_models=3)
+    together = bag.predict(images)
+    for j in range(3):
+        np.testing.assert_allclose(bag.member(j).predict(images)[0], together[j], rtol=0, atol=1e-6)
+    assert bag.member(1).history.best_epoch == bag.history.best_epoch[1:2]
+
+
+def test_full_data_plans_hold_out_disjoint_equal_folds():
+    seeds = [regress.derive_seed(0, 0, j) for j in range(7)]
+    plans = regress.full_data_plans(203, seeds, 0.1, fold_seed=5)
+    assert len({len(p.val) for p in plans}) == 1 and len(plans[0].val) == 20   # 10 folds of 203 // 10
+    assert len({len(p.train) for p in plans}) == 1 and len(plans[0].train) == 183
+    vals = np.concatenate([p.val for p in plans])
+    assert len(set(vals)) == len(vals)                                           # disjoint
+    for plan in plans:
+        assert not set(plan.val) & set(plan.train) and len(set(plan.train)) == len(plan.train)
+    many = regress.full_data_plans(100, list(range(15)), 0.1, fold_seed=1)       # more members than 1/holdout_frac
+    assert len(many[0].val) == 6 and len(many[0].train) == 94
+    with pytest.raises(InputError, match="too few"):
+        regress.full_data_plans(5, list(range(7)), 0.1, fold_seed=1)
+
+
+def test_gaussian_head_quantiles_are_mu_plus_sigma_z():
+    from statistics import NormalDist
+
+    torch.manual_seed(0)
+    levels = [0.01, 0.5, 0.9]
+    net = regress.BaggedResNet(2, 1, 3, width=4, depth=1, head_width=8, head="gaussian", levels=levels).eval()
+    x = torch.randn(6, 1, 8, 8)
+    with torch.no_grad():
+        raw, quantiles = net.head_outputs(x), net(x)
+    z = torch.tensor([NormalDist().inv_cdf(v) for v in levels])
+    torch.testing.assert_close(quantiles, raw[..., :1] + torch.exp(raw[..., 1:2]) * z)
+
+
+def test_gaussian_head_fits_a_heteroscedastic_spread():
+    images, targets = brightness_data(n=600)
+    bag = _fit(images, targets, n_models=1, levels=(0.1, 0.5), head="gaussian", epochs=12, lr=0.01)
+    q = bag.predict(images)[0]
+    spread = q[:, 1] - q[:, 0]  # median minus the 10% quantile: 1.28 sd of the target given the image
+    brightness = images.reshape(len(images), -1).mean(axis=1)
+    assert np.corrcoef(spread, brightness)[0, 1] > 0.5
 
 
 def test_early_stopping_records_history():
@@ -208,6 +253,8 @@ def test_bad_images(images, fragment):
     (dict(holdout_frac=0.7), "holdout_frac"),
     (dict(device="tpu"), "device"),
     (dict(stem_stride=0), "stem_stride"),
+    (dict(head="laplace"), "head"),
+    (dict(ensemble="jackknife"), "ensemble"),
 ])
 def test_bad_config(options, fragment):
     with pytest.raises(ConfigError, match=fragment):

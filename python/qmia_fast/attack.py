@@ -1,10 +1,10 @@
-"""The quantile-regression membership attack: a bag of per-image thresholds, majority vote, and its two baselines."""
+"""The quantile-regression membership attack: per-image thresholds chosen and conformally calibrated on public data, majority vote, two baselines."""
 from __future__ import annotations
 
 import math
 import numbers
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -12,18 +12,30 @@ import numpy as np
 import torch
 
 from . import regress
-from .arrays import to_tensor
 from .atomic_io import atomic_path
 from .errors import ConfigError, DataError, InputError
+from .regress import calibration as conformal
+from .regress import selection
 from .runtime import resolve_device
-from .seeds import check_seed
+from .seeds import check_seed, derive_seed
+from .synthetic import SyntheticProblem, synthetic_problem
+from .voting import majority_vote, mean_margin, pvalue_score, vote_threshold
+
+__all__ = ["QuantileAttack", "AttackResult", "MethodResult", "log_scores", "majority_vote", "mean_margin",
+           "pvalue_score", "vote_threshold", "SyntheticProblem", "synthetic_problem", "BAG", "SINGLE", "MARGINAL",
+           "CALIBRATIONS", "REGRESSORS"]
 
 # Method names as they appear in reports, in display order.
 BAG, SINGLE, MARGINAL = "qmia_bag", "single_regressor", "marginal_threshold"
 
 _FILE_FORMAT = "qmia-fast/quantile-attack"
-_FILE_VERSION = 1
+# 2: calibration and regressor selection (version 1 files, the paper's raw bag, still load).
+_FILE_VERSION = 2
 SCORE_KINDS = ("margin", "pvalue")
+CALIBRATIONS = conformal.CALIBRATION_METHODS
+REGRESSORS = selection.REGRESSOR_CHOICES
+ASSUMPTION = ("the public images and the evaluated non-members are exchangeable (drawn from the same distribution, "
+              "independently of the target's training); a shifted public set voids the guarantee")
 
 
 @dataclass
@@ -82,32 +94,44 @@ def log_scores(scores, n: int | None = None, name: str = "scores") -> np.ndarray
 
 
 class QuantileAttack:
-    """Quantile-regression membership attack (Tang et al., ICML 2024) with bagging and majority vote.
+    """Quantile-regression membership attack (Tang et al., ICML 2024): per-image thresholds, majority vote.
 
-    fit(images, scores) on public non-members trains `n_models` regressors of
-    log(score) on the image, each on its own bootstrap resample and seed; predict()
-    calls an image a member iff more than half of them put its log-score strictly below
-    their alpha-quantile. On non-members the false-positive rate is about `alpha`.
+    fit(images, scores) on public non-members trains `n_models` regressors of log(score) on
+    the image; predict() calls an image a member iff more than half of them put its
+    log-score strictly below their alpha-quantile.
 
-    calibrate=True shifts each regressor's quantiles so that exactly the level's share of
-    its out-of-bag public images falls below them (conformalised quantile regression); on
-    the synthetic problem it did not improve the bag's FPR on average (see the README), so
-    it is off by default.
+    calibration="conformal" (default): a seeded part of the public set (regress.calibration:
+    20%, at least 1/alpha - 1 images, at most half) is held out of all fitting and
+    selection; every threshold is shifted by the floor(alpha (n + 1))-th smallest
+    calibration residual log s - q(x) of the vote's threshold, so that for non-members
+    exchangeable with the public set P(member call) <= alpha in finite samples (split
+    conformal quantile regression, Romano, Patterson and Candes, 2019). The baselines are
+    calibrated the same way. A public set too small for alpha falls back to the raw rule
+    with a warning in fit_info. calibration="none": the paper's raw rule on all of P.
 
-    Regressor settings (width, depth, stem_stride, head_width, epochs, batch_size, lr,
-    weight_decay, holdout_frac, patience, monotone, device, batched, threads) pass through
-    as keyword options; see `regress.RegressorConfig` for their defaults.
+    regressor="auto" (default): the candidates of regress.selection, in order while the
+    budget lasts (fit_budget seconds, or by default twice the paper bag's estimated work),
+    each judged by its members' pinball loss at alpha on their own held-out public
+    images; a later candidate wins only if clearly lower (selection.SWITCH_STANDARD_ERRORS).
+    A name ("paper", "full", "full-wide", ...) fits that setting alone. Regressor options
+    (width, depth, stem_stride, head, ensemble, epochs, ...; see regress.RegressorConfig)
+    override every candidate's setting.
     """
 
     def __init__(self, alpha: float = 0.01, n_models: int = 7, levels: Sequence[float] | None = None,
-                 seed: int = 0, *, score: str = "margin", calibrate: bool = False, baselines: bool = True,
-                 progress: bool = False, **regressor_options):
+                 seed: int = 0, *, score: str = "margin", calibration: str = "conformal", regressor: str = "auto",
+                 fit_budget: float | None = None, baselines: bool = True, progress: bool = False,
+                 **regressor_options):
         if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not (0.0 < alpha < 1.0):
             raise ConfigError(f"alpha must be a number strictly between 0 and 1, got {alpha!r}")
         if not isinstance(n_models, (int, np.integer)) or isinstance(n_models, bool) or n_models < 1:
             raise ConfigError(f"n_models must be a positive integer, got {n_models!r}")
         if score not in SCORE_KINDS:
             raise ConfigError(f"score must be one of {', '.join(SCORE_KINDS)}, got {score!r}")
+        if calibration not in CALIBRATIONS:
+            raise ConfigError(f"calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}")
+        if "calibrate" in regressor_options:
+            raise ConfigError("calibrate= is replaced by calibration='conformal' (the default) or 'none'")
         self.alpha = float(alpha)
         self.n_models = int(n_models)
         self.levels = _levels_with_alpha(levels, self.alpha)
@@ -115,7 +139,9 @@ class QuantileAttack:
             raise ConfigError("score='pvalue' needs at least two quantile levels, e.g. levels=[0.01, 0.05, 0.2]")
         self.seed = check_seed(seed)
         self.score_kind = score
-        self.calibrate = bool(calibrate)
+        self.calibration = calibration
+        self.regressor = selection.check_regressor(regressor)
+        self.fit_budget = selection.check_budget(fit_budget)
         self.baselines = bool(baselines)
         self.progress = bool(progress)
         known = {f.name for f in fields(regress.RegressorConfig)}
@@ -123,11 +149,19 @@ class QuantileAttack:
         if unknown:
             raise ConfigError(f"unknown QuantileAttack option(s) {', '.join(unknown)}; "
                               f"regressor options are {', '.join(sorted(known))}")
-        self.config = regress.RegressorConfig(**regressor_options).validate()
+        self.overrides = dict(regressor_options)
+        # The settings as given; after fit(), the chosen candidate's. Validated now so that a bad option
+        # fails before any work.
+        self.config = regress.RegressorConfig(**self.overrides).validate()
         self.bag: regress.QuantileBag | None = None
         self.single: regress.QuantileBag | None = None
         self.marginal_threshold: float | None = None
         self.fit_info: dict = {}
+
+    @property
+    def fitted_levels(self) -> list[float]:
+        """The levels the regressors predict: the attack's, plus the extra ones of a "levels" head."""
+        return list(self.bag.levels) if self.bag is not None else list(self.levels)
 
     # -- fitting ---------------------------------------------------------------------------
 
@@ -135,39 +169,101 @@ class QuantileAttack:
         """Fit on public non-members: images uint8 N x C x H x W (or floats in [0, 1]), raw scores [N]."""
         images_t = regress.as_image_tensor(images)
         targets = log_scores(scores, images_t.shape[0])
+        aux_t = regress.as_aux_tensor(aux, images_t)
         n = images_t.shape[0]
         if n < 10:
             raise InputError(f"images: the public set needs at least 10 images to fit quantiles, got {n}")
-        started = time.perf_counter()
-        self.marginal_threshold = float(np.quantile(targets, self.alpha))
-        bag_seeds = [regress.derive_seed(self.seed, 0, j) for j in range(self.n_models)]
-        plans = regress.bootstrap_plans(n, bag_seeds, self.config.holdout_frac)
-        self.bag = regress.fit_bag(images_t, targets, plans, bag_seeds, self.levels, self.config, aux=aux,
-                                   progress=self.progress, label=f"bag of {self.n_models} quantile regressors")
-        timings = {"fit_bag_s": self.bag.history.seconds}
-        if self.calibrate:
-            # Every image a member never drew is fair calibration data for it, not only its early-stopping slice.
-            out_of_bag = [np.setdiff1d(np.arange(n), plan.train) for plan in plans]
-            started_calibration = time.perf_counter()
-            self.bag.calibrate(images_t, targets, out_of_bag, aux=aux, threads=self.config.threads)
-            timings["calibrate_bag_s"] = time.perf_counter() - started_calibration
+        started, started_cpu = time.perf_counter(), time.process_time()
+        calibration = self._plan_calibration(n)
+        train, held = calibration.pop("_train"), calibration.pop("_calibration")
+        self.marginal_threshold, calibration["marginal"] = self._marginal(targets, calibration["method"])
+
+        def part(index):
+            index_t = torch.from_numpy(index)
+            return images_t[index_t], targets[index], None if aux_t is None else aux_t[index_t]
+
+        train_images, train_targets, train_aux = part(train)
+        chosen, record = selection.select(train_images, train_targets, train_aux, regressor=self.regressor,
+                                          overrides=self.overrides, alpha=self.alpha, levels=self.levels,
+                                          n_models=self.n_models, seed=self.seed, fit_budget=self.fit_budget,
+                                          progress=self.progress)
+        self.bag, self.config = chosen.bag, chosen.config
+        timings = {"select_s": sum(c["fit_s"] or 0.0 for c in record["candidates"]), "fit_bag_s": chosen.seconds}
+        self.single, single_how = None, None
         if self.baselines:
-            single_seed = regress.derive_seed(self.seed, 1)
-            plan = regress.holdout_plan(n, single_seed, self.config.holdout_frac)
-            self.single = regress.fit_bag(images_t, targets, [plan], [single_seed], self.levels, self.config,
-                                          aux=aux, progress=self.progress, label="single quantile regressor")
-            timings["fit_single_s"] = self.single.history.seconds
-            if self.calibrate:
-                self.single.calibrate(images_t, targets, [plan.val], aux=aux, threads=self.config.threads)
+            if chosen.config.ensemble == "full":
+                # Member 0 already is one regressor on the whole training part but its own fold.
+                self.single, single_how = self.bag.member(0), "member 0 of the full-data ensemble, alone"
+                timings["fit_single_s"] = 0.0
+            else:
+                single_seed = derive_seed(self.seed, 1)
+                plan = regress.holdout_plan(len(train), single_seed, self.config.holdout_frac)
+                self.single = regress.fit_bag(train_images, train_targets, [plan], [single_seed], chosen.levels,
+                                              self.config, aux=train_aux, progress=self.progress,
+                                              label="single quantile regressor")
+                single_how = "one regressor on the training part but a random holdout_frac early-stopping slice"
+                timings["fit_single_s"] = self.single.history.seconds
+        if calibration["method"] == "conformal":
+            t0 = time.perf_counter()
+            cal_images, cal_targets, cal_aux = part(held)
+            calibration["bag"] = self._calibrate(self.bag, cal_images, cal_targets, cal_aux)
+            if self.single is not None:
+                calibration["single_regressor"] = self._calibrate(self.single, cal_images, cal_targets, cal_aux)
+            timings["calibrate_s"] = time.perf_counter() - t0
         timings["fit_total_s"] = time.perf_counter() - started
-        self.fit_info = {"n_public": n, "image_shape": list(images_t.shape[1:]),
-                         "n_aux_channels": 0 if aux is None else int(np.shape(aux)[1]),
-                         "marginal_threshold": self.marginal_threshold,
-                         "calibration_offsets": (self.bag.offsets[:, self.levels.index(self.alpha)].tolist()
-                                                 if self.calibrate else None),
+        timings["fit_total_cpu_s"] = time.process_time() - started_cpu
+        self.fit_info = {"n_public": n, "n_training": int(len(train)), "image_shape": list(images_t.shape[1:]),
+                         "n_aux_channels": 0 if aux_t is None else int(aux_t.shape[1]),
+                         "marginal_threshold": self.marginal_threshold, "calibration": calibration,
+                         "selection": record, "single_regressor": single_how,
                          "parameters_per_regressor": regress.count_parameters(self.bag.network) // self.n_models,
                          "timings": timings}
         return self
+
+    def _plan_calibration(self, n: int) -> dict:
+        """Which public images train and which calibrate, and what the report says about it."""
+        everything = np.arange(n)
+        if self.calibration == "none":
+            return {"method": "none", "requested": "none", "n_calibration": 0, "_train": everything,
+                    "_calibration": everything[:0],
+                    "guarantee": "none: the paper's raw rule; its FPR is only about alpha (it overshot at small "
+                                 "alpha in this package's experiments)"}
+        n_cal = conformal.calibration_size(n, self.alpha)
+        if n_cal == 0:
+            return {"method": "none", "requested": "conformal", "n_calibration": 0, "_train": everything,
+                    "_calibration": everything[:0], "warning": conformal.too_small_message(n, self.alpha),
+                    "guarantee": "none: the public set is too small to calibrate at alpha"}
+        train, held = conformal.split_public(n, n_cal, derive_seed(self.seed, 2))
+        rank = conformal.conformal_rank(n_cal, self.alpha)
+        return {"method": "conformal", "requested": "conformal", "kind": "split conformal (Romano, Patterson and "
+                "Candes, 2019)", "n_calibration": int(n_cal), "n_training": int(len(train)), "rank": rank,
+                "fpr_bound": rank / (n_cal + 1), "assumption": ASSUMPTION,
+                "guarantee": f"P(member call) <= {rank}/{n_cal + 1} <= alpha for a non-member, over the draw of the "
+                             f"{n_cal} calibration images and the non-member (marginal: one run's FPR varies "
+                             f"around it)",
+                "_train": train, "_calibration": held}
+
+    def _marginal(self, targets: np.ndarray, method: str) -> tuple[float, dict]:
+        """The marginal threshold: the floor(alpha (n + 1))-th smallest public log-score (conformal), else a quantile."""
+        rank = conformal.conformal_rank(len(targets), self.alpha) if method == "conformal" else 0
+        if rank >= 1:
+            value = float(np.sort(targets)[rank - 1])
+            return value, {"rank": rank, "n_calibration": int(len(targets)), "fpr_bound": rank / (len(targets) + 1)}
+        return float(np.quantile(targets, self.alpha)), {"rank": None, "n_calibration": 0, "fpr_bound": None}
+
+    def _calibrate(self, bag: regress.QuantileBag, images, targets: np.ndarray, aux) -> dict:
+        """Shift every level of `bag` by the conformal rank of the vote threshold's calibration residuals."""
+        quantiles = bag.predict(images, aux, threads=self.config.threads, calibrated=False)  # [B, n, K]
+        shifts, alpha_shift = [], None
+        for k, level in enumerate(bag.levels):
+            residual = targets - vote_threshold(quantiles[:, :, k])
+            found = conformal.conformal_shift(residual, level)
+            shifts.append(found.shift if found is not None else 0.0)  # a level too fine for n keeps its raw value
+            if math.isclose(level, self.alpha, rel_tol=0.0, abs_tol=1e-12):
+                alpha_shift = found
+        bag.set_shifts(shifts)
+        return {"shift": alpha_shift.shift, "rank": alpha_shift.rank, "n_calibration": alpha_shift.n_calibration,
+                "fpr_bound": alpha_shift.bound}
 
     # -- prediction ------------------------------------------------------------------------
 
@@ -181,23 +277,21 @@ class QuantileAttack:
             raise InputError(f"images are {'x'.join(map(str, images_t.shape[1:]))} but this attack was fitted on "
                              f"{'x'.join(map(str, fitted))} images; predict on images of the fitted size")
         y = log_scores(scores, images_t.shape[0])
-        alpha_index = self.levels.index(self.alpha)
-        quantiles = self.bag.predict(images_t, aux, batch_size=batch_size, threads=self.config.threads)  # [B, N, K]
-        thresholds = np.ascontiguousarray(quantiles[:, :, alpha_index])
-        votes, decision, margin = majority_vote(y, thresholds, with_margin=True)
-        score = pvalue_score(y, quantiles, self.levels) if self.score_kind == "pvalue" else margin
+        levels = self.fitted_levels
+        alpha_index = levels.index(self.alpha)
 
+        def verdict(bag):
+            quantiles = bag.predict(images_t, aux, batch_size=batch_size, threads=self.config.threads)  # [B, N, K]
+            thresholds = np.ascontiguousarray(quantiles[:, :, alpha_index])
+            votes, decision, margin = majority_vote(y, thresholds, with_margin=True)
+            score = pvalue_score(y, quantiles, levels) if self.score_kind == "pvalue" else margin
+            return MethodResult(decision, score, votes, thresholds)
+
+        bag = verdict(self.bag)
         marginal_score = self.marginal_threshold - y
         marginal = MethodResult(decision=marginal_score > 0, score=marginal_score)
-        single = None
-        if self.single is not None:
-            single_quantiles = self.single.predict(images_t, aux, batch_size=batch_size, threads=self.config.threads)
-            single_thresholds = np.ascontiguousarray(single_quantiles[:, :, alpha_index])
-            single_votes, single_decision, single_margin = majority_vote(y, single_thresholds, with_margin=True)
-            single_score = (pvalue_score(y, single_quantiles, self.levels) if self.score_kind == "pvalue"
-                            else single_margin)
-            single = MethodResult(single_decision, single_score, single_votes, single_thresholds)
-        return AttackResult(decision=decision, votes=votes, score=score, thresholds=thresholds,
+        single = verdict(self.single) if self.single is not None else None
+        return AttackResult(decision=bag.decision, votes=bag.votes, score=bag.score, thresholds=bag.thresholds,
                             log_scores=y, marginal=marginal, single=single)
 
     # -- persistence -----------------------------------------------------------------------
@@ -205,8 +299,9 @@ class QuantileAttack:
     def params(self) -> dict:
         """The resolved configuration, as recorded in reports and saved files."""
         return {"alpha": self.alpha, "n_models": self.n_models, "levels": list(self.levels), "seed": self.seed,
-                "score": self.score_kind, "calibrate": self.calibrate, "baselines": self.baselines,
-                "regressor": self.config.to_dict()}
+                "score": self.score_kind, "calibration": self.calibration, "regressor": self.regressor,
+                "fit_budget": self.fit_budget, "baselines": self.baselines, "options": dict(self.overrides),
+                "regressor_settings": self.config.to_dict()}
 
     def save(self, path) -> None:
         """Write the fitted attack to one file (plain tensors and numbers: it loads with weights_only=True)."""
@@ -230,17 +325,23 @@ class QuantileAttack:
             raise DataError(f"{str(path)!r} is not a fitted QuantileAttack file ({type(exc).__name__}: {exc})") from None
         if not isinstance(state, dict) or state.get("format") != _FILE_FORMAT:
             raise DataError(f"{str(path)!r} is not a fitted QuantileAttack file (written by QuantileAttack.save)")
-        if state.get("version") != _FILE_VERSION:
+        if state.get("version") not in (1, _FILE_VERSION):
             raise DataError(f"{str(path)!r} has attack file version {state.get('version')!r}; "
-                            f"this qmia-fast reads version {_FILE_VERSION}")
+                            f"this qmia-fast reads versions 1 and {_FILE_VERSION}")
         params = dict(state["params"])
-        options = dict(params.pop("regressor"))
+        if state["version"] == 1:  # the paper's bag with the raw rule (or its per-member out-of-bag offsets)
+            settings = dict(params["regressor"])
+            params.update(calibration="none", regressor="paper", fit_budget=None, options=dict(settings),
+                          regressor_settings=settings)
+        options = dict(params["options"])
+        settings = dict(params["regressor_settings"])
         if device is not None:
-            options["device"] = device
-        attack = cls(params["alpha"], params["n_models"], params["levels"], params["seed"],
-                     score=params["score"], calibrate=params["calibrate"], baselines=params["baselines"],
-                     **options)
-        target = resolve_device(options["device"], default="cpu")
+            options["device"] = settings["device"] = device
+        attack = cls(params["alpha"], params["n_models"], params["levels"], params["seed"], score=params["score"],
+                     calibration=params["calibration"], regressor=params["regressor"],
+                     fit_budget=params["fit_budget"], baselines=params["baselines"], **options)
+        attack.config = regress.RegressorConfig(**settings).validate()
+        target = resolve_device(settings["device"], default="cpu")
         attack.bag = regress.QuantileBag.from_state(state["bag"])
         attack.bag.network.to(target)
         if state["single"] is not None:
@@ -261,82 +362,3 @@ def _levels_with_alpha(levels, alpha: float) -> list[float]:
         raise ConfigError(f"levels must be a sequence of numbers in (0, 1), got {levels!r}") from None
     values = [v for v in values if not math.isclose(v, alpha, rel_tol=0.0, abs_tol=1e-12)]
     return regress.check_levels(sorted(values + [alpha]))
-
-
-# --- aggregation -----------------------------------------------------------------------------
-
-def majority_vote(log_score: np.ndarray, thresholds: np.ndarray, with_margin: bool = False) -> tuple[np.ndarray, ...]:
-    """The vote kernel: (votes int32 [N], decision bool [N]) for log-scores [N] against thresholds [B, N], and
-    with `with_margin` also the bag's mean margin q_alpha(x) - log s(x) [N], its membership score.
-
-    float32 inputs take the kernel's float32 path (a float32 margin, summed in float64);
-    anything else runs in float64 and the margin stays float64, since rounding it to
-    float32 would merge distinct scores into ties and so move the exact ROC.
-    """
-    from .kernels import vote
-
-    single = np.asarray(log_score).dtype == np.float32 and np.asarray(thresholds).dtype == np.float32
-    dtype = np.float32 if single else np.float64
-    votes, decision, margin = vote(to_tensor(log_score, dtype), to_tensor(thresholds, dtype))
-    result = (np.asarray(votes.numpy(), dtype=np.int32), np.asarray(decision.numpy(), dtype=bool))
-    return (*result, margin.numpy()) if with_margin else result
-
-
-def mean_margin(log_score: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """The bag's mean of q_alpha(x) - log s(x): the vote kernel's margin (float64 unless both inputs are float32)."""
-    return majority_vote(log_score, thresholds, with_margin=True)[2]
-
-
-def pvalue_score(log_score: np.ndarray, quantiles: np.ndarray, levels: Sequence[float]) -> np.ndarray:
-    """Minus the bag's mean estimated CDF of log s(x): the p-value read off the predicted quantiles.
-
-    quantiles [B, N, K] at increasing `levels`; each regressor's CDF is the piecewise-linear
-    curve through (q_k, level_k), extended linearly past the end levels so that scores
-    beyond the outermost quantile stay ordered. Higher = member.
-    """
-    levels_arr = np.asarray(levels, dtype=np.float64)
-    q = np.sort(quantiles, axis=2)  # non-monotone heads may cross; a CDF cannot
-    n_levels = q.shape[2]
-    y = log_score[None, :, None]
-    segment = np.clip((q < y).sum(axis=2), 1, n_levels - 1)  # upper knot of the segment holding y
-    upper = np.take_along_axis(q, segment[..., None], axis=2)[..., 0]
-    lower = np.take_along_axis(q, segment[..., None] - 1, axis=2)[..., 0]
-    level_hi, level_lo = levels_arr[segment], levels_arr[segment - 1]
-    width = np.maximum(upper - lower, 1e-12)
-    cdf = level_lo + (log_score[None, :] - lower) * (level_hi - level_lo) / width
-    return -cdf.mean(axis=0)
-
-
-# --- a synthetic problem for tests and benchmarks ---------------------------------------------
-
-@dataclass
-class SyntheticProblem:
-    """Images whose non-member log-score spread grows with brightness, and members shifted down."""
-
-    images: np.ndarray      # uint8 N x 1 x S x S
-    scores: np.ndarray      # float64 [N], raw (positive, lower = member)
-    labels: np.ndarray      # int64 [N], 1 = member
-    brightness: np.ndarray  # float64 [N] in [0, 1]
-    meta: dict = field(default_factory=dict)
-
-
-def synthetic_problem(n_nonmembers: int, n_members: int = 0, image_size: int = 8, seed: int = 0,
-                      member_shift: float = 0.3, base_spread: float = 0.1, spread_slope: float = 1.0
-                      ) -> SyntheticProblem:
-    """A heteroscedastic test problem where per-image thresholds must beat one global threshold.
-
-    Image brightness b ~ U(0, 1); pixels = b plus noise. Non-member log-score =
-    (base_spread + spread_slope * b) * z with z ~ N(0, 1); members subtract member_shift.
-    On dark images a small shift is far outside the narrow non-member spread; a global
-    threshold is set by the bright, wide images and misses them.
-    """
-    rng = np.random.default_rng(seed)
-    n = n_nonmembers + n_members
-    brightness = rng.uniform(0.0, 1.0, n)
-    pixels = brightness[:, None, None, None] + 0.1 * rng.standard_normal((n, 1, image_size, image_size))
-    images = np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8)
-    labels = np.concatenate([np.zeros(n_nonmembers, np.int64), np.ones(n_members, np.int64)])
-    log_score = (base_spread + spread_slope * brightness) * rng.standard_normal(n) - member_shift * labels
-    meta = dict(image_size=image_size, seed=seed, member_shift=member_shift, base_spread=base_spread,
-                spread_slope=spread_slope)
-    return SyntheticProblem(images, np.exp(log_score), labels, brightness, meta)

@@ -262,8 +262,33 @@ def gather_chunks(ctx: Context, results: Mapping[int, np.ndarray], bounds: list[
     return out
 
 
+# How long the rank hosting the store waits at exit for the others to leave it (they may still be reading).
+_LEAVE_WAIT_S = 10.0
+
+
+def _leave_together(ctx: Context) -> None:
+    """Rank 0 hosts the store: it waits (bounded) until every other rank has left or failed, so a rank still
+    reading the last message (say, the disagreement that stops all of them) does not lose the connection and
+    report that instead of the real reason. Never raises."""
+    try:
+        if ctx.rank != 0:
+            _STORE.set(f"{_PREFIX}left/{ctx.rank}", "1")
+            return
+        deadline = time.monotonic() + min(timeout_s(), _LEAVE_WAIT_S)
+        waiting = set(range(1, ctx.world_size))
+        while waiting and time.monotonic() < deadline:
+            waiting = {r for r in waiting if not _STORE.check([f"{_PREFIX}left/{r}"])
+                       and not _STORE.check([f"{_PREFIX}failed/{r}"])}
+            if waiting:
+                time.sleep(0.05)
+    except Exception:  # noqa: BLE001 - a peer or the store already gone must not turn an exit into a crash
+        pass
+
+
 def shutdown() -> None:
     global _CONTEXT, _STORE, _HEARTBEAT
+    if _CONTEXT is not None and _CONTEXT.active and _STORE is not None:
+        _leave_together(_CONTEXT)
     if _HEARTBEAT is not None:
         _HEARTBEAT.set()
         _HEARTBEAT = None

@@ -12,6 +12,8 @@ from ..pipeline.specs import (
 )
 from ..precision import DEFAULT_PRECISION, PRECISIONS
 from ..regress import RegressorConfig
+from ..regress.calibration import CALIBRATION_METHODS as CALIBRATIONS
+from ..regress.selection import REGRESSOR_CHOICES as REGRESSORS
 from ..scoring import CONDITION_MODES, METHODS, score_defaults
 from ..seeds import SEED_LIMIT
 
@@ -133,11 +135,23 @@ def attack_options(func):
         click.option("--n-models", default=7, show_default=True, type=click.IntRange(min=1),
                      help="Regressors in the bag (member iff more than half vote member)."),
         click.option("--reg-epochs", default=None, type=click.IntRange(min=1),
-                     help=f"Regressor training epochs (upper bound; early stopping) [default: {cfg.epochs}]."),
+                     help=f"Regressor training epochs (upper bound; early stopping), for every --regressor setting "
+                          f"[default: {cfg.epochs}]."),
         click.option("--reg-width", default=None, type=click.IntRange(min=1),
-                     help=f"Regressor width [default: {cfg.width}]."),
+                     help=f"Regressor width, for every --regressor setting [default: {cfg.width}; 32 in full-wide]."),
         click.option("--reg-depth", default=None, type=click.IntRange(min=1, max=6),
-                     help=f"Regressor depth [default: {cfg.depth}]."),
+                     help=f"Regressor depth, for every --regressor setting [default: {cfg.depth}]."),
+        click.option("--calibration", default="conformal", show_default=True, type=click.Choice(list(CALIBRATIONS)),
+                     help="conformal: hold out part of the public set and shift the thresholds so that a "
+                          "non-member drawn like the public set is called a member with probability at most "
+                          "alpha (split conformal); none: the paper's raw rule (FPR only about alpha)."),
+        click.option("--regressor", default="auto", show_default=True, type=click.Choice(list(REGRESSORS)),
+                     help="auto: the setting (ensemble, head, width, stem) with the lowest pinball loss at alpha "
+                          "on held-out public images, within --fit-budget; paper: the method paper's bootstrap bag; "
+                          "full*: members on the whole public set. --reg-* options override any of them."),
+        click.option("--fit-budget", default=None, type=click.FloatRange(min=0, min_open=True),
+                     help="Seconds that auto may spend trying regressor settings [default: twice the paper bag's "
+                          "estimated work, which makes the choice the same on every machine]."),
         click.option("--max-per-set", default=None, type=click.IntRange(min=10),
                      help="Use at most this many images of each set (members, public, holdout), seeded; "
                           "for quick looks."),
@@ -168,7 +182,8 @@ def score_spec(options: dict) -> ScoreSpec:
 
 
 def attack_spec(options: dict) -> AttackSpec:
-    names = ("alpha", "n_models", "reg_epochs", "reg_width", "reg_depth", "max_per_set")
+    names = ("alpha", "n_models", "reg_epochs", "reg_width", "reg_depth", "max_per_set", "calibration", "regressor",
+             "fit_budget")
     return AttackSpec(**{name: options.pop(name) for name in names})
 
 

@@ -52,13 +52,13 @@ def experiment(**options):
     """Run an experiment NAME (or all) on the target and data; with no options, the shipped demo.
 
     \b
-    alpha      decision level: observed vs target FPR, TPR, per-image vs marginal thresholds
-    bag-size   regressors in the bag and their width: TPR@1%FPR, AUC, seed-to-seed spread, fit time
+    alpha      decision level: observed vs target FPR, conformal vs raw rule, TPR, vs marginal threshold
+    bag-size   ensemble size and kind (bootstrap / full data), width, selected regressor: TPR, spread, time
     timestep   SecMI t_sec, loss t and PIA t swept: power and scoring cost per image
     mismatch   the public set partly or wholly from shifted data: FPR drift and TPR loss
     defence    Gaussian noise on the target's eps output: attack power vs denoising loss
     targets    the attack across targets (given, or trained at a few sizes/lengths/schedules)
-    oracle     synthetic data with known per-image quantiles: the fitted thresholds vs the best possible
+    oracle     synthetic data with known quantiles: selected and paper thresholds vs the best possible
 
     Scores are cached per score setting in the output folder, so attack sweeps cost only
     regressor fits and a killed run resumes.

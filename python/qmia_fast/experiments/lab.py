@@ -13,6 +13,7 @@ from ..attack import BAG, MARGINAL, SINGLE, QuantileAttack
 from ..pipeline.audit import SETS, prepare, subsample
 from ..pipeline.specs import AuditSpec
 from ..progress import progress_bar
+from ..regress.selection import SELECTION_RULE
 from ..scoring.conditions import take
 from ..runtime import resolve_device
 from ..seeds import derive_seed
@@ -110,7 +111,9 @@ class Lab:
                                                        "T": p.target.schedule.T},
                 "sets": {name: int(len(idx)) for name, idx in p.sets.items()}, "score": self.settings,
                 "score_note": p.note, "alpha": self.alpha, "n_models": self.n_models,
-                "regressor": self.regressor_options(), "seed": self.spec.seed, "threads": self.spec.score.threads}
+                "regressor": self.spec.attack.regressor, "regressor_options": self.regressor_options(),
+                "calibration": self.spec.attack.calibration, "fit_budget": self.spec.attack.fit_budget,
+                "seed": self.spec.seed, "threads": self.spec.score.threads}
 
     # -- scoring --------------------------------------------------------------------------
 
@@ -171,34 +174,50 @@ class Lab:
     def fit(self, public_images: np.ndarray, public_raw: np.ndarray, eval_images: np.ndarray,
             eval_raw: np.ndarray, labels: np.ndarray, *, seed: int, alpha: float | None = None,
             n_models: int | None = None, width: int | None = None, baselines: bool = True,
+            calibration: str | None = None, regressor: str | None = None,
             extra: Callable[[Any, Any], dict] | None = None, extra_name: str | None = None) -> dict[str, Any]:
         """Fit a QuantileAttack on the public set, predict the evaluation set, and measure every method.
 
-        Cached in OUT/cache/fits by a hash of the inputs and settings. `extra(attack, result)`
-        adds measurements of its own (named by `extra_name`, part of the cache key).
+        calibration and regressor default to the user's (--calibration, --regressor). Cached in
+        OUT/cache/fits by a hash of the inputs and settings. `extra(attack, result)` adds
+        measurements of its own (named by `extra_name`, part of the cache key).
         """
         alpha = self.alpha if alpha is None else float(alpha)
         n_models = self.n_models if n_models is None else int(n_models)
         options = self.regressor_options(width)
+        calibration = calibration or self.spec.attack.calibration
+        regressor = regressor or self.spec.attack.regressor
+        fit_budget = self.spec.attack.fit_budget
         key = {"public_images": self.fingerprints.array(public_images), "public_raw": array_digest(public_raw),
                "eval_images": self.fingerprints.array(eval_images), "eval_raw": array_digest(eval_raw),
                "labels": array_digest(np.asarray(labels, np.int64)), "alpha": alpha, "n_models": n_models,
                "seed": seed, "baselines": baselines, "options": options, "extra": extra_name,
-               "device": self.fit_device}
+               "device": self.fit_device, "calibration": calibration, "regressor": regressor, "fit_budget": fit_budget}
+        if regressor == "auto":  # only a selected fit depends on the selection rule
+            key["selection_rule"] = SELECTION_RULE
         cached = self.fit_cache.get(key)
         if cached is not None:
             return cached
         started = time.perf_counter()
+        started_cpu = time.process_time()
         attack = QuantileAttack(alpha=alpha, n_models=n_models, seed=seed, baselines=baselines,
-                                device=self.fit_device, **options)
+                                device=self.fit_device, calibration=calibration, regressor=regressor,
+                                fit_budget=fit_budget, **options)
         attack.fit(public_images, public_raw)
         result = attack.predict(eval_images, eval_raw)
         timings = attack.fit_info["timings"]
+        info = attack.fit_info
         outcome = {"seed": seed, "alpha": alpha, "n_models": n_models, "width": attack.config.width,
                    "n_public": int(len(public_raw)), "parameters_per_regressor":
-                   attack.fit_info["parameters_per_regressor"],
+                   info["parameters_per_regressor"], "calibration": info["calibration"]["method"],
+                   "n_calibration": info["calibration"]["n_calibration"], "regressor": regressor,
+                   "chosen": info["selection"]["chosen"],
+                   "candidates": {c["name"]: c["validation_pinball_loss"] for c in info["selection"]["candidates"]
+                                  if c["skipped"] is None},
                    "fit_bag_s": timings["fit_bag_s"], "fit_single_s": timings.get("fit_single_s"),
+                   "fit_total_s": timings["fit_total_s"], "fit_total_cpu_s": timings["fit_total_cpu_s"],
                    "fit_and_predict_s": time.perf_counter() - started,
+                   "fit_and_predict_cpu_s": time.process_time() - started_cpu,
                    "methods": {name: method_metrics(m.score, m.decision, labels, alpha)
                                for name, m in result.methods().items()}}
         if extra is not None:

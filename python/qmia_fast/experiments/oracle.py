@@ -1,11 +1,12 @@
 """Experiment `oracle`: the attack on a synthetic problem whose true per-image quantile is known, beside that oracle."""
 from __future__ import annotations
 
+from collections import Counter
 from statistics import NormalDist
 
 import numpy as np
 
-from ..attack import BAG, MARGINAL, SINGLE, synthetic_problem
+from ..attack import BAG, MARGINAL, SINGLE, synthetic_problem, vote_threshold
 from ..seeds import derive_seed
 from .lab import Lab, method_metrics
 from .stats import mean_sd, rate_interval
@@ -42,7 +43,7 @@ def run(lab: Lab, section: Section) -> None:
     shown = np.flatnonzero(non)[:_SHOWN]
 
     def threshold_error(attack, result) -> dict:
-        bag_q = np.median(result.thresholds, axis=0)  # the vote's effective threshold for odd bag sizes
+        bag_q = vote_threshold(result.thresholds)  # the one threshold equivalent to the vote
         out = {"bag_rmse": float(np.sqrt(np.mean((bag_q[non] - true_q[non]) ** 2))),
                "bag_bias": float(np.mean(bag_q[non] - true_q[non])),
                "marginal_rmse": float(np.sqrt(np.mean((attack.marginal_threshold - true_q[non]) ** 2))),
@@ -54,12 +55,20 @@ def run(lab: Lab, section: Section) -> None:
         return out
 
     seeds = lab.seeds(budget.seeds)
-    with lab.fit_bar(len(seeds), "oracle: fitting") as bar:
-        fits = lab.fit_seeds(public.images, public.scores, test.images, test.scores, test.labels, seeds=seeds, bar=bar,
-                             extra=threshold_error, extra_name="oracle-threshold-error")
-    agg = aggregate(fits)
-    errors = {key: mean_sd(f["extra"][key] for f in fits if key in f["extra"])
-              for key in ("bag_rmse", "single_rmse", "marginal_rmse", "bag_bias", "single_bias")}
+    # The user's attack (default: auto + conformal) beside the paper's bag with the raw rule (the earlier default).
+    settings = {"selected": (lab.spec.attack.regressor, lab.spec.attack.calibration), "paper": ("paper", "none")}
+    if settings["selected"] == settings["paper"]:
+        settings.pop("paper")
+    by_setting = {}
+    with lab.fit_bar(len(settings) * len(seeds), "oracle: fitting") as bar:
+        for key, (regressor, calibration) in settings.items():
+            fits = lab.fit_seeds(public.images, public.scores, test.images, test.scores, test.labels, seeds=seeds,
+                                 bar=bar, extra=threshold_error, extra_name="oracle-threshold-error",
+                                 regressor=regressor, calibration=calibration)
+            errors = {k: mean_sd(f["extra"][k] for f in fits if k in f["extra"])
+                      for k in ("bag_rmse", "single_rmse", "marginal_rmse", "bag_bias", "single_bias")}
+            by_setting[key] = (fits, aggregate(fits), errors)
+    fits, agg, errors = by_setting["selected"]
     section.text(
         f"`synthetic_problem`: {budget.oracle_size}x{budget.oracle_size} images of brightness b ~ U(0, 1); a "
         f"non-member's log-score is ({meta['base_spread']:g} + {meta['spread_slope']:g} b) z with z ~ N(0, 1), a "
@@ -75,15 +84,24 @@ def run(lab: Lab, section: Section) -> None:
         rows.append([ORACLE_TITLES[name], pct(m.get("decision_tpr", float("nan")), 2),
                      pct(m.get("decision_fpr", float("nan")), 2), pct(m["tpr_at_1pct"], 2), num(m["auc"]),
                      "0" if name == ORACLE_Q else "-", "-"])
-    rmse = {BAG: errors["bag_rmse"], SINGLE: errors["single_rmse"], MARGINAL: errors["marginal_rmse"]}
-    fit_s = {BAG: agg["fit_bag_s"]["mean"], SINGLE: agg["fit_single_s"]["mean"], MARGINAL: None}
-    for name in (BAG, SINGLE, MARGINAL):
-        m = agg["methods"][name]
-        rows.append([TITLES[name], pct(m["decision_tpr"], 2), pct(m["decision_fpr"], 2), pct(m["tpr_at_1pct"], 2),
-                     num(m["auc"]), num(rmse[name]), seconds(fit_s[name]) if fit_s[name] else "-"])
-    section.table(["method", "decision TPR", "observed FPR", "TPR@1%FPR (ROC)", "AUC", "threshold RMSE", "fit time"],
-                  rows)
+    for key, (regressor, calibration) in settings.items():
+        _, a, e = by_setting[key]
+        rmse = {BAG: e["bag_rmse"], SINGLE: e["single_rmse"], MARGINAL: e["marginal_rmse"]}
+        fit_s = {BAG: a["fit_total_s"]["mean"], SINGLE: a["fit_single_s"]["mean"], MARGINAL: None}
+        label = f"--regressor {regressor}, calibration {calibration}"
+        for name in (BAG, SINGLE, MARGINAL):
+            m = a["methods"][name]
+            rows.append([f"{TITLES[name]} ({label})", pct(m["decision_tpr"], 2), pct(m["decision_fpr"], 2),
+                         pct(m["tpr_at_1pct"], 2), num(m["auc"]), num(rmse[name]),
+                         seconds(fit_s[name]) if fit_s[name] else "-"])
+    section.table(["method", "decision TPR", "observed FPR", "TPR@1%FPR (ROC)", "AUC", "threshold RMSE",
+                   "fit time (bag: whole fit)"], rows)
+    chosen = ", ".join(f"{k} x{v}" for k, v in sorted(Counter(agg["chosen"]).items()))
+    section.text(f"Regressor chosen by `{settings['selected'][0]}` over the seeds: {chosen}.")
     section.results.update(alpha=alpha, n_public=n, problem=meta, oracle=oracle, fitted=agg, threshold_error=errors,
+                           by_setting={key: {"regressor": settings[key][0], "calibration": settings[key][1],
+                                             "fitted": a, "threshold_error": e}
+                                       for key, (_, a, e) in by_setting.items()},
                            fpr_ci_oracle=list(rate_interval([oracle[ORACLE_Q]["fp"]], int(non.sum()))))
     brightness = test.brightness[shown]
     first = fits[0]["extra"]
@@ -124,11 +142,16 @@ def run(lab: Lab, section: Section) -> None:
                    "image's brightness. Right: TPR at 1% FPR of the two oracles and the fitted methods (± sd over "
                    "seeds).", draw)
     bag = agg["methods"][BAG]
+    paper_text = ""
+    if "paper" in by_setting:
+        _, a, e = by_setting["paper"]
+        paper_text = (f" The paper's bag with the raw rule: {pct(a['methods'][BAG]['tpr_at_1pct'], 2)}, thresholds "
+                      f"{num(e['bag_rmse'])} from the true ones.")
     section.text(f"Reading: the bag reaches {pct(bag['tpr_at_1pct'], 2)} TPR@1%FPR against "
                  f"{pct(oracle[ORACLE_Q]['tpr_at_1pct'], 2)} for the true quantiles and "
                  f"{pct(oracle[ORACLE_LR]['tpr_at_1pct'], 2)} for the likelihood ratio; its thresholds are "
                  f"{num(errors['bag_rmse'])} log-score units (RMSE) from the true ones, against "
-                 f"{num(errors['marginal_rmse'])} for the marginal threshold.")
+                 f"{num(errors['marginal_rmse'])} for the marginal threshold." + paper_text)
     section.summary.append(f"oracle quantile {pct(oracle[ORACLE_Q]['tpr_at_1pct'], 2)}, LR "
                            f"{pct(oracle[ORACLE_LR]['tpr_at_1pct'], 2)}, bag {pct(bag['tpr_at_1pct'], 2)}, single "
                            f"{pct(agg['methods'][SINGLE]['tpr_at_1pct'], 2)}, marginal "

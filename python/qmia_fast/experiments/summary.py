@@ -25,6 +25,10 @@ def aggregate(fits: Sequence[dict[str, Any]]) -> dict[str, Any]:
                                                                                   "decision_fpr")})
         out["methods"][name] = entry
     out["fit_bag_s"] = mean_sd(f["fit_bag_s"] for f in fits)
+    # Selection, baselines and calibration included; CPU time beside wall time (shared machines).
+    out["fit_total_s"] = mean_sd(f.get("fit_total_s") for f in fits)
+    out["fit_total_cpu_s"] = mean_sd(f.get("fit_total_cpu_s") for f in fits)
+    out["chosen"] = [f.get("chosen") for f in fits]
     out["fit_single_s"] = mean_sd(f["fit_single_s"] for f in fits if f.get("fit_single_s") is not None)
     out["parameters_per_regressor"] = fits[0]["parameters_per_regressor"] if fits else None
     return out

@@ -222,13 +222,14 @@ def _setup_text(setup: dict[str, Any]) -> str:
 
     method = score.get("method", "?")
     score_text = method + "".join(f", {k} = {score[k]}" for k in METHOD_SETTINGS.get(method, ()) if k in score)
-    reg = setup.get("regressor", {})
+    reg = setup.get("regressor_options", {})
     return (f"Target: {setup.get('model', {}).get('format', '?')} model, images "
             f"{'x'.join(map(str, setup.get('model', {}).get('image_shape', [])))}. Data: {setup.get('data', '?')}. "
             f"Sets: {sets.get('members', '?')} members, {sets.get('public', '?')} public non-members (the attacker's "
             f"auxiliary set), {sets.get('holdout', '?')} holdout non-members. Score: {score_text}"
             + (f" ({setup['score_note']})" if setup.get("score_note") else "")
-            + f". Attack: alpha = {setup.get('alpha')}, bag of {setup.get('n_models')} regressors"
+            + f". Attack: alpha = {setup.get('alpha')}, {setup.get('n_models')} regressors, regressor "
+            f"{setup.get('regressor', '?')}, calibration {setup.get('calibration', '?')}"
             + (f", regressor options {reg}" if reg else "") + f"; seed {setup.get('seed')}. "
             "TPR@1%FPR is read off the exact ROC of the continuous membership score (bag: mean margin); "
             "the decision rates are those of the fixed alpha decision on the holdout. "

@@ -125,7 +125,7 @@ def fit_and_predict(images: np.ndarray, sets: dict[str, np.ndarray], raw: dict[s
     from ..attack import QuantileAttack
 
     attack = QuantileAttack(alpha=attack_spec.alpha, n_models=attack_spec.n_models, seed=seed, progress=progress,
-                            device=device, threads=threads, **attack_spec.regressor_options())
+                            device=device, threads=threads, **attack_spec.attack_options())
     attack.fit(images[sets["public"]], raw["public"])
     indices = np.concatenate([sets["members"], sets["holdout"]])
     labels = np.concatenate([np.ones(len(sets["members"]), np.int8), np.zeros(len(sets["holdout"]), np.int8)])

@@ -187,7 +187,7 @@ class ScoreSpec:
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """The quantile attack: decision level alpha, bag size, regressor settings (None: RegressorConfig's defaults)."""
+    """The quantile attack: decision level alpha, bag size, calibration, regressor choice and settings (None: the chosen's)."""
 
     alpha: float = 0.01
     n_models: int = 7
@@ -195,14 +195,28 @@ class AttackSpec:
     reg_width: int | None = None
     reg_depth: int | None = None
     max_per_set: int | None = None
+    calibration: str = "conformal"   # conformal: FPR <= alpha guaranteed (split conformal); none: the raw rule
+    regressor: str = "auto"          # auto: chosen on held-out public data; or a named setting
+    fit_budget: float | None = None  # seconds for the selection; None: twice the paper bag's estimated work
 
     def __post_init__(self):
+        from ..regress.calibration import CALIBRATION_METHODS
+        from ..regress.selection import REGRESSOR_CHOICES, check_budget
+
         _fraction(self.alpha, "alpha")
+        _choice(self.calibration, CALIBRATION_METHODS, "calibration")
+        _choice(self.regressor, REGRESSOR_CHOICES, "regressor")
+        check_budget(self.fit_budget)
         _optional_int(self.n_models, "n_models", minimum=1)
         _optional_int(self.reg_epochs, "reg_epochs", minimum=1)
         _optional_int(self.reg_width, "reg_width", minimum=1)
         _optional_int(self.reg_depth, "reg_depth", minimum=1)
         _optional_int(self.max_per_set, "max_per_set", minimum=10)
+
+    def attack_options(self) -> dict[str, Any]:
+        """Keyword arguments of QuantileAttack besides alpha, n_models and seed."""
+        return {"calibration": self.calibration, "regressor": self.regressor, "fit_budget": self.fit_budget,
+                **self.regressor_options()}
 
     def regressor_options(self) -> dict[str, int]:
         names = {"reg_epochs": "epochs", "reg_width": "width", "reg_depth": "depth"}

@@ -1,9 +1,7 @@
-"""A fitted bag of quantile regressors: predict per-image quantiles, calibrate them, save and load."""
+"""A fitted bag of quantile regressors: predict per-image quantiles, shift them by calibration, take members apart, save and load."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
-
 import numpy as np
 import torch
 
@@ -34,42 +32,41 @@ class QuantileBag:
         self.target_mean = float(target_mean)
         self.target_std = float(target_std)
         self.history = history or TrainHistory()
-        # Per member and level, added to the network's quantiles (log units); set by calibrate().
+        # Per member and level, added to the network's quantiles (log units); set by set_shifts().
         self.offsets = np.zeros((network.n_models, len(self.levels)))
 
     @property
     def n_models(self) -> int:
         return self.network.n_models
 
-    def calibrate(self, images, targets, held_out: Sequence[np.ndarray], aux=None, threads: int | None = None
-                  ) -> np.ndarray:
-        """Shift each member's quantiles so that on images it never trained on the right share falls below.
+    def set_shifts(self, shifts) -> None:
+        """Add one calibrated shift per level (log units) to every member's quantiles (see attack's conformal calibration)."""
+        shifts = np.asarray(shifts, dtype=np.float64).reshape(1, -1)
+        if shifts.shape[1] != len(self.levels):
+            raise ConfigError(f"set_shifts needs one shift per level ({len(self.levels)}), got {shifts.shape[1]}")
+        self.offsets = np.repeat(shifts, self.n_models, axis=0)
 
-        Conformalised quantile regression (Romano, Patterson and Candes, 2019), member by
-        member: offset[j, k] is the levels[k]-quantile of y - q_jk(x) over held_out[j]. A
-        network's errors in the tail push the share of y below its predicted alpha-quantile
-        above alpha (the conditional CDF is convex there); the shift removes that bias.
-        Returns the offsets [n_models, n_levels].
-        """
-        targets = np.asarray(targets, dtype=np.float64)
-        if len(held_out) != self.n_models:
-            raise ConfigError(f"calibrate needs one held-out index set per member ({self.n_models}), "
-                              f"got {len(held_out)}")
-        raw = self.predict(images, aux, threads=threads, calibrated=False)
-        offsets = np.zeros_like(self.offsets)
-        for member, index in enumerate(held_out):
-            index = np.asarray(index, dtype=np.int64)
-            if index.size == 0:
-                continue
-            residual = targets[index, None] - raw[member, index, :]
-            offsets[member] = [np.quantile(residual[:, k], level) for k, level in enumerate(self.levels)]
-        self.offsets = offsets
-        return offsets
+    def member(self, j: int) -> "QuantileBag":
+        """Member j alone, as a bag of one (same input and target scaling, its own history and offsets)."""
+        from .fit import _member_state
+
+        single = BaggedResNet(1, **self.network.arch)
+        single.load_state_dict(_member_state(self.network.state_dict(), j, self.n_models))
+        device = next(self.network.parameters()).device
+        h = self.history
+        history = TrainHistory(h.epochs_run[j:j + 1], h.best_epoch[j:j + 1], h.best_val_loss[j:j + 1], 0.0)
+        bag = QuantileBag(single.to(device), self.scaler, self.levels, self.target_mean, self.target_std, history)
+        bag.offsets = self.offsets[j:j + 1].copy()
+        return bag
 
     @torch.no_grad()
     def predict(self, images, aux=None, batch_size: int = 1024, device=None, threads: int | None = None,
                 calibrated: bool = True) -> np.ndarray:
-        """Quantiles of log-score per member: float64 [n_models, N, n_levels] (with calibrate()'s offsets)."""
+        """Quantiles of log-score per member: float64 [n_models, N, n_levels] (plus set_shifts()'s offsets).
+
+        The offsets are added as they are, without re-sorting the levels: the decision at
+        alpha must use exactly the calibrated alpha column (a p-value sorts for itself).
+        """
         images_t = as_image_tensor(images)
         aux_t = as_aux_tensor(aux, images_t)
         self._check_inputs(images_t, aux_t)
@@ -86,9 +83,7 @@ class QuantileBag:
         quantiles = standardised * self.target_std + self.target_mean
         if not calibrated or not self.offsets.any():
             return quantiles
-        quantiles = quantiles + self.offsets[:, None, :]
-        # Different shifts per level could make neighbouring quantiles cross; a CDF cannot.
-        return np.maximum.accumulate(quantiles, axis=2)
+        return quantiles + self.offsets[:, None, :]
 
     def _check_inputs(self, images: torch.Tensor, aux: torch.Tensor | None) -> None:
         n_aux = 0 if aux is None else aux.shape[1]

@@ -11,6 +11,10 @@ from ..errors import ConfigError
 from ..runtime import resolve_device
 
 
+HEAD_KINDS = ("quantile", "levels", "gaussian")
+ENSEMBLE_KINDS = ("bootstrap", "full")
+
+
 @dataclass
 class RegressorConfig:
     """Architecture and training settings of every regressor in a bag (defaults measured in bench/bench_attack.py)."""
@@ -26,6 +30,12 @@ class RegressorConfig:
     holdout_frac: float = 0.1  # share of the public set used for early stopping
     patience: int = 4          # epochs without a better validation loss before a model stops
     monotone: bool = True      # several levels: predict increments so quantiles never cross
+    # quantile: pinball loss at the attack's levels; levels: pinball at alpha and a few levels above it
+    # (ATTACK_EXTRA_LEVELS), sharing one monotone head; gaussian: (mu, log sigma) by likelihood.
+    head: str = "quantile"
+    # bootstrap: the paper's bag, each member on a bootstrap resample (early stopping on out-of-bag
+    # images); full: each member on the whole training set but its own disjoint early-stopping fold.
+    ensemble: str = "bootstrap"
     device: str = "cpu"
     batched: bool | None = None  # None: one grouped network for the bag where measured faster
     # torch intra-op threads for training and prediction on CPU (None: torch's own setting).
@@ -33,7 +43,15 @@ class RegressorConfig:
     # one (README, "Speed"), so pass threads=1 (or set OMP_NUM_THREADS=1) there.
     threads: int | None = None
 
+    @property
+    def network_head(self) -> str:
+        return "gaussian" if self.head == "gaussian" else "quantile"
+
     def validate(self) -> "RegressorConfig":
+        if self.head not in HEAD_KINDS:
+            raise ConfigError(f"head must be one of {', '.join(HEAD_KINDS)}, got {self.head!r}")
+        if self.ensemble not in ENSEMBLE_KINDS:
+            raise ConfigError(f"ensemble must be one of {', '.join(ENSEMBLE_KINDS)}, got {self.ensemble!r}")
         if self.stem_stride is not None and (not isinstance(self.stem_stride, (int, np.integer))
                                              or isinstance(self.stem_stride, bool) or self.stem_stride < 1):
             raise ConfigError(f"stem_stride must be None (automatic) or a positive integer, got {self.stem_stride!r}")

@@ -15,7 +15,7 @@ from ..runtime import resolve_device, torch_threads
 from .bag import QuantileBag, TrainHistory
 from .config import RegressorConfig, check_levels
 from .inputs import ChannelScaler, as_aux_tensor, as_image_tensor
-from .network import BaggedResNet, auto_stem_stride, stack_models
+from .network import BaggedResNet, auto_stem_stride, gaussian_nll, stack_models
 
 
 def pinball_loss(pred: torch.Tensor, target: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -51,6 +51,29 @@ def bootstrap_plans(n: int, seeds: Sequence[int], holdout_frac: float) -> list[S
     return [SamplePlan(train, oob[:n_val]) for train, oob in zip(draws, out_of_bag)]
 
 
+def full_data_plans(n: int, seeds: Sequence[int], holdout_frac: float, fold_seed: int) -> list[SamplePlan]:
+    """Members on the whole set but one fold each: a seeded partition into max(B, ceil(1 / holdout_frac)) folds.
+
+    Member j stops early on fold j and trains on everything else, so every member sees
+    (1 - 1/folds) of the images and the folds are disjoint: each held-out image is
+    predicted by exactly one member that never trained on it (the selection's
+    validation loss). Folds are cut to one common size (the images cut go to training),
+    so the bag trains as one grouped network.
+    """
+    n_folds = max(len(seeds), math.ceil(1.0 / holdout_frac - 1e-9))
+    n_val = n // n_folds
+    if n_val < 1:
+        raise InputError(f"images: {n} are too few for {n_folds} early-stopping folds; "
+                         f"use fewer regressors (n_models) or a larger public set")
+    order = np.random.default_rng(fold_seed).permutation(n)
+    plans = []
+    for j in range(len(seeds)):
+        val = order[j * n_val:(j + 1) * n_val]
+        train = np.sort(np.concatenate([order[:j * n_val], order[(j + 1) * n_val:]]))
+        plans.append(SamplePlan(train, val))
+    return plans
+
+
 def holdout_plan(n: int, seed: int, holdout_frac: float) -> SamplePlan:
     """Train on all but a random `holdout_frac` slice of the public set, which stops training early."""
     order = np.random.default_rng(seed).permutation(n)
@@ -78,14 +101,16 @@ class _Batcher:
         return x, self.targets[flat].view(n, n_models)
 
 
-def _init_member(seed: int, in_channels: int, n_levels: int, config: RegressorConfig, stem_stride: int,
+def _init_member(seed: int, in_channels: int, levels: Sequence[float], config: RegressorConfig, stem_stride: int,
                  init_quantiles):
+    n_levels = len(levels)
     # Each member's weights depend only on its own seed, so a bag trained as one grouped
     # network and one trained model by model start from the same point.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         member = BaggedResNet(1, in_channels, n_levels, config.width, config.depth,
-                              config.head_width, config.monotone, stem_stride)
+                              config.head_width, config.monotone, stem_stride, head=config.network_head,
+                              levels=levels)
     member.init_output(init_quantiles)
     return member
 
@@ -141,7 +166,7 @@ def _train_group(batcher: _Batcher, plans, seeds, levels, config: RegressorConfi
     stem_stride = config.stem_stride or auto_stem_stride(height, width)
     if stem_stride > min(height, width):
         raise ConfigError(f"stem_stride={stem_stride} is larger than the {height} x {width} images")
-    members = [_init_member(s, batcher.scaler.n_channels, len(levels), config, stem_stride, init_quantiles)
+    members = [_init_member(s, batcher.scaler.n_channels, levels, config, stem_stride, init_quantiles)
                for s in seeds]
     model = stack_models(members).to(device)
     levels_t = torch.tensor(levels, dtype=torch.float32, device=device)
@@ -169,9 +194,11 @@ def _train_group(batcher: _Batcher, plans, seeds, levels, config: RegressorConfi
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * step_count / total_steps))
             x, y = batcher.batch(order[:, step * batch_size:(step + 1) * batch_size])
-            pred = model(x)
             # Summed over members so that each member's gradient is exactly its own mean loss's.
-            loss = pinball_loss(pred, y.unsqueeze(-1), levels_t).mean(dim=(0, 2)).sum()
+            if config.network_head == "gaussian":
+                loss = gaussian_nll(model.head_outputs(x), y).mean(dim=0).sum()
+            else:
+                loss = pinball_loss(model(x), y.unsqueeze(-1), levels_t).mean(dim=(0, 2)).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -205,11 +232,15 @@ def _train_group(batcher: _Batcher, plans, seeds, levels, config: RegressorConfi
 
 @torch.no_grad()
 def _validation_loss(model, batcher: _Batcher, val_index: np.ndarray, levels_t, batch_size: int) -> list[float]:
+    """Per member: its training objective on its validation images (pinball at the levels, or the Gaussian NLL)."""
     model.eval()
     total = torch.zeros(val_index.shape[0], dtype=torch.float64, device=batcher.device)
     for start in range(0, val_index.shape[1], batch_size):
         x, y = batcher.batch(val_index[:, start:start + batch_size])
-        total += pinball_loss(model(x), y.unsqueeze(-1), levels_t).double().mean(dim=2).sum(dim=0)
+        if model.head == "gaussian":
+            total += gaussian_nll(model.head_outputs(x), y).double().sum(dim=0)
+        else:
+            total += pinball_loss(model(x), y.unsqueeze(-1), levels_t).double().mean(dim=2).sum(dim=0)
     return (total / val_index.shape[1]).tolist()
 
 

@@ -1,6 +1,7 @@
 """The regressor network: B small residual CNNs run as one grouped network (B = 1: a plain residual CNN)."""
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import Sequence
 
 import torch
@@ -39,12 +40,23 @@ class BaggedResNet(nn.Module):
     """
 
     def __init__(self, n_models: int, in_channels: int, n_levels: int, width: int = 16,
-                 depth: int = 2, head_width: int = 64, monotone: bool = True, stem_stride: int = 1):
+                 depth: int = 2, head_width: int = 64, monotone: bool = True, stem_stride: int = 1,
+                 head: str = "quantile", levels: Sequence[float] | None = None):
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if head == "gaussian" and (levels is None or len(levels) != n_levels):
+            raise ValueError("a gaussian head needs the quantile levels it reports")
         self.n_models, self.in_channels, self.n_levels = n_models, in_channels, n_levels
+        self.head = head
         self.arch = dict(in_channels=in_channels, n_levels=n_levels, width=width, depth=depth,
-                         head_width=head_width, monotone=monotone, stem_stride=stem_stride)
-        self.monotone = monotone and n_levels > 1
+                         head_width=head_width, monotone=monotone, stem_stride=stem_stride, head=head,
+                         levels=None if levels is None else [float(v) for v in levels])
+        self.monotone = monotone and n_levels > 1 and head == "quantile"
+        # Gaussian head: (mu, log sigma) per member; its quantiles are mu + sigma * Phi^-1(level).
+        z = [NormalDist().inv_cdf(float(v)) for v in levels] if head == "gaussian" else [0.0] * n_levels
+        self.register_buffer("z_levels", torch.tensor(z, dtype=torch.float32), persistent=False)
+        n_outputs = 2 if head == "gaussian" else n_levels
         # A patchifying stem: full-resolution convolutions would cost most of the compute
         # for little gain in predicting one number per image.
         if stem_stride == 1:
@@ -64,19 +76,27 @@ class BaggedResNet(nn.Module):
             channels = out_channels
         self.stages = nn.Sequential(*stages)
         self.head_hidden = _grouped_conv(n_models, channels, head_width, 1, bias=True)
-        self.head_out = _grouped_conv(n_models, head_width, n_levels, 1, bias=True)
+        self.head_out = _grouped_conv(n_models, head_width, n_outputs, 1, bias=True)
         # Start near a constant prediction, which `init_output` then sets to the marginal quantiles.
         with torch.no_grad():
             self.head_out.weight.mul_(0.1)
 
-    def forward(self, x):
+    def head_outputs(self, x):
+        """The head's raw outputs N x n_models x (n_levels, or 2 = (mu, log sigma) for a gaussian head)."""
         if x.shape[1] == self.in_channels and self.n_models > 1:
             x = x.repeat(1, self.n_models, 1, 1)
         h = F.relu(self.stem_norm(self.stem(x)))
         h = self.stages(h)
         h = h.mean(dim=(2, 3), keepdim=True)
         out = self.head_out(F.relu(self.head_hidden(h)))
-        out = out.view(x.shape[0], self.n_models, self.n_levels)
+        return out.view(x.shape[0], self.n_models, -1)
+
+    def forward(self, x):
+        """Quantiles N x n_models x n_levels (standardised target units), increasing in the level where monotone."""
+        out = self.head_outputs(x)
+        if self.head == "gaussian":
+            mu, log_sigma = out[..., :1], out[..., 1:2].clamp(-LOG_SIGMA_LIMIT, LOG_SIGMA_LIMIT)
+            return mu + torch.exp(log_sigma) * self.z_levels
         if self.monotone:
             out = torch.cat([out[..., :1], out[..., :1] + torch.cumsum(F.softplus(out[..., 1:]), -1)], -1)
         return out
@@ -85,10 +105,23 @@ class BaggedResNet(nn.Module):
     def init_output(self, quantiles: Sequence[float]) -> None:
         """Set every member's output bias so that it starts at the given (standardised) quantiles."""
         values = torch.tensor(list(quantiles), dtype=torch.float32)
-        if self.monotone:
+        if self.head == "gaussian":
+            # Standardised targets: mean 0, sd 1, so the head starts at N(0, 1).
+            values = torch.zeros(2)
+        elif self.monotone:
             steps = torch.clamp(values[1:] - values[:-1], min=1e-3)
             values = torch.cat([values[:1], steps + torch.log(-torch.expm1(-steps))])  # softplus^-1
         self.head_out.bias.copy_(values.repeat(self.n_models))
+
+
+HEADS = ("quantile", "gaussian")
+LOG_SIGMA_LIMIT = 7.0  # exp(+-7) standard deviations: far outside any standardised target, and no overflow
+
+
+def gaussian_nll(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Elementwise Gaussian negative log-likelihood (without the constant) of target under head outputs (mu, log sigma)."""
+    mu, log_sigma = outputs[..., 0], outputs[..., 1].clamp(-LOG_SIGMA_LIMIT, LOG_SIGMA_LIMIT)
+    return log_sigma + 0.5 * ((target - mu) * torch.exp(-log_sigma)) ** 2
 
 
 def auto_stem_stride(height: int, width: int) -> int:

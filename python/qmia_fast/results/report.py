@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .. import metrics
+from ..voting import vote_threshold
 from ..atomic_io import save_npz, write_json, written_digest
 from ..errors import InputError, OutputError
 from .plots import PLOT_HINT, plot_roc, run_caption, write_plots
@@ -105,6 +106,9 @@ def report_from_attack(attack, result, labels, *, raw_scores=None, indices=None,
     fit_facts = {k: v for k, v in attack.fit_info.items() if k != "timings"}
     built = build_report(results, labels, config=merged_config, seed=attack.seed, alpha=attack.alpha,
                          timings=merged_timings, extra={"fit": fit_facts, **dict(extra or {})})
+    calibration_warning = (fit_facts.get("calibration") or {}).get("warning")
+    if calibration_warning:  # a conformal decision was asked for and could not be given: never silently
+        built["warnings"].append(calibration_warning)
     arrays = score_arrays(results, labels, raw_scores=raw_scores, indices=indices, votes=result.votes,
                           thresholds=result.thresholds, files=files)
     return built, arrays
@@ -157,20 +161,6 @@ def json_safe(obj):
     if isinstance(obj, Path):
         return str(obj)
     return obj
-
-
-def vote_threshold(thresholds) -> np.ndarray:
-    """The bag's effective per-image threshold [N] from its B thresholds [B, N].
-
-    Majority vote calls x a member iff more than B/2 regressors have log s(x) < q_j(x), i.e. iff
-    log s(x) is below the (floor(B/2) + 1)-th largest q_j(x): that order statistic is the one
-    threshold equivalent to the vote (the median for odd B), ties included.
-    """
-    values = np.asarray(thresholds, dtype=np.float64)
-    if values.ndim != 2 or values.shape[0] == 0:
-        raise InputError(f"thresholds must be [B, N] with B >= 1, got shape {values.shape}")
-    n_models = values.shape[0]
-    return np.sort(values, axis=0)[n_models - (n_models // 2 + 1)]
 
 
 def score_arrays(results: Mapping[str, tuple], labels, raw_scores=None, indices=None, votes=None,

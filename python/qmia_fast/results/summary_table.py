@@ -121,6 +121,21 @@ def format_summary_table(report: Mapping, legend: bool = True) -> str:
     return "\n".join(lines)
 
 
+def calibration_legend(calibration: Mapping) -> str:
+    """One legend entry: whether the decision is conformally calibrated, on how many images, under which assumption."""
+    if calibration.get("method") == "conformal":
+        bag = calibration.get("bag") or {}
+        return (f"calibration: split conformal on {calibration.get('n_calibration')} public images held out of all "
+                f"fitting ({calibration.get('n_training')} trained the regressors): the thresholds are shifted by the "
+                f"{bag.get('rank')}-th smallest calibration residual, so a non-member is called a member with "
+                f"probability at most {bag.get('rank')}/{(calibration.get('n_calibration') or 0) + 1} <= alpha "
+                "(over the calibration draw; one run's observed FPR varies around it), assuming "
+                f"{calibration.get('assumption')}.")
+    if calibration.get("requested") == "conformal":
+        return f"calibration: none ({calibration.get('warning')})."
+    return "calibration: none (--calibration none, the paper's raw rule); the decision's FPR is only about alpha."
+
+
 def table_legend(report: Mapping, has_decision: bool, has_oracle: bool, not_resolvable: bool) -> list[str]:
     """What each column of the summary table is, in lines of at most LEGEND_WIDTH characters."""
     n_pos, n_neg = report.get("n_members"), report.get("n_nonmembers")
@@ -137,7 +152,10 @@ def table_legend(report: Mapping, has_decision: bool, has_oracle: bool, not_reso
         entries.append(f"{_decision_title(alpha)}: each method's fixed rule at level alpha, set on the public set "
                        "only (QMIA-bag: member iff most of the bag put log s(x) below their alpha-quantile for x; "
                        "marginal threshold: below the public set's alpha-quantile), with its observed FPR and TPR "
-                       "on the evaluated images; its FPR should be near alpha.")
+                       "on the evaluated images.")
+        calibration = (report.get("fit") or {}).get("calibration")
+        if calibration:  # an audit's report (evaluate's has no fit)
+            entries.append(calibration_legend(calibration))
     if has_oracle:
         entries.append("oracle threshold: the one score threshold that these same non-members allow at that FPR "
                        "(the TPR@FPR point); optimistic, as an attacker cannot set it without the labels.")
