@@ -2,6 +2,7 @@
 
     python scripts/audit_targets.py [--targets /work/targets] [--out /work/audits] [--methods loss,secmi]
                                     [--json docs/experiments/families.json]
+    python scripts/audit_targets.py --table     # the JSON as docs/experiments.md's markdown table
 
 Runs `qmia-fast attack` (qf.run_audit) on every target with its default attack, once per score and
 condition mode, and writes one JSON with the headline metrics of every audit (bag, single
@@ -40,6 +41,26 @@ def headline(report: dict) -> dict:
     return out
 
 
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def table(results: dict) -> str:
+    """One markdown row per audit: AUC and TPR@1%FPR (95% CI) of the bag and the marginal threshold, FPR at alpha."""
+    rows = ["| target | score | condition | bag AUC | bag TPR@1%FPR [95% CI] | single | marginal | "
+            "FPR of the 1% decision | wall |", "|---" * 9 + "|"]
+    for key, entry in results.items():
+        name, score, condition = key.split("/")
+        bag, single, marginal = (entry["methods"].get(m, {})
+                                 for m in ("qmia_bag", "single_regressor", "marginal_threshold"))
+        ci = bag.get("tpr_at_1pct_ci") or [None, None]
+        rows.append(f"| {name} | {score} | {condition} | {bag.get('auc', float('nan')):.4f} | "
+                    f"{_pct(bag.get('tpr_at_1pct'))} [{_pct(ci[0])}, {_pct(ci[1])}] | "
+                    f"{_pct(single.get('tpr_at_1pct'))} | {_pct(marginal.get('tpr_at_1pct'))} | "
+                    f"{_pct(bag.get('decision_fpr'))} | {entry['seconds']:.0f} s |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default=os.environ.get("QMIA_TARGETS_ROOT", "/work/targets"))
@@ -47,20 +68,27 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default="loss,secmi")
     parser.add_argument("--only", default=None, help="comma-separated target names")
     parser.add_argument("--json", default="docs/experiments/families.json")
+    parser.add_argument("--conditions", default="own,null", help="condition modes for conditional targets")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for scoring and fitting")
+    parser.add_argument("--table", action="store_true", help="print the JSON as a markdown table and stop")
     args = parser.parse_args(argv)
     root = Path(args.targets)
     results = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
+    if args.table:
+        print(table(results))
+        return 0
     names = args.only.split(",") if args.only else list(TARGETS)
     for name in names:
         data, split, conditional = TARGETS[name]
         for score in args.methods.split(","):
-            for condition in (("own", "null") if conditional else ("own",)):
+            for condition in (args.conditions.split(",") if conditional else ("own",)):
                 key = f"{name}/{score}/{condition}"
                 out = Path(args.out) / f"{name}-{score}-{condition}"
                 spec = qf.AuditSpec(model=qf.ModelSpec(str(root / name)),
                                     data=qf.DataSpec(data.format(root=root),
                                                      split=None if split is None else split.format(root=root)),
-                                    score=qf.ScoreSpec(**SCORES[score], condition=condition), out=str(out),
+                                    score=qf.ScoreSpec(**SCORES[score], condition=condition, threads=args.threads),
+                                    out=str(out),
                                     overwrite=True, plots=True)
                 started = time.perf_counter()
                 audit = qf.run_audit(spec, log=lambda text: print(f"[{key}] {text}", flush=True))

@@ -138,7 +138,8 @@ def test_attack_config_file_and_command_line_override(workspace, tmp_path):
     out = tmp_path / "out"
     run("attack", "--config", config, "--alpha", "0.1", "--out", out)
     report = json.loads((out / "report.json").read_text())
-    assert report["config"]["attack"]["alpha"] == 0.1  # the command line wins
+    assert report["alpha"] == 0.1 and report["config"]["spec"]["attack"]["alpha"] == 0.1  # the command line wins
+    assert "alpha" not in report["config"]["attack"] and "alpha" not in report["methods"]["qmia_bag"]["decision"]
     assert report["config"]["attack"]["n_models"] == 3 and report["config"]["score"]["t_sec"] == 20  # from the file
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"no_such_option": 1}))

@@ -50,6 +50,8 @@ def build_report(results: Mapping[str, tuple], labels, *, config: Mapping | None
     for name, entry in results.items():
         scores, decision = entry if isinstance(entry, tuple) else (entry, None)
         summary = metrics.summarize(scores, labels_arr, decision, alpha=alpha, decision_kind=decision_kind)
+        if summary.get("decision"):
+            summary["decision"].pop("alpha", None)  # the report's own alpha (top level) is its level
         if oracle_alpha is not None:
             oracle = metrics.oracle_decision(scores, labels_arr, oracle_alpha)
             summary["oracle"] = metrics.decision_summary(oracle, labels_arr, oracle_alpha, "oracle")
@@ -101,7 +103,8 @@ def report_from_attack(attack, result, labels, *, raw_scores=None, indices=None,
     """
     results = result.report_results()
     merged_config = dict(config or {})
-    merged_config["attack"] = attack.params()
+    # The attack as fitted, without alpha: the report's top-level alpha is the one home of the level.
+    merged_config["attack"] = {key: value for key, value in attack.params().items() if key != "alpha"}
     merged_timings = {**attack.fit_info.get("timings", {}), **dict(timings or {})}
     fit_facts = {k: v for k, v in attack.fit_info.items() if k != "timings"}
     built = build_report(results, labels, config=merged_config, seed=attack.seed, alpha=attack.alpha,
