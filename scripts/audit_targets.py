@@ -41,23 +41,25 @@ def headline(report: dict) -> dict:
     return out
 
 
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+def _pct(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}%"
 
 
 def table(results: dict) -> str:
     """One markdown row per audit: AUC and TPR@1%FPR (95% CI) of the bag and the marginal threshold, FPR at alpha."""
     rows = ["| target | score | condition | bag AUC | bag TPR@1%FPR [95% CI] | single | marginal | "
-            "FPR of the 1% decision | wall |", "|---" * 9 + "|"]
+            "FPR of the 1% decision [95% CI] | wall |", "|---" * 9 + "|"]
     for key, entry in results.items():
         name, score, condition = key.split("/")
         bag, single, marginal = (entry["methods"].get(m, {})
                                  for m in ("qmia_bag", "single_regressor", "marginal_threshold"))
         ci = bag.get("tpr_at_1pct_ci") or [None, None]
+        fpr_ci = bag.get("decision_fpr_ci") or [None, None]
         rows.append(f"| {name} | {score} | {condition} | {bag.get('auc', float('nan')):.4f} | "
                     f"{_pct(bag.get('tpr_at_1pct'))} [{_pct(ci[0])}, {_pct(ci[1])}] | "
                     f"{_pct(single.get('tpr_at_1pct'))} | {_pct(marginal.get('tpr_at_1pct'))} | "
-                    f"{_pct(bag.get('decision_fpr'))} | {entry['seconds']:.0f} s |")
+                    f"{_pct(bag.get('decision_fpr'), 2)} [{_pct(fpr_ci[0], 2)}, {_pct(fpr_ci[1], 2)}] | "
+                    f"{entry['seconds']:.0f} s |")
     return "\n".join(rows)
 
 

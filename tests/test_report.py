@@ -161,7 +161,7 @@ def test_without_matplotlib_json_is_still_written(tmp_path, results, monkeypatch
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     built = report.build_report(methods, labels)
     written = report.write_report(tmp_path, built, report.score_arrays(methods, labels))
-    assert "pip install 'qmia-fast[plot]'" in written["note"]
+    assert "pip install '.[plot]'" in written["note"]
     assert "\n" not in written["note"]
     assert sorted(p.name for p in written["files"]) == ["leakpro.json", "report.json", "scores.csv", "scores.csv.json",
                                                                 "scores.npz"]

@@ -63,5 +63,6 @@ def require_extra(module: str, extra: str, feature: str):
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingExtraError(
             f"{feature} needs the optional package '{module}': "
-            f"install it with  pip install 'qmia-fast[{extra}]'  ({exc})"
+            f"install the package's '{extra}' extra with  pip install '.[{extra}]'  from the qmia-fast checkout "
+            f"({exc})"
         ) from None

@@ -9,7 +9,7 @@ import numpy as np
 from .. import metrics
 from ..atomic_io import atomic_path
 
-PLOT_HINT = "plots skipped: matplotlib is not installed (pip install 'qmia-fast[plot]')"
+PLOT_HINT = "plots skipped: matplotlib is not installed (pip install '.[plot]' from the qmia-fast checkout)"
 _DPI = 120
 _MEMBER_COLOR, _NONMEMBER_COLOR = "#d62728", "#1f77b4"
 
