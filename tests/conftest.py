@@ -10,9 +10,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 # The run plans' measurements go to a cache of this test session (inherited by the CLI runs in
 # subprocesses), never to the user's ~/.cache: every test sees decisions made in this session.
 if "QMIA_FAST_PLAN_CACHE" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
-    os.environ["QMIA_FAST_PLAN_CACHE"] = os.path.join(tempfile.mkdtemp(prefix="qmia-plans-"), "run_plans.json")
+    _PLAN_DIR = tempfile.mkdtemp(prefix="qmia-plans-")
+    os.environ["QMIA_FAST_PLAN_CACHE"] = os.path.join(_PLAN_DIR, "run_plans.json")
+    atexit.register(shutil.rmtree, _PLAN_DIR, True)  # the session's decisions go with it
 
 
 def _cuda_skip_reason() -> str | None:
