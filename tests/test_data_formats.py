@@ -236,7 +236,7 @@ def test_missing_pillow_names_the_extra(tmp_path, monkeypatch):
     (tmp_path / "a.png").write_bytes(b"\x89PNG")
     monkeypatch.setitem(sys.modules, "PIL.Image", None)
     monkeypatch.setitem(sys.modules, "PIL", None)
-    with pytest.raises(QmiaError, match=r"qmia-fast\[images\]"):
+    with pytest.raises(QmiaError, match=r"pip install '\.\[images\]'"):
         load_data(tmp_path)
 
 
