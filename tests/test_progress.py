@@ -56,3 +56,32 @@ def test_a_scoring_run_into_a_log_file_reports_progress_lines(tmp_path):
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("scoring 40 images")]
     assert len(lines) >= 2 and "left" in lines[0] and lines[-1].endswith(" s") and "done in" in lines[-1]
+
+
+def test_training_progress_reaches_a_log_with_the_running_loss_one_report_per_stage(monkeypatch, capsys):
+    """train-target's per-step callback: periodic lines in a log (not a terminal), each stage its own, resumed
+    stages counting the steps left after their checkpoint, the smoothed loss after the counts."""
+    monkeypatch.setattr(progress, "FIRST_LINE_S", 0.0)
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)
+    bar = progress.StepProgress()
+    for step in range(1, 4):
+        bar(step, 3, 0.5, "vae")
+    for step in range(6, 11):  # resumed at step 6 of 10
+        bar(step, 10, 1.0 if step == 6 else 0.0, "denoiser")
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    vae = [line for line in lines if line.startswith("training vae:")]
+    denoiser = [line for line in lines if line.startswith("training denoiser (resumed at step 6 of 10):")]
+    assert vae[-1].startswith("training vae: 3/3 (100%)") and "done in" in vae[-1] and vae[-1].endswith("loss 0.5000")
+    assert denoiser[0].startswith("training denoiser (resumed at step 6 of 10): 1/5 (20%)")
+    assert denoiser[0].endswith("; loss 1.0000")
+    assert denoiser[-1].startswith("training denoiser (resumed at step 6 of 10): 5/5 (100%)")
+    assert denoiser[-1].endswith(f"loss {0.98 ** 4:.4f}")
+
+
+def test_disabled_training_progress_writes_nothing(capsys):
+    bar = progress.StepProgress(enabled=False)
+    bar(1, 2, 0.1)
+    bar(2, 2, 0.1)
+    bar.close()
+    assert capsys.readouterr().err == ""

@@ -42,7 +42,7 @@ class QmiaGroup(click.Group):
         from . import progress
 
         formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
-        progress.use_terminal_bar(_click_bar)
+        progress.use_terminal_bar(_ClickBar)
         try:
             rv = super().main(args=args, prog_name=prog_name or "qmia-fast",
                               complete_var=complete_var, standalone_mode=False, **extra)
@@ -91,8 +91,22 @@ def interrupted_message(args) -> str:
     return "aborted"
 
 
-def _click_bar(length: int, label: str):
-    return click.progressbar(length=length, label=label, file=sys.stderr, show_eta=True, show_pos=True)
+class _ClickBar:
+    """click's progress bar with the progress protocol's optional note (e.g. a running loss) after the counts."""
+
+    def __init__(self, length: int, label: str):
+        self.bar = click.progressbar(length=length, label=label, file=sys.stderr, show_eta=True, show_pos=True,
+                                     item_show_func=lambda note: note)
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def update(self, n: int, note: str | None = None) -> None:
+        self.bar.update(n, current_item=note)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

@@ -16,13 +16,13 @@ _terminal_bar: Callable[[int, str], contextlib.AbstractContextManager] | None = 
 
 
 def use_terminal_bar(factory: Callable[[int, str], contextlib.AbstractContextManager] | None) -> None:
-    """factory(length, label) -> a context manager yielding an object with .update(n), for terminals."""
+    """factory(length, label) -> a context manager yielding an object with .update(n[, note]), for terminals."""
     global _terminal_bar
     _terminal_bar = factory
 
 
 class _Silent:
-    def update(self, n: int) -> None:
+    def update(self, n: int, note: str | None = None) -> None:
         pass
 
 
@@ -46,11 +46,14 @@ class LineReporter:
         self.stream = stream if stream is not None else sys.stderr
         self.clock = clock
         self.done = 0
+        self.note: str | None = None
         self.started = clock()
         self.next_line = self.started + min(FIRST_LINE_S, self.every)
 
-    def update(self, n: int) -> None:
+    def update(self, n: int, note: str | None = None) -> None:
         self.done += int(n)
+        if note is not None:
+            self.note = note
         now = self.clock()
         if now >= self.next_line and self.done < self.length:
             self._write(now)
@@ -64,6 +67,8 @@ class LineReporter:
             line += f", done in {format_duration(elapsed)}"
         elif rate > 0:
             line += f", about {format_duration((self.length - self.done) / rate)} left"
+        if self.note:
+            line += f"; {self.note}"
         print(line, file=self.stream, flush=True)
 
     def close(self) -> None:
@@ -81,7 +86,7 @@ def _lines(length: int, label: str) -> Iterator[LineReporter]:
 
 
 def progress_bar(enabled: bool, length: int, label: str):
-    """A context manager yielding an object with .update(n): a bar where stderr is a terminal, periodic lines where
+    """A context manager yielding an object with .update(n[, note]): a bar where stderr is a terminal, periodic lines where
     it is not (a log file, a pipe, a batch job), nothing when not enabled."""
     if not enabled or length <= 0:
         return contextlib.nullcontext(_Silent())
@@ -95,3 +100,34 @@ def _is_terminal(stream) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
         return False
+
+
+class StepProgress:
+    """The trainers' per-step callback `(step, total, loss[, stage])` shown as progress_bar: one bar (or log lines)
+    per stage, noted with a smoothed running loss; a resumed stage counts the steps left after its checkpoint."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.stage: str | None = None
+        self.running_loss: float | None = None
+        self._context = None
+        self._bar = None
+
+    def __call__(self, step: int, total: int, loss: float, stage: str | None = None) -> None:
+        if stage != self.stage:
+            self.close()
+            self.stage, self.running_loss = stage, None
+        if self._context is None:
+            label = "training" if stage is None else f"training {stage}"
+            # A resumed stage counts only the steps still to run, so the rate and the time left are this run's.
+            if step > 1:
+                label += f" (resumed at step {step} of {total})"
+            self._context = progress_bar(self.enabled, total - step + 1, label)
+            self._bar = self._context.__enter__()
+        self.running_loss = loss if self.running_loss is None else 0.98 * self.running_loss + 0.02 * loss
+        self._bar.update(1, f"loss {self.running_loss:.4f}")
+
+    def close(self) -> None:
+        if self._context is not None:
+            context, self._context, self._bar = self._context, None, None
+            context.__exit__(None, None, None)

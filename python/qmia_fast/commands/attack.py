@@ -6,7 +6,7 @@ import click
 from ..pipeline import DEFAULT_AUDIT_OUT, AuditSpec, run_audit
 from .common import (
     attack_options, attack_spec, config_option, data_options, data_spec, echo_err, model_options, model_spec,
-    score_spec, scoring_options,
+    resumable_options, score_spec, scoring_options,
 )
 
 
@@ -18,10 +18,7 @@ from .common import (
 @attack_options
 @click.option("--out", "out_dir", default=DEFAULT_AUDIT_OUT, show_default=True,
               help="Output folder: report.json, scores.npz, scores.csv, attack.pt and the plots.")
-@click.option("--chunk-size", default=None, type=click.IntRange(min=1),
-              help="Images per resumable chunk [default: about 1024].")
-@click.option("--overwrite", is_flag=True, default=False,
-              help="Replace a finished audit in --out, or partial scores left there by a run with other settings "
+@resumable_options("Replace a finished audit in --out, or partial scores left there by a run with other settings "
                    "(partial scores of the same run are kept).")
 def attack(**options):
     """Run the membership audit end to end. With no options: the shipped demo.

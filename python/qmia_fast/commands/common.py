@@ -158,6 +158,15 @@ def attack_options(func):
     )(func)
 
 
+def resumable_options(overwrite_help: str):
+    """--chunk-size and --overwrite of the commands that score resumably; what --overwrite replaces is theirs to say."""
+    return _compose(
+        click.option("--chunk-size", default=None, type=click.IntRange(min=1),
+                     help="Images per resumable chunk [default: about 1024]."),
+        click.option("--overwrite", is_flag=True, default=False, help=overwrite_help),
+    )
+
+
 # --- options -> specs -------------------------------------------------------------------------
 
 def model_spec(options: dict) -> ModelSpec:

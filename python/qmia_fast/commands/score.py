@@ -4,7 +4,10 @@ from __future__ import annotations
 import click
 
 from ..pipeline import SUBSETS, ScoreJob, run_score
-from .common import config_option, data_options, data_spec, echo_err, model_options, model_spec, score_spec, scoring_options
+from .common import (
+    config_option, data_options, data_spec, echo_err, model_options, model_spec, resumable_options, score_spec,
+    scoring_options,
+)
 
 
 @click.command("score")
@@ -22,10 +25,7 @@ from .common import config_option, data_options, data_spec, echo_err, model_opti
                    "beside the output]. Only the chunks are deleted after success, and the folder only if qmia-fast "
                    "made it.")
 @click.option("--keep-chunks", is_flag=True, default=False, help="Keep the chunks after success.")
-@click.option("--chunk-size", default=None, type=click.IntRange(min=1),
-              help="Images per resumable chunk [default: about 1024].")
-@click.option("--overwrite", is_flag=True, default=False,
-              help="Replace an existing --out, and discard partial chunks of a different run instead of refusing "
+@resumable_options("Replace an existing --out, and discard partial chunks of a different run instead of refusing "
                    "(chunks of the same run are kept).")
 def score(**options):
     """Score images with the target model (lower score = more likely a training member).

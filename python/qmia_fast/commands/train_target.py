@@ -1,45 +1,23 @@
 """`qmia-fast train-target`: train a target DDPM on the member images of a data set, resumably."""
 from __future__ import annotations
 
-import sys
-
 import click
 
+from ..progress import StepProgress
 from ..training import DIFFUSERS_DEFAULTS, SUMMARY_NAME, TRAIN_DEFAULTS
 
 _D = TRAIN_DEFAULTS
+DIT, TEXT = DIFFUSERS_DEFAULTS["dit"], DIFFUSERS_DEFAULTS["text_encoder"]
 
 
-class _ProgressBar:
-    """click progress bar fed by the trainers' per-step callback, showing a smoothed running loss (one bar per stage)."""
+def _sizes(*rows):
+    """Whole-number size options of the DiT and text-encoder families: (option, default, help)."""
+    def apply(func):
+        for name, default, text in reversed(rows):
+            func = click.option(name, type=click.IntRange(min=1), default=default, show_default=True, help=text)(func)
+        return func
 
-    def __init__(self):
-        self.bar = None
-        self.running_loss = None
-        self.stage = None
-
-    def __call__(self, step: int, total: int, loss: float, stage: str | None = None) -> None:
-        if stage != self.stage:
-            self.close()
-            self.stage, self.running_loss = stage, None
-        if self.bar is None:
-            label = "training" if stage is None else f"training {stage}"
-            self.bar = click.progressbar(length=total, label=label, show_eta=True, show_pos=True,
-                                         item_show_func=self._describe, file=sys.stderr)
-            self.bar.__enter__()
-            if step > 1:
-                self.bar.update(step - 1)  # resumed: the bar starts where the checkpoint left off
-        self.running_loss = loss if self.running_loss is None else 0.98 * self.running_loss + 0.02 * loss
-        self.bar.update(1, current_item=self.running_loss)
-
-    @staticmethod
-    def _describe(loss):
-        return "" if loss is None else f"loss {loss:.4f}"
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
+    return apply
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -132,20 +110,12 @@ def _int_list(text: str, option: str) -> list[int]:
               show_default=True)
 @click.option("--vae-lr", type=click.FloatRange(min=0, min_open=True), default=DIFFUSERS_DEFAULTS["vae"]["lr"],
               show_default=True)
-@click.option("--dit-layers", type=click.IntRange(min=1), default=DIFFUSERS_DEFAULTS["dit"]["layers"], show_default=True)
-@click.option("--dit-heads", type=click.IntRange(min=1), default=DIFFUSERS_DEFAULTS["dit"]["heads"], show_default=True)
-@click.option("--dit-head-dim", type=click.IntRange(min=1), default=DIFFUSERS_DEFAULTS["dit"]["head_dim"],
-              show_default=True)
-@click.option("--patch-size", type=click.IntRange(min=1), default=DIFFUSERS_DEFAULTS["dit"]["patch_size"],
-              show_default=True)
-@click.option("--text-dim", type=click.IntRange(min=1), default=DIFFUSERS_DEFAULTS["text_encoder"]["dim"],
-              show_default=True, help="CLIPTextModel hidden size.")
-@click.option("--text-layers", type=click.IntRange(min=1), default=DIFFUSERS_DEFAULTS["text_encoder"]["layers"],
-              show_default=True)
-@click.option("--text-heads", type=click.IntRange(min=1), default=DIFFUSERS_DEFAULTS["text_encoder"]["heads"],
-              show_default=True)
-@click.option("--text-max-length", type=click.IntRange(min=3), default=DIFFUSERS_DEFAULTS["text_encoder"]["max_length"],
-              show_default=True, help="Token positions (tokenizer model_max_length).")
+@_sizes(("--dit-layers", DIT["layers"], None), ("--dit-heads", DIT["heads"], None),
+        ("--dit-head-dim", DIT["head_dim"], None), ("--patch-size", DIT["patch_size"], None),
+        ("--text-dim", TEXT["dim"], "CLIPTextModel hidden size."), ("--text-layers", TEXT["layers"], None),
+        ("--text-heads", TEXT["heads"], None))
+@click.option("--text-max-length", type=click.IntRange(min=3), default=TEXT["max_length"], show_default=True,
+              help="Token positions (tokenizer model_max_length).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads [default: torch's].")
 def train_target(**options):
     """Train a target on the members of a data set: by default a DDPM (the pytorch-ddpm UNet, eps-prediction).
@@ -161,7 +131,7 @@ def train_target(**options):
         options[name] = tuple(_int_list(options[name], option))
     options["class_names"] = None if options["class_names"] is None else tuple(_names(options["class_names"]))
     job = TrainJob(**options)
-    bar = _ProgressBar()
+    bar = StepProgress()
     try:
         summary = run_training(job, log=lambda text: click.echo(text, err=True), progress=bar)
     finally:
