@@ -2,14 +2,14 @@
 #include <pybind11/pybind11.h>
 
 #include "bindings/binding_utils.h"
+#include "bindings/kernel_signatures.h"
 #include "cpu/kernels_cpu.h"
 #include "cpu/unet_layers_cpu.h"
 
 #include "qmia_build_config.h"
 
 namespace py = pybind11;
-using qmia::bindings::as_pointer;
-using qmia::bindings::make_layout;
+using namespace qmia::bindings;
 
 namespace {
 
@@ -35,6 +35,32 @@ py::dict build_info() {
   return info;
 }
 
+// Binds a kernel of both modules (bindings/kernel_signatures.h), followed by num_threads = 0
+// (the OpenMP default); run(args, num_threads) calls the core without the GIL.
+template <typename Names, typename Run>
+void def_threaded(py::module_& m, const char* name, const Names& names, Run run) {
+  def_kernel(
+      m, name, names,
+      [run](const spec_of<Run>& args, int num_threads) {
+        py::gil_scoped_release release;
+        run(args, num_threads);
+      },
+      py::arg("num_threads") = 0);
+}
+
+// Binds a storage conversion, convert(src, dst, dtype, n); one direction reads float32 and
+// writes dtype, the other the reverse.
+template <typename Src, typename Dst>
+void def_conversion(py::module_& m, const char* name, void (*convert)(const Src*, Dst*, int32_t, int64_t)) {
+  m.def(
+      name,
+      [convert](uintptr_t src, uintptr_t dst, int32_t dtype, int64_t n) {
+        py::gil_scoped_release release;
+        convert(as_pointer<const Src>(src), as_pointer<Dst>(dst), dtype, n);
+      },
+      py::arg("src"), py::arg("dst"), py::arg("dtype"), py::arg("n"));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cpu, m) {
@@ -47,59 +73,24 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("force_simd_level", &qmia::cpu::force_simd_level, py::arg("level"),
         "-1: the best the CPU supports; 0: baseline x86-64; 1: AVX2 (capped at what the CPU has)");
 
-  m.def(
-      "philox_uint32",
-      [](uintptr_t out, int64_t n_rows, int64_t n_groups, uint64_t seed, uint64_t offset, uint32_t stream,
-         int num_threads) {
-        py::gil_scoped_release release;
-        qmia::cpu::philox_uint32(as_pointer<uint32_t>(out), n_rows, n_groups, seed, offset, stream, num_threads);
-      },
-      py::arg("out"), py::arg("n_rows"), py::arg("n_groups"), py::arg("seed"), py::arg("offset"), py::arg("stream"),
-      py::arg("num_threads") = 0);
-
-  m.def(
-      "philox_normal",
-      [](uintptr_t out, int32_t dtype, int64_t n_rows, int64_t row_length, int32_t channels_last, int64_t channels,
-         int64_t plane, uint64_t seed, uint64_t offset, uintptr_t samples, uint32_t stream, int num_threads) {
-        const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
-        py::gil_scoped_release release;
-        qmia::cpu::philox_normal(as_pointer<void>(out), dtype, n_rows, layout, seed,
-                                 qmia::bindings::make_samples(samples, offset), stream, num_threads);
-      },
-      py::arg("out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"), py::arg("channels_last"),
-      py::arg("channels"), py::arg("plane"), py::arg("seed"), py::arg("offset"), py::arg("samples"), py::arg("stream"),
-      py::arg("num_threads") = 0);
-
-  m.def(
-      "noise_inject",
-      [](uintptr_t x0, uintptr_t a, float a_value, uintptr_t b, float b_value, uintptr_t x_t, uintptr_t eps_out,
-         int32_t dtype, int64_t n_rows, int64_t row_length, int32_t channels_last, int64_t channels, int64_t plane,
-         uint64_t seed, uint64_t offset, uintptr_t samples, uint32_t stream, int num_threads) {
-        const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
-        py::gil_scoped_release release;
-        qmia::cpu::noise_inject(as_pointer<const void>(x0), qmia::bindings::make_coefficient(a, a_value),
-                                qmia::bindings::make_coefficient(b, b_value), as_pointer<void>(x_t),
-                                as_pointer<void>(eps_out), dtype, n_rows, layout, seed,
-                                qmia::bindings::make_samples(samples, offset), stream, num_threads);
-      },
-      py::arg("x0"), py::arg("a"), py::arg("a_value"), py::arg("b"), py::arg("b_value"), py::arg("x_t"),
-      py::arg("eps_out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"), py::arg("channels_last"),
-      py::arg("channels"), py::arg("plane"), py::arg("seed"), py::arg("offset"), py::arg("samples"), py::arg("stream"),
-      py::arg("num_threads") = 0);
-
-  m.def(
-      "eps_sq_error",
-      [](uintptr_t eps_pred, uintptr_t out, int32_t dtype, int64_t n_rows, int64_t row_length, int32_t channels_last,
-         int64_t channels, int64_t plane, uint64_t seed, uint64_t offset, uintptr_t samples, uint32_t stream,
-         int num_threads) {
-        const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
-        py::gil_scoped_release release;
-        qmia::cpu::eps_sq_error(as_pointer<const void>(eps_pred), as_pointer<float>(out), dtype, n_rows, layout, seed,
-                                qmia::bindings::make_samples(samples, offset), stream, num_threads);
-      },
-      py::arg("eps_pred"), py::arg("out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"),
-      py::arg("channels_last"), py::arg("channels"), py::arg("plane"), py::arg("seed"), py::arg("offset"),
-      py::arg("samples"), py::arg("stream"), py::arg("num_threads") = 0);
+  def_threaded(m, "philox_uint32", PhiloxUint32Args::names("stream"),
+               [](const PhiloxUint32Args& args, int num_threads) {
+                 qmia::cpu::philox_uint32(args.out, args.n_rows, args.n_groups, args.seed, args.offset,
+                                          args.stream, num_threads);
+               });
+  def_threaded(m, "philox_normal", PhiloxNormalArgs::names("stream"),
+               [](const PhiloxNormalArgs& args, int num_threads) {
+                 qmia::cpu::philox_normal(args.out, args.dtype, args.n_rows, args.layout, args.seed,
+                                          args.samples, args.stream, num_threads);
+               });
+  def_threaded(m, "noise_inject", NoiseInjectArgs::names("stream"), [](const NoiseInjectArgs& args, int num_threads) {
+    qmia::cpu::noise_inject(args.x0, args.a, args.b, args.x_t, args.eps_out, args.dtype, args.n_rows, args.layout,
+                            args.seed, args.samples, args.stream, num_threads);
+  });
+  def_threaded(m, "eps_sq_error", EpsSqErrorArgs::names("stream"), [](const EpsSqErrorArgs& args, int num_threads) {
+    qmia::cpu::eps_sq_error(args.eps_pred, args.out, args.dtype, args.n_rows, args.layout, args.seed, args.samples,
+                            args.stream, num_threads);
+  });
 
   m.def("winograd_tiles", &qmia::cpu::winograd_tiles, py::arg("n"), py::arg("height"), py::arg("width"));
 
@@ -126,88 +117,27 @@ PYBIND11_MODULE(_cpu, m) {
       py::arg("m"), py::arg("bias"), py::arg("y"), py::arg("n"), py::arg("height"), py::arg("width"),
       py::arg("out_channels"), py::arg("p0"), py::arg("p1"), py::arg("num_threads") = 0);
 
-  m.def(
-      "group_norm_act",
-      [](uintptr_t x, uintptr_t add, int32_t add_kind, uintptr_t gamma, uintptr_t beta, int32_t param_dtype,
-         uintptr_t y, uintptr_t sum_out, int32_t dtype, int64_t n, int64_t pixels, int64_t channels, int64_t groups,
-         float eps, int32_t silu, int num_threads) {
-        py::gil_scoped_release release;
-        qmia::cpu::group_norm_act(as_pointer<const void>(x), as_pointer<const void>(add), add_kind,
-                                  as_pointer<const void>(gamma), as_pointer<const void>(beta), param_dtype,
-                                  as_pointer<void>(y), as_pointer<void>(sum_out), dtype, n, pixels, channels, groups,
-                                  eps, silu, num_threads);
-      },
-      py::arg("x"), py::arg("add"), py::arg("add_kind"), py::arg("gamma"), py::arg("beta"), py::arg("param_dtype"),
-      py::arg("y"), py::arg("sum_out"), py::arg("dtype"), py::arg("n"), py::arg("pixels"), py::arg("channels"),
-      py::arg("groups"), py::arg("eps"), py::arg("silu"), py::arg("num_threads") = 0);
+  def_threaded(m, "group_norm_act", GroupNormActArgs::names(), [](const GroupNormActArgs& args, int num_threads) {
+    qmia::cpu::group_norm_act(args.x, args.add, args.add_kind, args.gamma, args.beta, args.param_dtype, args.y,
+                              args.sum_out, args.dtype, args.n, args.pixels, args.channels, args.groups, args.eps,
+                              args.silu, num_threads);
+  });
+  def_threaded(m, "ddim_step", DdimStepArgs::names(), [](const DdimStepArgs& args, int num_threads) {
+    qmia::cpu::ddim_step(args.x, args.eps, args.c1, args.c2, args.out, args.dtype, args.n_rows, args.row_length,
+                         num_threads);
+  });
+  def_threaded(m, "ddim_step_sqerr", DdimStepSqerrArgs::names(), [](const DdimStepSqerrArgs& args, int num_threads) {
+    qmia::cpu::ddim_step_sqerr(args.x, args.eps, args.c1, args.c2, args.ref, args.out, args.dtype, args.n_rows,
+                               args.layout, num_threads);
+  });
+  def_threaded(m, "pnorm_error", PnormErrorArgs::names(), [](const PnormErrorArgs& args, int num_threads) {
+    qmia::cpu::pnorm_error(args.a, args.b, args.out, args.dtype, args.n_rows, args.layout, args.p, num_threads);
+  });
+  def_threaded(m, "vote", VoteArgs::names(), [](const VoteArgs& args, int num_threads) {
+    qmia::cpu::vote(args.scores, args.thresholds, args.dtype, args.n_samples, args.n_models, args.score_stride,
+                    args.model_stride, args.sample_stride, args.votes, args.decision, args.margin, num_threads);
+  });
 
-  m.def(
-      "ddim_step",
-      [](uintptr_t x, uintptr_t eps, uintptr_t c1, float c1_value, uintptr_t c2, float c2_value, uintptr_t out,
-         int32_t dtype, int64_t n_rows, int64_t row_length, int num_threads) {
-        py::gil_scoped_release release;
-        qmia::cpu::ddim_step(as_pointer<const void>(x), as_pointer<const void>(eps),
-                             qmia::bindings::make_coefficient(c1, c1_value),
-                             qmia::bindings::make_coefficient(c2, c2_value), as_pointer<void>(out), dtype, n_rows,
-                             row_length, num_threads);
-      },
-      py::arg("x"), py::arg("eps"), py::arg("c1"), py::arg("c1_value"), py::arg("c2"), py::arg("c2_value"),
-      py::arg("out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"), py::arg("num_threads") = 0);
-
-  m.def(
-      "ddim_step_sqerr",
-      [](uintptr_t x, uintptr_t eps, uintptr_t c1, float c1_value, uintptr_t c2, float c2_value, uintptr_t ref,
-         uintptr_t out, int32_t dtype, int64_t n_rows, int64_t row_length, int32_t channels_last, int64_t channels,
-         int64_t plane, int num_threads) {
-        const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
-        py::gil_scoped_release release;
-        qmia::cpu::ddim_step_sqerr(as_pointer<const void>(x), as_pointer<const void>(eps),
-                                   qmia::bindings::make_coefficient(c1, c1_value),
-                                   qmia::bindings::make_coefficient(c2, c2_value), as_pointer<const void>(ref),
-                                   as_pointer<float>(out), dtype, n_rows, layout, num_threads);
-      },
-      py::arg("x"), py::arg("eps"), py::arg("c1"), py::arg("c1_value"), py::arg("c2"), py::arg("c2_value"),
-      py::arg("ref"), py::arg("out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"),
-      py::arg("channels_last"), py::arg("channels"), py::arg("plane"), py::arg("num_threads") = 0);
-
-  m.def(
-      "pnorm_error",
-      [](uintptr_t a, uintptr_t b, uintptr_t out, int32_t dtype, int64_t n_rows, int64_t row_length,
-         int32_t channels_last, int64_t channels, int64_t plane, float p, int num_threads) {
-        const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
-        py::gil_scoped_release release;
-        qmia::cpu::pnorm_error(as_pointer<const void>(a), as_pointer<const void>(b), as_pointer<float>(out), dtype,
-                               n_rows, layout, p, num_threads);
-      },
-      py::arg("a"), py::arg("b"), py::arg("out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"),
-      py::arg("channels_last"), py::arg("channels"), py::arg("plane"), py::arg("p"), py::arg("num_threads") = 0);
-
-  m.def(
-      "vote",
-      [](uintptr_t scores, uintptr_t thresholds, int32_t dtype, int64_t n_samples, int64_t n_models,
-         int64_t score_stride, int64_t model_stride, int64_t sample_stride, uintptr_t votes, uintptr_t decision,
-         uintptr_t margin, int num_threads) {
-        py::gil_scoped_release release;
-        qmia::cpu::vote(as_pointer<const void>(scores), as_pointer<const void>(thresholds), dtype, n_samples,
-                        n_models, score_stride, model_stride, sample_stride, as_pointer<int32_t>(votes),
-                        as_pointer<uint8_t>(decision), as_pointer<void>(margin), num_threads);
-      },
-      py::arg("scores"), py::arg("thresholds"), py::arg("dtype"), py::arg("n_samples"), py::arg("n_models"),
-      py::arg("score_stride"), py::arg("model_stride"), py::arg("sample_stride"), py::arg("votes"),
-      py::arg("decision"), py::arg("margin"), py::arg("num_threads") = 0);
-
-  m.def(
-      "float_to_storage",
-      [](uintptr_t src, uintptr_t dst, int32_t dtype, int64_t n) {
-        py::gil_scoped_release release;
-        qmia::cpu::float_to_storage(as_pointer<const float>(src), as_pointer<void>(dst), dtype, n);
-      },
-      py::arg("src"), py::arg("dst"), py::arg("dtype"), py::arg("n"));
-  m.def(
-      "storage_to_float",
-      [](uintptr_t src, uintptr_t dst, int32_t dtype, int64_t n) {
-        py::gil_scoped_release release;
-        qmia::cpu::storage_to_float(as_pointer<const void>(src), as_pointer<float>(dst), dtype, n);
-      },
-      py::arg("src"), py::arg("dst"), py::arg("dtype"), py::arg("n"));
+  def_conversion(m, "float_to_storage", &qmia::cpu::float_to_storage);
+  def_conversion(m, "storage_to_float", &qmia::cpu::storage_to_float);
 }

@@ -7,14 +7,14 @@
 #include <string>
 
 #include "bindings/binding_utils.h"
+#include "bindings/kernel_signatures.h"
 #include "cuda/group_norm_cuda.h"
 #include "cuda/kernels_cuda.h"
 
 #include "qmia_build_config.h"
 
 namespace py = pybind11;
-using qmia::bindings::as_pointer;
-using qmia::bindings::make_layout;
+using namespace qmia::bindings;
 
 namespace {
 
@@ -67,6 +67,38 @@ py::dict build_info() {
   return info;
 }
 
+// Runs launch() with the GIL released and `device` current, raising its CUDA error as `name`'s.
+template <typename Launch>
+void launch_on_device(int device, const char* name, const Launch& launch) {
+  py::gil_scoped_release release;
+  DeviceGuard guard(device);
+  throw_on_error(launch(), name);
+}
+
+// Binds a kernel of both modules (bindings/kernel_signatures.h), followed by device and
+// cuda_stream; launch(args, stream) returns the launcher's status.
+template <typename Names, typename Launch>
+void def_launcher(py::module_& m, const char* name, const Names& names, Launch launch) {
+  def_kernel(
+      m, name, names,
+      [name, launch](const spec_of<Launch>& args, int device, uintptr_t stream) {
+        launch_on_device(device, name, [&] { return launch(args, as_stream(stream)); });
+      },
+      py::arg("device"), py::arg("cuda_stream"));
+}
+
+// The same for the kernels that take a scratch buffer: workspace comes before device and
+// cuda_stream; launch(args, workspace, stream).
+template <typename Names, typename Launch>
+void def_workspace_launcher(py::module_& m, const char* name, const Names& names, Launch launch) {
+  def_kernel(
+      m, name, names,
+      [name, launch](const spec_of<Launch>& args, uintptr_t workspace, int device, uintptr_t stream) {
+        launch_on_device(device, name, [&] { return launch(args, as_pointer<float>(workspace), as_stream(stream)); });
+      },
+      py::arg("workspace"), py::arg("device"), py::arg("cuda_stream"));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -77,166 +109,58 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("reduce_workspace_elements", &qmia::cuda::reduce_workspace_elements, py::arg("n_rows"),
         py::arg("row_length"));
 
-  m.def(
-      "philox_uint32",
-      [](uintptr_t out, int64_t n_rows, int64_t n_groups, uint64_t seed, uint64_t offset, uint32_t stream_id,
-         int device, uintptr_t stream) {
-        py::gil_scoped_release release;
-        DeviceGuard guard(device);
-        throw_on_error(qmia::cuda::philox_uint32(as_pointer<uint32_t>(out), n_rows, n_groups, seed, offset, stream_id,
-                                                 as_stream(stream)),
-                       "philox_uint32");
-      },
-      py::arg("out"), py::arg("n_rows"), py::arg("n_groups"), py::arg("seed"), py::arg("offset"),
-      py::arg("stream_id"), py::arg("device"), py::arg("cuda_stream"));
-
-  m.def(
-      "philox_normal",
-      [](uintptr_t out, int32_t dtype, int64_t n_rows, int64_t row_length, int32_t channels_last, int64_t channels,
-         int64_t plane, uint64_t seed, uint64_t offset, uintptr_t samples, uint32_t stream_id, int device,
-         uintptr_t stream) {
-        const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
-        py::gil_scoped_release release;
-        DeviceGuard guard(device);
-        throw_on_error(qmia::cuda::philox_normal(as_pointer<void>(out), dtype, n_rows, layout, seed,
-                                                 qmia::bindings::make_samples(samples, offset), stream_id,
-                                                 as_stream(stream)),
-                       "philox_normal");
-      },
-      py::arg("out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"), py::arg("channels_last"),
-      py::arg("channels"), py::arg("plane"), py::arg("seed"), py::arg("offset"), py::arg("samples"),
-      py::arg("stream_id"),
-      py::arg("device"), py::arg("cuda_stream"));
-
-  m.def(
-      "noise_inject",
-      [](uintptr_t x0, uintptr_t a, float a_value, uintptr_t b, float b_value, uintptr_t x_t, uintptr_t eps_out,
-         int32_t dtype, int64_t n_rows, int64_t row_length, int32_t channels_last, int64_t channels, int64_t plane,
-         uint64_t seed, uint64_t offset, uintptr_t samples, uint32_t stream_id, int device, uintptr_t stream) {
-        const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
-        py::gil_scoped_release release;
-        DeviceGuard guard(device);
-        throw_on_error(
-            qmia::cuda::noise_inject(as_pointer<const void>(x0), qmia::bindings::make_coefficient(a, a_value),
-                                     qmia::bindings::make_coefficient(b, b_value), as_pointer<void>(x_t),
-                                     as_pointer<void>(eps_out), dtype, n_rows, layout, seed,
-                                     qmia::bindings::make_samples(samples, offset), stream_id, as_stream(stream)),
-            "noise_inject");
-      },
-      py::arg("x0"), py::arg("a"), py::arg("a_value"), py::arg("b"), py::arg("b_value"), py::arg("x_t"),
-      py::arg("eps_out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"), py::arg("channels_last"),
-      py::arg("channels"), py::arg("plane"), py::arg("seed"), py::arg("offset"), py::arg("samples"),
-      py::arg("stream_id"),
-      py::arg("device"), py::arg("cuda_stream"));
-
-  m.def(
-      "eps_sq_error",
-      [](uintptr_t eps_pred, uintptr_t out, int32_t dtype, int64_t n_rows, int64_t row_length, int32_t channels_last,
-         int64_t channels, int64_t plane, uint64_t seed, uint64_t offset, uintptr_t samples, uint32_t stream_id,
-         uintptr_t workspace, int device, uintptr_t stream) {
-        const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
-        py::gil_scoped_release release;
-        DeviceGuard guard(device);
-        throw_on_error(qmia::cuda::eps_sq_error(as_pointer<const void>(eps_pred), as_pointer<float>(out),
-                                                as_pointer<float>(workspace), dtype, n_rows, layout, seed,
-                                                qmia::bindings::make_samples(samples, offset), stream_id,
-                                                as_stream(stream)),
-                       "eps_sq_error");
-      },
-      py::arg("eps_pred"), py::arg("out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"),
-      py::arg("channels_last"), py::arg("channels"), py::arg("plane"), py::arg("seed"), py::arg("offset"),
-      py::arg("samples"), py::arg("stream_id"), py::arg("workspace"), py::arg("device"), py::arg("cuda_stream"));
-
-  m.def(
-      "ddim_step",
-      [](uintptr_t x, uintptr_t eps, uintptr_t c1, float c1_value, uintptr_t c2, float c2_value, uintptr_t out,
-         int32_t dtype, int64_t n_rows, int64_t row_length, int device, uintptr_t stream) {
-        py::gil_scoped_release release;
-        DeviceGuard guard(device);
-        throw_on_error(qmia::cuda::ddim_step(as_pointer<const void>(x), as_pointer<const void>(eps),
-                                             qmia::bindings::make_coefficient(c1, c1_value),
-                             qmia::bindings::make_coefficient(c2, c2_value),
-                                             as_pointer<void>(out), dtype, n_rows, row_length, as_stream(stream)),
-                       "ddim_step");
-      },
-      py::arg("x"), py::arg("eps"), py::arg("c1"), py::arg("c1_value"), py::arg("c2"), py::arg("c2_value"),
-      py::arg("out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"), py::arg("device"),
-      py::arg("cuda_stream"));
-
-  m.def(
-      "ddim_step_sqerr",
-      [](uintptr_t x, uintptr_t eps, uintptr_t c1, float c1_value, uintptr_t c2, float c2_value, uintptr_t ref,
-         uintptr_t out, int32_t dtype, int64_t n_rows, int64_t row_length, int32_t channels_last, int64_t channels,
-         int64_t plane, uintptr_t workspace, int device, uintptr_t stream) {
-        const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
-        py::gil_scoped_release release;
-        DeviceGuard guard(device);
-        throw_on_error(qmia::cuda::ddim_step_sqerr(as_pointer<const void>(x), as_pointer<const void>(eps),
-                                                   qmia::bindings::make_coefficient(c1, c1_value),
-                             qmia::bindings::make_coefficient(c2, c2_value),
-                                                   as_pointer<const void>(ref), as_pointer<float>(out),
-                                                   as_pointer<float>(workspace), dtype, n_rows, layout,
-                                                   as_stream(stream)),
-                       "ddim_step_sqerr");
-      },
-      py::arg("x"), py::arg("eps"), py::arg("c1"), py::arg("c1_value"), py::arg("c2"), py::arg("c2_value"),
-      py::arg("ref"), py::arg("out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"),
-      py::arg("channels_last"), py::arg("channels"), py::arg("plane"), py::arg("workspace"), py::arg("device"),
-      py::arg("cuda_stream"));
-
-  m.def(
-      "pnorm_error",
-      [](uintptr_t a, uintptr_t b, uintptr_t out, int32_t dtype, int64_t n_rows, int64_t row_length,
-         int32_t channels_last, int64_t channels, int64_t plane, float p, uintptr_t workspace, int device,
-         uintptr_t stream) {
-        const qmia::RowLayout layout = make_layout(row_length, channels_last, channels, plane);
-        py::gil_scoped_release release;
-        DeviceGuard guard(device);
-        throw_on_error(qmia::cuda::pnorm_error(as_pointer<const void>(a), as_pointer<const void>(b),
-                                               as_pointer<float>(out), as_pointer<float>(workspace), dtype, n_rows,
-                                               layout, p, as_stream(stream)),
-                       "pnorm_error");
-      },
-      py::arg("a"), py::arg("b"), py::arg("out"), py::arg("dtype"), py::arg("n_rows"), py::arg("row_length"),
-      py::arg("channels_last"), py::arg("channels"), py::arg("plane"), py::arg("p"), py::arg("workspace"),
-      py::arg("device"), py::arg("cuda_stream"));
+  def_launcher(m, "philox_uint32", PhiloxUint32Args::names("stream_id"),
+               [](const PhiloxUint32Args& args, cudaStream_t stream) {
+                 return qmia::cuda::philox_uint32(args.out, args.n_rows, args.n_groups, args.seed, args.offset,
+                                                  args.stream, stream);
+               });
+  def_launcher(m, "philox_normal", PhiloxNormalArgs::names("stream_id"),
+               [](const PhiloxNormalArgs& args, cudaStream_t stream) {
+                 return qmia::cuda::philox_normal(args.out, args.dtype, args.n_rows, args.layout, args.seed,
+                                                  args.samples, args.stream, stream);
+               });
+  def_launcher(m, "noise_inject", NoiseInjectArgs::names("stream_id"),
+               [](const NoiseInjectArgs& args, cudaStream_t stream) {
+                 return qmia::cuda::noise_inject(args.x0, args.a, args.b, args.x_t, args.eps_out, args.dtype,
+                                                 args.n_rows, args.layout, args.seed, args.samples, args.stream,
+                                                 stream);
+               });
+  def_workspace_launcher(m, "eps_sq_error", EpsSqErrorArgs::names("stream_id"),
+                         [](const EpsSqErrorArgs& args, float* workspace, cudaStream_t stream) {
+                           return qmia::cuda::eps_sq_error(args.eps_pred, args.out, workspace, args.dtype,
+                                                           args.n_rows, args.layout, args.seed, args.samples,
+                                                           args.stream, stream);
+                         });
+  def_launcher(m, "ddim_step", DdimStepArgs::names(), [](const DdimStepArgs& args, cudaStream_t stream) {
+    return qmia::cuda::ddim_step(args.x, args.eps, args.c1, args.c2, args.out, args.dtype, args.n_rows,
+                                 args.row_length, stream);
+  });
+  def_workspace_launcher(m, "ddim_step_sqerr", DdimStepSqerrArgs::names(),
+                         [](const DdimStepSqerrArgs& args, float* workspace, cudaStream_t stream) {
+                           return qmia::cuda::ddim_step_sqerr(args.x, args.eps, args.c1, args.c2, args.ref,
+                                                              args.out, workspace, args.dtype, args.n_rows,
+                                                              args.layout, stream);
+                         });
+  def_workspace_launcher(m, "pnorm_error", PnormErrorArgs::names(),
+                         [](const PnormErrorArgs& args, float* workspace, cudaStream_t stream) {
+                           return qmia::cuda::pnorm_error(args.a, args.b, args.out, workspace, args.dtype,
+                                                          args.n_rows, args.layout, args.p, stream);
+                         });
 
   m.def("group_norm_workspace_elements", &qmia::cuda::group_norm_workspace_elements, py::arg("n"),
         py::arg("pixels"), py::arg("channels"));
 
-  m.def(
-      "group_norm_act",
-      [](uintptr_t x, uintptr_t add, int32_t add_kind, uintptr_t gamma, uintptr_t beta, int32_t param_dtype,
-         uintptr_t y, uintptr_t sum_out, int32_t dtype, int64_t n, int64_t pixels, int64_t channels, int64_t groups,
-         float eps, int32_t silu, uintptr_t workspace, int device, uintptr_t stream) {
-        py::gil_scoped_release release;
-        DeviceGuard guard(device);
-        throw_on_error(qmia::cuda::group_norm_act(as_pointer<const void>(x), as_pointer<const void>(add), add_kind,
-                                                  as_pointer<const void>(gamma), as_pointer<const void>(beta),
-                                                  param_dtype, as_pointer<void>(y), as_pointer<void>(sum_out),
-                                                  as_pointer<float>(workspace), dtype, n, pixels, channels, groups,
-                                                  eps, silu, as_stream(stream)),
-                       "group_norm_act");
-      },
-      py::arg("x"), py::arg("add"), py::arg("add_kind"), py::arg("gamma"), py::arg("beta"), py::arg("param_dtype"),
-      py::arg("y"), py::arg("sum_out"), py::arg("dtype"), py::arg("n"), py::arg("pixels"), py::arg("channels"),
-      py::arg("groups"), py::arg("eps"), py::arg("silu"), py::arg("workspace"), py::arg("device"),
-      py::arg("cuda_stream"));
-
-  m.def(
-      "vote",
-      [](uintptr_t scores, uintptr_t thresholds, int32_t dtype, int64_t n_samples, int64_t n_models,
-         int64_t score_stride, int64_t model_stride, int64_t sample_stride, uintptr_t votes, uintptr_t decision,
-         uintptr_t margin, int device, uintptr_t stream) {
-        py::gil_scoped_release release;
-        DeviceGuard guard(device);
-        throw_on_error(qmia::cuda::vote(as_pointer<const void>(scores), as_pointer<const void>(thresholds), dtype,
-                                        n_samples, n_models, score_stride, model_stride, sample_stride,
-                                        as_pointer<int32_t>(votes), as_pointer<uint8_t>(decision),
-                                        as_pointer<void>(margin), as_stream(stream)),
-                       "vote");
-      },
-      py::arg("scores"), py::arg("thresholds"), py::arg("dtype"), py::arg("n_samples"), py::arg("n_models"),
-      py::arg("score_stride"), py::arg("model_stride"), py::arg("sample_stride"), py::arg("votes"),
-      py::arg("decision"), py::arg("margin"), py::arg("device"), py::arg("cuda_stream"));
+  def_workspace_launcher(m, "group_norm_act", GroupNormActArgs::names(),
+                         [](const GroupNormActArgs& args, float* workspace, cudaStream_t stream) {
+                           return qmia::cuda::group_norm_act(args.x, args.add, args.add_kind, args.gamma,
+                                                             args.beta, args.param_dtype, args.y, args.sum_out,
+                                                             workspace, args.dtype, args.n, args.pixels,
+                                                             args.channels, args.groups, args.eps, args.silu,
+                                                             stream);
+                         });
+  def_launcher(m, "vote", VoteArgs::names(), [](const VoteArgs& args, cudaStream_t stream) {
+    return qmia::cuda::vote(args.scores, args.thresholds, args.dtype, args.n_samples, args.n_models,
+                            args.score_stride, args.model_stride, args.sample_stride, args.votes, args.decision,
+                            args.margin, stream);
+  });
 }

@@ -120,6 +120,14 @@ inline void check_vote(const void* scores, const void* thresholds, int32_t dtype
   check_pointer(margin, n_samples, "margin");
 }
 
+// Either direction of float_to_storage / storage_to_float: n elements from src to dst.
+inline void check_storage_conversion(const void* src, const void* dst, int32_t dtype, int64_t n) {
+  check_dtype(dtype);
+  check_size(n, "n");
+  check_pointer(src, n, "src");
+  check_pointer(dst, n, "dst");
+}
+
 // gamma, beta and the sum output are optional (null: 1, 0, not wanted), so only their dtype is checked.
 inline void check_group_norm(const void* x, const void* add, int32_t add_kind, int32_t param_dtype, const void* y,
                              int32_t dtype, int64_t n, int64_t pixels, int64_t channels, int64_t groups, float eps,

@@ -131,6 +131,17 @@ struct PhiloxKey {
 
 QMIA_HD PhiloxKey philox_key(uint64_t seed) { return PhiloxKey{uint32_t(seed), uint32_t(seed >> 32)}; }
 
+// The raw words of counter (group, stream, sample), for the philox_uint32 test kernels.
+// Four plain stores: on CUDA a uint4 store would need a 16-byte aligned caller pointer.
+QMIA_HD void store_philox_words(uint32_t* out /* [4] */, PhiloxKey key, uint64_t sample, uint32_t stream,
+                                uint32_t group) {
+  const PhiloxWords w = philox4x32_10(group, stream, uint32_t(sample), uint32_t(sample >> 32), key.k0, key.k1);
+  out[0] = w.w0;
+  out[1] = w.w1;
+  out[2] = w.w2;
+  out[3] = w.w3;
+}
+
 // The global sample index of each row of a noise kernel: offset + row, or one index per
 // row read from memory. The per-row form lets a CUDA graph replay with new sample
 // indices (a device array refilled between replays) where a scalar offset would be

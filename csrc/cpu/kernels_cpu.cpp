@@ -112,14 +112,7 @@ void philox_uint32(uint32_t* out /* [n_rows, n_groups, 4] */, int64_t n_rows, in
   parallel_tasks(n_rows, 4 * n_groups, num_threads, [&](int64_t row) {
     const uint64_t sample = offset + uint64_t(row);
     uint32_t* row_out = out + row * n_groups * 4;
-    for (int64_t g = 0; g < n_groups; ++g) {
-      const PhiloxWords w =
-          philox4x32_10(uint32_t(g), stream, uint32_t(sample), uint32_t(sample >> 32), key.k0, key.k1);
-      row_out[4 * g + 0] = w.w0;
-      row_out[4 * g + 1] = w.w1;
-      row_out[4 * g + 2] = w.w2;
-      row_out[4 * g + 3] = w.w3;
-    }
+    for (int64_t g = 0; g < n_groups; ++g) store_philox_words(row_out + 4 * g, key, sample, stream, uint32_t(g));
   });
 }
 
@@ -190,10 +183,7 @@ void vote(const void* scores /* [n_samples] strided */, const void* thresholds /
 }
 
 void float_to_storage(const float* src /* [n] */, void* dst /* [n] */, int32_t dtype, int64_t n) {
-  check_dtype(dtype);
-  check_size(n, "n");
-  check_pointer(src, n, "src");
-  check_pointer(dst, n, "dst");
+  check_storage_conversion(src, dst, dtype, n);
   dispatch_storage(dtype, [&](auto tag) {
     using S = typename decltype(tag)::type;
     S* out = static_cast<S*>(dst);
@@ -202,10 +192,7 @@ void float_to_storage(const float* src /* [n] */, void* dst /* [n] */, int32_t d
 }
 
 void storage_to_float(const void* src /* [n] */, float* dst /* [n] */, int32_t dtype, int64_t n) {
-  check_dtype(dtype);
-  check_size(n, "n");
-  check_pointer(src, n, "src");
-  check_pointer(dst, n, "dst");
+  check_storage_conversion(src, dst, dtype, n);
   dispatch_storage(dtype, [&](auto tag) {
     using S = typename decltype(tag)::type;
     const S* in = static_cast<const S*>(src);

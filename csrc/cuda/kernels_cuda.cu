@@ -112,14 +112,7 @@ __global__ void philox_uint32_kernel(uint32_t* out /* [n_rows, n_groups, 4] */, 
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = idx / n_groups;
     const int64_t group = idx - row * n_groups;
-    const uint64_t sample = offset + uint64_t(row);
-    const PhiloxWords w =
-        philox4x32_10(uint32_t(group), stream_id, uint32_t(sample), uint32_t(sample >> 32), key.k0, key.k1);
-    // Four plain stores: a uint4 store would need a 16-byte aligned caller pointer.
-    out[4 * idx + 0] = w.w0;
-    out[4 * idx + 1] = w.w1;
-    out[4 * idx + 2] = w.w2;
-    out[4 * idx + 3] = w.w3;
+    store_philox_words(out + 4 * idx, key, offset + uint64_t(row), stream_id, uint32_t(group));
   }
 }
 
@@ -176,19 +169,26 @@ __global__ void ddim_step_kernel(const S* x /* [n_rows, D] */, const S* eps /* [
 }
 
 // ---- row reductions ---------------------------------------------------------------
-// Term functors: terms4(row, e0, t) fills the terms of logical elements e0 .. e0 + 3.
+// Term functors: terms4(layout, row, e0, t) fills the terms of logical elements e0 .. e0 + 3
+// of `row`. The layout is the reduction's (launch_reduce), shared by all of its inputs.
+
+// The four elements at e0 of row `row` of a [n_rows, D] tensor.
+template <typename S>
+__device__ __forceinline__ void load_row4(const S* data /* [n_rows, D] */, const RowLayout& layout, int64_t row,
+                                          int64_t e0, float v[4]) {
+  load4(data + row * layout.row_length, layout, e0, v);
+}
 
 template <typename S>
 struct EpsSqTerms {
   const S* eps_pred;
-  RowLayout layout;
   PhiloxKey key;
   SampleIndex samples;
   uint32_t stream_id;
-  __device__ __forceinline__ void terms4(int64_t row, int64_t e0, float t[4]) const {
+  __device__ __forceinline__ void terms4(const RowLayout& layout, int64_t row, int64_t e0, float t[4]) const {
     float eps[4];
     philox_normal4(key, samples.at(row), stream_id, uint32_t(e0 / 4), eps[0], eps[1], eps[2], eps[3]);
-    load4(eps_pred + row * layout.row_length, layout, e0, t);
+    load_row4(eps_pred, layout, row, e0, t);
 #pragma unroll
     for (int j = 0; j < 4; ++j) t[j] = squared_difference(t[j], eps[j]);
   }
@@ -201,13 +201,11 @@ struct DdimSqerrTerms {
   const S* ref;
   RowCoefficient c1;
   RowCoefficient c2;
-  RowLayout layout;
-  __device__ __forceinline__ void terms4(int64_t row, int64_t e0, float t[4]) const {
-    const int64_t base = row * layout.row_length;
+  __device__ __forceinline__ void terms4(const RowLayout& layout, int64_t row, int64_t e0, float t[4]) const {
     float ev[4], rv[4];
-    load4(x + base, layout, e0, t);
-    load4(eps + base, layout, e0, ev);
-    load4(ref + base, layout, e0, rv);
+    load_row4(x, layout, row, e0, t);
+    load_row4(eps, layout, row, e0, ev);
+    load_row4(ref, layout, row, e0, rv);
     const float coef_x = c1.at(row), coef_eps = c2.at(row);
 #pragma unroll
     for (int j = 0; j < 4; ++j) t[j] = ddim_step_sqerr_term(coef_x, t[j], coef_eps, ev[j], rv[j]);
@@ -218,14 +216,12 @@ template <typename S>
 struct PnormTerms {
   const S* a;
   const S* b;
-  RowLayout layout;
   int32_t power;
   float p;
-  __device__ __forceinline__ void terms4(int64_t row, int64_t e0, float t[4]) const {
-    const int64_t base = row * layout.row_length;
+  __device__ __forceinline__ void terms4(const RowLayout& layout, int64_t row, int64_t e0, float t[4]) const {
     float bv[4];
-    load4(a + base, layout, e0, t);
-    load4(b + base, layout, e0, bv);
+    load_row4(a, layout, row, e0, t);
+    load_row4(b, layout, row, e0, bv);
 #pragma unroll
     for (int j = 0; j < 4; ++j) t[j] = pnorm_term(t[j], bv[j], power, p);
   }
@@ -235,11 +231,12 @@ struct PnormTerms {
 // chunk_start + 1024 k + 4l + j, and the folds follow row_reduce.h exactly.
 template <typename Terms>
 __global__ void __launch_bounds__(kBlock)
-    reduce_chunks_kernel(Terms terms, int64_t n_rows, int64_t row_length, int64_t n_chunks,
+    reduce_chunks_kernel(Terms terms, RowLayout layout, int64_t n_rows, int64_t n_chunks,
                          float* chunk_sums /* [n_rows, n_chunks], unused when n_chunks == 1 */,
                          float* out /* [n_rows], written when n_chunks == 1 */) {
   __shared__ float lanes[kReduceLanes];
   const int tid = threadIdx.x;
+  const int64_t row_length = layout.row_length;
   const int64_t n_tasks = n_rows * n_chunks;
   for (int64_t task = blockIdx.x; task < n_tasks; task += gridDim.x) {
     const int64_t row = task / n_chunks;
@@ -250,7 +247,7 @@ __global__ void __launch_bounds__(kBlock)
       const int64_t e0 = chunk_start + int64_t(step) * kReduceLanes + 4 * tid;
       if (e0 < row_length) {
         float t[4];
-        terms.terms4(row, e0, t);
+        terms.terms4(layout, row, e0, t);
 #pragma unroll
         for (int j = 0; j < 4; ++j)
           if (e0 + j < row_length) acc[j] += t[j];
@@ -290,10 +287,10 @@ __global__ void combine_chunks_kernel(const float* chunk_sums /* [n_rows, n_chun
 }
 
 template <typename Terms>
-cudaError_t launch_reduce(const Terms& terms, float* out /* [n_rows] */,
+cudaError_t launch_reduce(const Terms& terms, const RowLayout& layout, float* out /* [n_rows] */,
                           float* workspace /* [n_rows, n_chunks] when n_chunks > 1 */, int64_t n_rows,
-                          int64_t row_length, cudaStream_t stream) {
-  const int64_t n_chunks = reduce_num_chunks(row_length);
+                          cudaStream_t stream) {
+  const int64_t n_chunks = reduce_num_chunks(layout.row_length);
   if (n_chunks == 0) {
     // Empty rows sum to +0.0, whose bits are all zero.
     QMIA_RETURN_IF_ERROR(cudaMemsetAsync(out, 0, size_t(n_rows) * sizeof(float), stream));
@@ -301,7 +298,7 @@ cudaError_t launch_reduce(const Terms& terms, float* out /* [n_rows] */,
   }
   const int64_t n_tasks = n_rows * n_chunks;
   const unsigned grid = unsigned(std::min<int64_t>(n_tasks, kMaxBlocks));
-  reduce_chunks_kernel<<<grid, kBlock, 0, stream>>>(terms, n_rows, row_length, n_chunks, workspace, out);
+  reduce_chunks_kernel<<<grid, kBlock, 0, stream>>>(terms, layout, n_rows, n_chunks, workspace, out);
   QMIA_LAUNCH_CHECK();
   if (n_chunks > 1) {
     combine_chunks_kernel<<<unsigned(blocks_for(n_rows)), kBlock, 0, stream>>>(workspace, n_rows, n_chunks, out);
@@ -386,8 +383,8 @@ cudaError_t eps_sq_error(const void* eps_pred /* [n_rows, D] */, float* out /* [
   if (n_rows == 0) return cudaSuccess;
   return dispatch_storage(dtype, [&](auto tag) {
     using S = typename decltype(tag)::type;
-    const EpsSqTerms<S> terms{static_cast<const S*>(eps_pred), layout, philox_key(seed), samples, stream_id};
-    return launch_reduce(terms, out, workspace, n_rows, layout.row_length, stream);
+    const EpsSqTerms<S> terms{static_cast<const S*>(eps_pred), philox_key(seed), samples, stream_id};
+    return launch_reduce(terms, layout, out, workspace, n_rows, stream);
   });
 }
 
@@ -421,8 +418,8 @@ cudaError_t ddim_step_sqerr(const void* x /* [n_rows, D] */, const void* eps /* 
   return dispatch_storage(dtype, [&](auto tag) {
     using S = typename decltype(tag)::type;
     const DdimSqerrTerms<S> terms{static_cast<const S*>(x), static_cast<const S*>(eps), static_cast<const S*>(ref),
-                                  c1, c2, layout};
-    return launch_reduce(terms, out, workspace, n_rows, layout.row_length, stream);
+                                  c1, c2};
+    return launch_reduce(terms, layout, out, workspace, n_rows, stream);
   });
 }
 
@@ -434,8 +431,8 @@ cudaError_t pnorm_error(const void* a /* [n_rows, D] */, const void* b /* [n_row
   if (n_rows == 0) return cudaSuccess;
   return dispatch_storage(dtype, [&](auto tag) {
     using S = typename decltype(tag)::type;
-    const PnormTerms<S> terms{static_cast<const S*>(a), static_cast<const S*>(b), layout, power_code(p), p};
-    return launch_reduce(terms, out, workspace, n_rows, layout.row_length, stream);
+    const PnormTerms<S> terms{static_cast<const S*>(a), static_cast<const S*>(b), power_code(p), p};
+    return launch_reduce(terms, layout, out, workspace, n_rows, stream);
   });
 }
 
