@@ -78,6 +78,15 @@ def one_torch_thread_per_module():
         yield
 
 
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    """A tiny Stable-Diffusion pipeline folder (diffusers_builders.build_text_to_image), built once per module;
+    tests that change it work on a copy."""
+    from diffusers_builders import build_text_to_image
+
+    return build_text_to_image(tmp_path_factory.mktemp("sd") / "pipe")
+
+
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def device(request):
     """Every device this machine can run on; 'cuda' is skipped where there is no GPU."""

@@ -16,7 +16,7 @@ import torch
 
 __all__ = [
     "perturb", "save_scheduler", "build_pixel_unet", "build_class_unet", "build_flow_unet", "build_latent_unet",
-    "build_dit", "build_text_to_image", "build_lora", "write_clip_tokenizer", "TOKENIZER_MAX_LENGTH",
+    "build_dit", "build_text_to_image", "build_lora", "write_clip_tokenizer", "prompt_states", "TOKENIZER_MAX_LENGTH",
 ]
 
 TOKENIZER_MAX_LENGTH = 8
@@ -94,22 +94,22 @@ def build_flow_unet(root: Path, *, shift: float = 3.0, heun: bool = False) -> Pa
     return root
 
 
-def _kl_vae():
+def _codec(class_name: str, seed: int, **settings):
+    """A diffusers autoencoder of `class_name` for 3 x 16 x 16 images (two 32-channel levels), seeded and perturbed."""
     diffusers = _diffusers()
-    torch.manual_seed(1)
-    return perturb(diffusers.AutoencoderKL(
+    torch.manual_seed(seed)
+    return perturb(getattr(diffusers, class_name)(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 32), latent_channels=4,
-        layers_per_block=1, norm_num_groups=32, sample_size=16, scaling_factor=0.3), seed=1)
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=32,
+        **settings), seed=seed)
+
+
+def _kl_vae():
+    return _codec("AutoencoderKL", 1, latent_channels=4, sample_size=16, scaling_factor=0.3)
 
 
 def _vq_vae():
-    diffusers = _diffusers()
-    torch.manual_seed(2)
-    return perturb(diffusers.VQModel(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 32), latent_channels=3,
-        layers_per_block=1, norm_num_groups=32, num_vq_embeddings=16, vq_embed_dim=3, scaling_factor=0.5), seed=2)
+    return _codec("VQModel", 2, latent_channels=3, num_vq_embeddings=16, vq_embed_dim=3, scaling_factor=0.5)
 
 
 def build_latent_unet(root: Path, *, vae: str = "kl", prediction_type: str = "epsilon") -> Path:
@@ -200,6 +200,15 @@ def build_text_to_image(root: Path, *, prediction_type: str = "epsilon", max_len
                  tokenizer=["transformers", "CLIPTokenizer"], scheduler=["diffusers", "PNDMScheduler"],
                  safety_checker=[None, None], feature_extractor=[None, None])
     return root
+
+
+def prompt_states(tokenizer, text_encoder, captions) -> torch.Tensor:
+    """The text encoder's last hidden states of `captions` padded to the tokenizer's length: what
+    StableDiffusionPipeline.encode_prompt computes at guidance scale 1, the tests' reference."""
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    with torch.no_grad():
+        return text_encoder(ids)[0]
 
 
 def build_lora(pipeline: Path, out: Path, *, text_encoder: bool = False, rank: int = 4, alpha: float = 8.0,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qmia_fast.models import EpsModel, UNet
+from qmia_fast.models import EpsModel, UNet, save_model
 from qmia_fast.schedule import linear_schedule
 
 # The storage dtypes every kernel takes (float32 arithmetic inside); tests parametrize over them.
@@ -32,6 +32,16 @@ def tiny_model(channels: int = 3, size: int = 8, seed: int = 0, cls=EpsModel, **
 
 def random_images(n: int, channels: int = 3, size: int = 8, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, channels, size, size), dtype=np.uint8)
+
+
+def write_tiny_target(root, n_images: int, member_step: int | None = None, perturb: float = 0.2):
+    """root/model (a tiny 1 x 8 x 8 UNet, no attention), root/images.npy (n_images random images) and, with a
+    member_step, root/members.npy (every member_step-th image): the inputs of a small CLI or API run."""
+    save_model(tiny_unet(1, 8, attn=(), perturb=perturb), root / "model", linear_schedule())
+    np.save(root / "images.npy", random_images(n_images, channels=1))
+    if member_step is not None:
+        np.save(root / "members.npy", np.arange(0, n_images, member_step))
+    return root
 
 
 def tiny_diffusers_unet(out_channels: int = 3):

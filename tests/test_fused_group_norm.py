@@ -213,6 +213,18 @@ def _rel(a, ref):
     return ((a.double() - ref).norm() / ref.norm()).item()
 
 
+def _plain_and_fused(model, x, t, run):
+    """The plain path's float64 output, and {fused: run(model)} with the fused path off and on (no gradients)."""
+    with torch.no_grad():
+        exact = model.double().set_fused(False)(x.double(), t)
+        model.float()
+        outs = {}
+        for fused in (False, True):
+            model.set_fused(fused)
+            outs[fused] = run(model)
+    return exact, outs
+
+
 def test_unet_fused_path_equals_the_plain_path_at_fp32():
     model = _small_unet()
     x, t = _unet_inputs()
@@ -252,21 +264,18 @@ def test_unet_keeps_torch_layers_when_gradients_are_needed():
 @pytest.mark.parametrize("how", ["autocast", "cast"])
 def test_unet_fused_path_in_half_precision(dtype, how):
     # Against float64: the fused path's error is the half-precision network's own error.
-    model = _small_unet()
     x, t = _unet_inputs()
-    with torch.no_grad():
-        exact = model.double().set_fused(False)(x.double(), t)
-        model.float()
-        errors = {}
-        for fused in (False, True):
-            model.set_fused(fused)
-            if how == "autocast":
-                with torch.autocast("cpu", dtype=dtype):
-                    out = model(x, t)
-            else:
-                out = model.to(dtype)(x.to(dtype), t)
-                model.float()
-            errors[fused] = _rel(out, exact)
+
+    def run(net):
+        if how == "autocast":
+            with torch.autocast("cpu", dtype=dtype):
+                return net(x, t)
+        out = net.to(dtype)(x.to(dtype), t)
+        net.float()
+        return out
+
+    exact, outs = _plain_and_fused(_small_unet(), x, t, run)
+    errors = {fused: _rel(out, exact) for fused, out in outs.items()}
     bound = 2e-2 if dtype == torch.bfloat16 else 3e-3
     assert errors[True] < bound and errors[False] < bound
     assert errors[True] < 2 * errors[False] + 1e-4
@@ -371,17 +380,14 @@ def test_cuda_unet_fused_path_equals_the_plain_path(dtype):
     x, t = (v.cuda() for v in _unet_inputs(n=4))
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # strict fp32 on both paths
-    with torch.no_grad():
-        exact = model.double().set_fused(False)(x.double(), t)
-        model.float()
-        outs = {}
-        for fused in (False, True):
-            model.set_fused(fused)
-            if dtype == torch.float32:
-                outs[fused] = model(x, t)
-            else:
-                with torch.autocast("cuda", dtype=dtype):
-                    outs[fused] = model(x, t)
+
+    def run(net):
+        if dtype == torch.float32:
+            return net(x, t)
+        with torch.autocast("cuda", dtype=dtype):
+            return net(x, t)
+
+    exact, outs = _plain_and_fused(model, x, t, run)
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     if dtype == torch.float32:
         torch.testing.assert_close(outs[True], outs[False], rtol=1e-4, atol=1e-5)

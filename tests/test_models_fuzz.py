@@ -15,7 +15,7 @@ from qmia_fast.errors import QmiaError
 from qmia_fast.models import load_model
 from qmia_fast.models.scheduler_kinds import DDPM_SCHEDULERS, FLOW_SCHEDULERS, resolve_scheduler
 from qmia_fast.models.wrapper import EpsModel
-from diffusers_builders import build_dit, build_text_to_image
+from diffusers_builders import build_dit
 from test_config_fuzz import FUZZ, JSON_VALUES, NEAR_VALID, _json_text, _load_or_error, _memory_bound
 
 pytest.importorskip("diffusers")
@@ -75,12 +75,6 @@ def _runs(model: EpsModel) -> None:
 @pytest.fixture(scope="module")
 def dit_folder(tmp_path_factory):
     return build_dit(tmp_path_factory.mktemp("fuzz_dit") / "dit")
-
-
-@pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory):
-    pytest.importorskip("transformers")
-    return build_text_to_image(tmp_path_factory.mktemp("fuzz_sd") / "sd")
 
 
 _DIT_KEYS = st.sampled_from(["num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "num_layers",

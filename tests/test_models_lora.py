@@ -13,7 +13,7 @@ import torch
 
 from qmia_fast.errors import ModelLoadError
 from qmia_fast.models import load_model
-from diffusers_builders import build_class_unet, build_lora, build_text_to_image
+from diffusers_builders import build_class_unet, build_lora, prompt_states
 
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("peft")
@@ -23,11 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CLOSE = dict(rtol=1e-5, atol=1e-5)
 T = torch.tensor([3, 400, 900])
 CAPTIONS = ["a low cat", "lower", ""]
-
-
-@pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory):
-    return build_text_to_image(tmp_path_factory.mktemp("lora_sd") / "pipe")
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +39,6 @@ def _diffusers_pipeline(folder, lora):
     return pipe
 
 
-def _reference_states(pipe, captions):
-    ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
-                         return_tensors="pt").input_ids
-    with torch.no_grad():
-        return pipe.text_encoder(ids)[0]
-
-
 @pytest.mark.parametrize("which", ["unet", "both"])
 def test_merged_lora_equals_diffusers_load_lora_weights(sd_folder, lora_files, which):
     lora = lora_files[which]
@@ -59,7 +47,7 @@ def test_merged_lora_equals_diffusers_load_lora_weights(sd_folder, lora_files, w
     base = load_model(sd_folder)
     z = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     states, _ = model.text_encoder.encode(CAPTIONS)
-    reference_states = _reference_states(pipe, CAPTIONS)
+    reference_states = prompt_states(pipe.tokenizer, pipe.text_encoder, CAPTIONS)
     torch.testing.assert_close(states, reference_states, **CLOSE)
     base_states, _ = base.text_encoder.encode(CAPTIONS)
     assert torch.equal(base_states, states) == (which == "unet")  # the text encoder changes only with its LoRA

@@ -14,7 +14,7 @@ import torch
 
 from qmia_fast.errors import InputError, ModelLoadError
 from qmia_fast.models import Conditioning, load_model
-from diffusers_builders import TOKENIZER_MAX_LENGTH, build_text_to_image
+from diffusers_builders import TOKENIZER_MAX_LENGTH, build_text_to_image, prompt_states
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
@@ -23,11 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 EXACT = dict(rtol=0, atol=0)
 T = torch.tensor([0, 250, 999])
 CAPTIONS = ["a low cat", "", "a very long caption that cannot fit"]
-
-
-@pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory):
-    return build_text_to_image(tmp_path_factory.mktemp("sd") / "pipe")
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +37,6 @@ def references(sd_folder):
     tokenizer = transformers.CLIPTokenizer.from_pretrained(sd_folder / "tokenizer", local_files_only=True)
     vae = diffusers.AutoencoderKL.from_pretrained(sd_folder / "vae").eval()
     return unet, clip, tokenizer, vae
-
-
-def _reference_states(clip, tokenizer, captions):
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    with torch.no_grad():
-        return clip(ids)[0]
 
 
 def test_text_to_image_pipeline_loads_as_a_text_conditioned_latent_model(sd_model, sd_folder):
@@ -66,7 +54,7 @@ def test_text_encoder_equals_clip_on_the_tokenizer_ids_and_counts_truncation(sd_
     _, clip, tokenizer, _ = references
     states, truncated = sd_model.text_encoder.encode(CAPTIONS)
     assert states.dtype == torch.float32 and states.shape == (3, TOKENIZER_MAX_LENGTH, 32)
-    torch.testing.assert_close(states, _reference_states(clip, tokenizer, CAPTIONS), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(states, prompt_states(tokenizer, clip, CAPTIONS), rtol=1e-6, atol=1e-6)
     assert truncated == 1  # only the last caption has more than 8 tokens with its start and end tokens
     assert sd_model.text_encoder.encode(["a", "b"])[1] == 0
     assert not torch.equal(states[0], states[1])
@@ -84,7 +72,7 @@ def test_unet_call_with_own_and_null_condition(sd_model, references):
     unet, clip, tokenizer, _ = references
     z = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     states, _ = sd_model.text_encoder.encode(CAPTIONS)
-    null = _reference_states(clip, tokenizer, [""] * 3)
+    null = prompt_states(tokenizer, clip, [""] * 3)
     with torch.no_grad():
         torch.testing.assert_close(sd_model(z, T, states), unet(z, T, encoder_hidden_states=states).sample, **EXACT)
         torch.testing.assert_close(sd_model(z, T), unet(z, T, encoder_hidden_states=null).sample,

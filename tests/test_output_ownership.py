@@ -10,11 +10,9 @@ import pytest
 
 from qmia_fast.attack import QuantileAttack
 from qmia_fast.errors import OutputError
-from qmia_fast.models import save_model
 from qmia_fast.pipeline import AttackSpec, AuditSpec, DataSpec, ModelSpec, ScoreSpec, run_audit, verify_audit_folder
-from qmia_fast.schedule import linear_schedule
 
-from model_helpers import random_images, tiny_unet
+from model_helpers import write_tiny_target
 
 from cli_helpers import invoke, one_line_error
 
@@ -24,11 +22,7 @@ FAST = ["--method", "loss", "--device", "cpu", "--unet-batch", "8", "--no-progre
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ownership")
-    save_model(tiny_unet(1, 8, attn=(), perturb=0.2), root / "model", linear_schedule())
-    np.save(root / "images.npy", random_images(40, channels=1))
-    np.save(root / "members.npy", np.arange(0, 40, 2))
-    return root
+    return write_tiny_target(tmp_path_factory.mktemp("ownership"), 40, member_step=2)
 
 
 

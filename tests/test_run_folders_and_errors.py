@@ -12,11 +12,9 @@ import qmia_fast as qf
 from qmia_fast.attack import QuantileAttack
 from qmia_fast.cli import cli
 from qmia_fast.errors import ConfigError, InputError, OutputError
-from qmia_fast.models import save_model
 from qmia_fast.pipeline import AttackSpec, AuditSpec, DataSpec, ModelSpec, ScoreSpec, run_audit, verify_audit_folder
-from qmia_fast.schedule import linear_schedule
 
-from model_helpers import random_images, tiny_model, tiny_unet
+from model_helpers import random_images, tiny_model, write_tiny_target
 import cli_helpers
 from cli_helpers import invoke
 
@@ -25,11 +23,7 @@ from cli_helpers import invoke
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    root = tmp_path_factory.mktemp("small")
-    save_model(tiny_unet(1, 8, attn=(), perturb=0), root / "model", linear_schedule())
-    np.save(root / "images.npy", random_images(60, channels=1))
-    np.save(root / "members.npy", np.arange(0, 60, 3))
-    return root
+    return write_tiny_target(tmp_path_factory.mktemp("small"), 60, member_step=3, perturb=0)
 
 
 def small_spec(root, out, seed=0, overwrite=False):

@@ -10,7 +10,7 @@ from torch import nn
 
 import qmia_fast as qf
 from qmia_fast.errors import ResumeMismatchError
-from qmia_fast.models import EpsModel, load_model, save_model
+from qmia_fast.models import EpsModel, load_model
 from qmia_fast.pipeline import ModelSpec, DataSpec, ScoreJob, ScoreSpec, run_score
 from qmia_fast.pipeline.identity import (
     conditions_fingerprint, execution_identity, fingerprint_model, identity_differences, model_identity,
@@ -19,17 +19,14 @@ from qmia_fast.pipeline.identity import (
 from qmia_fast.pipeline.resumable import ChunkStore, score_indices
 from qmia_fast.schedule import linear_schedule
 
-from model_helpers import random_images, tiny_model, tiny_unet
+from model_helpers import random_images, tiny_model, tiny_unet, write_tiny_target
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread_per_module")
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("identity")
-    save_model(tiny_unet(1, 8, attn=(), perturb=0.2), root / "model", linear_schedule())
-    np.save(root / "images.npy", random_images(24, channels=1))
-    return root
+    return write_tiny_target(tmp_path_factory.mktemp("identity"), 24)
 
 
 def job(root, out, **score):

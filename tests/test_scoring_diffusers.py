@@ -158,11 +158,8 @@ def test_text_to_image_pipeline_with_each_images_caption_and_the_empty_prompt(tm
     imgs = pixels(4, size=16)
     captions = ["a red shoe", "a bag", "a red shoe", ""]
 
-    def hidden(texts):  # what StableDiffusionPipeline.encode_prompt does at guidance scale 1
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
-        with torch.no_grad():
-            return encoder(ids)[0]
+    def hidden(texts):
+        return build.prompt_states(tokenizer, encoder, texts)
 
     with torch.no_grad():
         z0 = vae.encode(to_range(imgs)).latent_dist.mean * vae.config.scaling_factor

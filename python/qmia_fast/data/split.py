@@ -1,7 +1,6 @@
 """Member / public / holdout splits: the Split type, SecMI/PIA and own split files, member lists, checks and seeded partition."""
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from .member_names import (
 )
 from ..errors import ConfigError, QmiaError, SplitError
 from ..file_kinds import file_kind
+from ..safe_read import json_loads
 from ..seeds import check_seed
 
 __all__ = [
@@ -328,13 +328,8 @@ def _read_text(path: Path, origin: str) -> str:
 
 
 def _read_json(path: Path, origin: str) -> Any:
-    text = _read_text(path, origin)
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise SplitError(f"{origin}: JSON is nested too deeply") from None
-    except ValueError as exc:
-        raise SplitError(f"{origin}: invalid JSON ({exc})") from None
+    return json_loads(_read_text(path, origin), SplitError, f"{origin}: JSON is nested too deeply",
+                      lambda exc: f"{origin}: invalid JSON ({exc})")
 
 
 def read_index_file(path: Path, *, where: str = "--members") -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 from ..attack import BAG, CALIBRATIONS, MARGINAL, SINGLE
 from .lab import Lab
 from .summary import aggregate, cost_text
-from .writing import COLOURS, TITLES, Section, errorbar, interval, new_figure, pct, seconds
+from .writing import COLOURS, TITLES, Section, errorbar, interval, label_panel, new_figure, pct, seconds
 
 NAME = "alpha"
 TITLE = "Decision level alpha: calibration and power"
@@ -16,9 +16,6 @@ def run(lab: Lab, section: Section) -> None:
     budget = lab.budget
     raw, cost = lab.base_scores()
     sets = lab.sets
-    public_images = lab.images[sets["public"]]
-    eval_images, labels = lab.evaluation()
-    eval_raw = np.concatenate([raw["members"], raw["holdout"]])
     seeds = lab.seeds(budget.seeds)
     # The user's calibration (default conformal) beside the other one, on the same regressor and seeds.
     kinds = [lab.spec.attack.calibration] + [k for k in CALIBRATIONS if k != lab.spec.attack.calibration]
@@ -26,8 +23,7 @@ def run(lab: Lab, section: Section) -> None:
     with lab.fit_bar(len(kinds) * len(budget.alphas) * len(seeds), "alpha: fitting") as bar:
         for kind in kinds:
             for alpha in budget.alphas:
-                fits = lab.fit_seeds(public_images, raw["public"], eval_images, eval_raw, labels,
-                                     seeds=seeds, bar=bar, alpha=alpha, calibration=kind)
+                fits = lab.fit_sets(raw, seeds=seeds, bar=bar, alpha=alpha, calibration=kind)
                 by_kind[kind][alpha] = aggregate(fits) | {"n_calibration": fits[0]["n_calibration"],
                                                           "calibration_used": fits[0]["calibration"],
                                                           "chosen": [f["chosen"] for f in fits]}
@@ -92,17 +88,11 @@ def run(lab: Lab, section: Section) -> None:
         calib.set_yscale("log")
         calib.set_xlim(min(alphas) / 1.5, max(alphas) * 1.5)
         calib.set_ylim(floor / 1.2, 1)
-        calib.set_xlabel("target FPR alpha")
-        calib.set_ylabel("observed FPR on the holdout")
-        calib.set_title(f"Calibration {kinds[0]} ({n_neg} holdout non-members)")
-        calib.legend(fontsize=7, loc="upper left")
-        calib.grid(True, which="both", alpha=0.3)
+        label_panel(calib, "target FPR alpha", "observed FPR on the holdout",
+                    f"Calibration {kinds[0]} ({n_neg} holdout non-members)", legend_loc="upper left", grid="both")
         power.set_xscale("log")
-        power.set_xlabel("target FPR alpha")
-        power.set_ylabel("TPR of the alpha decision (%)")
-        power.set_title(f"Power ({len(sets['members'])} members, ± sd over {len(seeds)} seeds)")
-        power.legend(fontsize=7)
-        power.grid(True, which="both", alpha=0.3)
+        label_panel(power, "target FPR alpha", "TPR of the alpha decision (%)",
+                    f"Power ({len(sets['members'])} members, ± sd over {len(seeds)} seeds)", grid="both")
         return figure
 
     section.figure("alpha_calibration.png", "Observed false-positive rate of the alpha decision against its target "

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 from collections import Counter
 
-import numpy as np
-
 from ..attack import BAG, MARGINAL
 from ..regress import RegressorConfig
 from .lab import Lab
 from .summary import aggregate
-from .writing import COLOURS, TITLES, Section, errorbar, new_figure, num, pct, seconds
+from .writing import COLOURS, TITLES, Section, errorbar, label_panel, new_figure, num, pct, seconds
 
 NAME = "bag-size"
 TITLE = "Bag size, ensemble kind, regressor width and the selected regressor"
@@ -22,9 +20,6 @@ def run(lab: Lab, section: Section) -> None:
     budget = lab.budget
     raw, _ = lab.base_scores()
     sets = lab.sets
-    public_images = lab.images[sets["public"]]
-    eval_images, labels = lab.evaluation()
-    eval_raw = np.concatenate([raw["members"], raw["holdout"]])
     seeds = lab.seeds(budget.seeds)
     default_width = lab.regressor_options().get("width", RegressorConfig.width)
     widths = [w for w in budget.widths if w != default_width]
@@ -32,9 +27,8 @@ def run(lab: Lab, section: Section) -> None:
     total = len(seeds) * (len(ENSEMBLES) * len(budget.bag_sizes) + len(widths) + len(compared))
 
     def fits(n_models, regressor, width=None, baselines=False):
-        out = lab.fit_seeds(public_images, raw["public"], eval_images, eval_raw, labels, seeds=seeds, bar=bar,
-                            n_models=n_models, width=width, baselines=baselines, regressor=regressor)
-        return aggregate(out)
+        return aggregate(lab.fit_sets(raw, seeds=seeds, bar=bar, n_models=n_models, width=width,
+                                      baselines=baselines, regressor=regressor))
 
     with lab.fit_bar(total, "bag-size: fitting") as bar:
         by_size = {kind: {b: fits(b, kind) for b in budget.bag_sizes} for kind in ENSEMBLES}
@@ -104,17 +98,11 @@ def run(lab: Lab, section: Section) -> None:
                        marker="o", color=ENSEMBLE_COLOURS[kind], label=f"{title}: sd of TPR@1%FPR (points)")
         left.axhline(100 * marginal["tpr_at_1pct"]["mean"], color=COLOURS[MARGINAL], linestyle="--",
                      label=TITLES[MARGINAL])
-        left.set_xlabel("regressors in the ensemble B")
-        left.set_ylabel("TPR at 1% FPR (%)")
-        left.set_title(f"Power vs ensemble size ({len(seeds)} seeds)")
-        left.legend(fontsize=8)
-        left.grid(True, alpha=0.3)
-        right.set_xlabel("regressors in the ensemble B")
-        right.set_ylabel("sd over seeds (points)")
+        label_panel(left, "regressors in the ensemble B", "TPR at 1% FPR (%)",
+                    f"Power vs ensemble size ({len(seeds)} seeds)", legend_size=8)
         right.set_ylim(bottom=0)
-        right.set_title("Seed-to-seed spread vs ensemble size")
-        right.legend(fontsize=8)
-        right.grid(True, alpha=0.3)
+        label_panel(right, "regressors in the ensemble B", "sd over seeds (points)",
+                    "Seed-to-seed spread vs ensemble size", legend_size=8)
         return figure
 
     section.figure("bag_size.png", "TPR at 1% FPR against the number of regressors, bootstrap bag and full-data "

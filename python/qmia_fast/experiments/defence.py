@@ -9,7 +9,7 @@ from ..seeds import derive_seed
 from .defended import defended_model
 from .lab import Lab, score_label
 from .summary import aggregate, cost_text
-from .writing import COLOURS, TITLES, Section, errorbar, new_figure, num, pct, seconds
+from .writing import COLOURS, TITLES, Section, errorbar, label_panel, new_figure, num, pct, seconds
 
 NAME = "defence"
 TITLE = "Defence: Gaussian noise on the eps output"
@@ -22,8 +22,6 @@ def run(lab: Lab, section: Section) -> None:
     utility_t = [t for t in budget.utility_t if t < T]
     held = subsample(sets["holdout"], budget.utility_images, lab.spec.seed, "utility")
     pixels = int(np.prod(lab.target.image_shape))
-    eval_images, labels = lab.evaluation()
-    public_images = lab.images[sets["public"]]
     noise_seed = derive_seed(lab.spec.seed, 37)
     seeds = lab.seeds(budget.sweep_seeds)
 
@@ -41,9 +39,7 @@ def run(lab: Lab, section: Section) -> None:
     by = {}
     with lab.fit_bar(len(scored) * len(seeds), "defence: fitting") as bar:
         for sigma, (raw, cost, utility) in scored.items():
-            eval_raw = np.concatenate([raw["members"], raw["holdout"]])
-            fits = lab.fit_seeds(public_images, raw["public"], eval_images, eval_raw, labels,
-                                 seeds=seeds, bar=bar, baselines=False)
+            fits = lab.fit_sets(raw, seeds=seeds, bar=bar, baselines=False)
             by[sigma] = {**aggregate(fits), "utility_mse_per_pixel": {str(t): v for t, v in utility.items()},
                          "utility_mean": float(np.mean(list(utility.values()))) if utility else float("nan"),
                          "score_cost": cost}
@@ -84,26 +80,17 @@ def run(lab: Lab, section: Section) -> None:
                            fontsize=7, textcoords="offset points", xytext=(4, 4))
         if nonzero:
             power.set_xscale("symlog", linthresh=min(nonzero))
-        power.set_xlabel("noise scale sigma on eps (0 = undefended)")
-        power.set_ylabel("TPR at 1% FPR (%)")
-        power.set_title("Attack power vs defence strength")
-        power.legend(fontsize=7)
-        power.grid(True, alpha=0.3)
+        label_panel(power, "noise scale sigma on eps (0 = undefended)", "TPR at 1% FPR (%)",
+                    "Attack power vs defence strength")
         trade.set_xscale("log")
-        trade.set_xlabel(f"denoising MSE per pixel (mean over t = {', '.join(map(str, utility_t))})")
-        trade.set_ylabel("TPR at 1% FPR (%)")
-        trade.set_title("Privacy / utility trade-off")
-        trade.legend(fontsize=7)
-        trade.grid(True, which="both", alpha=0.3)
+        label_panel(trade, f"denoising MSE per pixel (mean over t = {', '.join(map(str, utility_t))})",
+                    "TPR at 1% FPR (%)", "Privacy / utility trade-off", grid="both")
         for s in sigmas:
             loss.plot(utility_t, [by[s]["utility_mse_per_pixel"][str(t)] for t in utility_t], marker="o",
                       label=f"σ = {s:g}")
         loss.set_yscale("log")
-        loss.set_xlabel("timestep t")
-        loss.set_ylabel("denoising MSE per pixel")
-        loss.set_title(f"Model cost ({len(held)} holdout images)")
-        loss.legend(fontsize=7)
-        loss.grid(True, which="both", alpha=0.3)
+        label_panel(loss, "timestep t", "denoising MSE per pixel", f"Model cost ({len(held)} holdout images)",
+                    grid="both")
         return figure
 
     section.figure("defence.png", "Attack TPR at 1% FPR against the defence's noise scale (left, ± sd over seeds), "

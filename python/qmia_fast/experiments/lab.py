@@ -47,6 +47,7 @@ class Lab:
         self.fit_cache = FitCache(self.out / "cache", self.log)
         self._prepared = None
         self._base_scores = None
+        self._set_images = None
 
     # -- what was loaded -----------------------------------------------------------------
 
@@ -159,6 +160,18 @@ class Lab:
         indices = np.concatenate([sets["members"], sets["holdout"]])
         labels = np.concatenate([np.ones(len(sets["members"]), np.int64), np.zeros(len(sets["holdout"]), np.int64)])
         return self.images[indices], labels
+
+    def fit_sets(self, raw: Mapping[str, np.ndarray], *, seeds: Sequence[int], bar=None, sets=None,
+                 **options: Any) -> list[dict[str, Any]]:
+        """fit_seeds on `raw`, the scores of `sets` (default: the lab's): fit on public, judge members then holdout."""
+        sets = sets or self.sets
+        # One array object per sets dict, so that the fingerprints (memoised per object) hash each set once.
+        if self._set_images is None or self._set_images[0] is not sets:
+            self._set_images = (sets, self.images[sets["public"]], *self.evaluation(sets))
+        _, public_images, eval_images, labels = self._set_images
+        eval_raw = np.concatenate([raw["members"], raw["holdout"]])
+        return self.fit_seeds(public_images, raw["public"], eval_images, eval_raw, labels, seeds=seeds, bar=bar,
+                              **options)
 
     def fit_seeds(self, public_images: np.ndarray, public_raw: np.ndarray, eval_images: np.ndarray,
                   eval_raw: np.ndarray, labels: np.ndarray, *, seeds: Sequence[int], bar=None,

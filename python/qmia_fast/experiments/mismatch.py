@@ -8,7 +8,7 @@ from ..seeds import derive_seed
 from .lab import Lab
 from .summary import aggregate, cost_text
 from ..data.loader import FASHION_MNIST_CLASSES
-from .writing import COLOURS, Section, errorbar, new_figure, pct, seconds
+from .writing import COLOURS, Section, errorbar, label_panel, new_figure, pct, seconds
 
 NAME = "mismatch"
 TITLE = "Public-set distribution mismatch"
@@ -142,11 +142,7 @@ def run(lab: Lab, section: Section) -> None:
                             marker="x", color=KIND_COLOURS.get(kind), label=f"marginal, {kind}")
             if metric == "decision_fpr":
                 ax.axhline(100 * lab.alpha, color=COLOURS[MARGINAL], linestyle="--", label="target alpha")
-            ax.set_xlabel("fraction f of the public set shifted")
-            ax.set_ylabel(ylabel)
-            ax.set_title(title)
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=6)
+            label_panel(ax, "fraction f of the public set shifted", ylabel, title, legend_size=6)
         return figure
 
     section.figure("mismatch.png", f"Observed FPR (left) and TPR (middle) of the alpha = {lab.alpha:g} decision, and the "

@@ -11,7 +11,7 @@ from ..seeds import derive_seed
 from .lab import Lab, method_metrics
 from .stats import mean_sd, rate_interval
 from .summary import aggregate
-from .writing import COLOURS, TITLES, Section, finite, new_figure, num, pct, seconds
+from .writing import COLOURS, TITLES, Section, finite, label_panel, new_figure, num, pct, seconds
 
 NAME = "oracle"
 TITLE = "Oracle: synthetic data with known per-image quantiles"
@@ -118,11 +118,8 @@ def run(lab: Lab, section: Section) -> None:
             ax.scatter(brightness, first["shown_single"], s=5, color=COLOURS[SINGLE], alpha=0.6,
                        label="single regressor threshold")
         ax.axhline(first["marginal"], color=COLOURS[MARGINAL], linestyle="--", label="marginal threshold")
-        ax.set_xlabel("image brightness b")
-        ax.set_ylabel("log-score")
-        ax.set_title(f"Thresholds at alpha = {alpha:g} ({len(shown)} non-members)")
-        ax.legend(fontsize=7, loc="upper left")
-        ax.grid(True, alpha=0.3)
+        label_panel(ax, "image brightness b", "log-score",
+                    f"Thresholds at alpha = {alpha:g} ({len(shown)} non-members)", legend_loc="upper left")
         names = [ORACLE_LR, ORACLE_Q, BAG, SINGLE, MARGINAL]
         values = [oracle[ORACLE_LR]["tpr_at_1pct"], oracle[ORACLE_Q]["tpr_at_1pct"]] + [
             agg["methods"][k]["tpr_at_1pct"]["mean"] for k in (BAG, SINGLE, MARGINAL)]

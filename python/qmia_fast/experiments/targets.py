@@ -91,8 +91,6 @@ def run(lab: Lab, section: Section, targets: tuple[str, ...] = (), variants: tup
                             "training": summary, "description": VARIANTS[name][4]})
     settings = {k: v for k, v in lab.settings.items()}
     seeds = lab.seeds(budget.sweep_seeds)
-    public_images = lab.images[lab.sets["public"]]
-    eval_images, labels = lab.evaluation()
     scored = []
     for entry in entries:
         model = entry["model"]
@@ -105,9 +103,7 @@ def run(lab: Lab, section: Section, targets: tuple[str, ...] = (), variants: tup
     rows, results = [], []
     with lab.fit_bar(len(scored) * len(seeds), "targets: fitting") as bar:
         for entry, raw, cost in scored:
-            eval_raw = np.concatenate([raw["members"], raw["holdout"]])
-            fits = lab.fit_seeds(public_images, raw["public"], eval_images, eval_raw, labels,
-                                 seeds=seeds, bar=bar, baselines=False)
+            fits = lab.fit_sets(raw, seeds=seeds, bar=bar, baselines=False)
             agg = aggregate(fits)
             model = entry["model"]
             meta = (model.config or {}).get("metadata") or {}

@@ -1,12 +1,10 @@
 """Experiment `timestep`: the score's timestep swept for SecMI's t-error, the loss and PIA; power against scoring cost."""
 from __future__ import annotations
 
-import numpy as np
-
 from ..attack import BAG, MARGINAL
 from .lab import Lab
 from .summary import aggregate
-from .writing import COLOURS, TITLES, Section, errorbar, finite, new_figure, num, pct, seconds
+from .writing import COLOURS, TITLES, Section, errorbar, finite, label_panel, new_figure, num, pct, seconds
 
 NAME = "timestep"
 TITLE = "Score and timestep"
@@ -33,8 +31,6 @@ def run(lab: Lab, section: Section) -> None:
     budget = lab.budget
     grid, skipped = settings(lab)
     sets = lab.smaller_sets(budget.timestep_max_per_set)
-    eval_images, labels = lab.evaluation(sets)
-    public_images = lab.images[sets["public"]]
     seeds = lab.seeds(budget.sweep_seeds)
     scored = []
     for method, t, overrides in grid:
@@ -43,9 +39,7 @@ def run(lab: Lab, section: Section) -> None:
     results = []
     with lab.fit_bar(len(scored) * len(seeds), "timestep: fitting") as bar:
         for method, t, raw, cost in scored:
-            eval_raw = np.concatenate([raw["members"], raw["holdout"]])
-            fits = lab.fit_seeds(public_images, raw["public"], eval_images, eval_raw, labels,
-                                 seeds=seeds, bar=bar, baselines=False)
+            fits = lab.fit_sets(raw, seeds=seeds, bar=bar, sets=sets, baselines=False)
             results.append({"method": method, "t": t, "cost": cost, **aggregate(fits)})
     section.text(
         f"Each setting scores the same {len(sets['members'])} members, {len(sets['public'])} public and "
@@ -82,11 +76,8 @@ def run(lab: Lab, section: Section) -> None:
                          scale=scale)
                 ax.plot(ts, [scale * r["methods"][MARGINAL][metric]["mean"] for r in rs], marker="s",
                         linestyle="--", color=COLOURS[MARGINAL], label=TITLES[MARGINAL])
-                ax.set_xlabel("t_sec (timesteps)" if method == "secmi" else "t (timesteps)")
-                ax.set_ylabel(ylabel)
-                ax.set_title(METHOD_TITLES[method].format(k=budget.secmi_k))
-                ax.grid(True, alpha=0.3)
-                ax.legend(fontsize=7)
+                label_panel(ax, "t_sec (timesteps)" if method == "secmi" else "t (timesteps)", ylabel,
+                            METHOD_TITLES[method].format(k=budget.secmi_k))
         return figure
 
     section.figure("timestep.png", f"TPR at 1% FPR (top) and AUC (bottom) of each score against its timestep; "

@@ -145,6 +145,19 @@ def fit_axes(axes) -> None:
             axes.set_xlim(low - half, high + half)
 
 
+def label_panel(axes, xlabel: str, ylabel: str, title: str, *, legend_size: float = 7,
+                legend_loc: str | None = None, grid: str = "major") -> None:
+    """A panel's axis labels, title, legend and light grid, alike in every experiment's figures.
+
+    grid is which ticks the grid follows ("both" on log axes, so the minor decades show too).
+    """
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.legend(fontsize=legend_size, loc=legend_loc)
+    axes.grid(True, which=grid, alpha=0.3)
+
+
 def errorbar(axes, x, stats: Sequence[dict], label: str, colour: str | None = None, scale: float = 100.0,
              **style) -> None:
     """Means with +-sd bars (sd over seeds); NaN sd (one seed or a deterministic method) draws no bar."""

@@ -1,7 +1,6 @@
 """Bounded reading of model files and configs: regular files only, configs capped in size, schedule lengths capped."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import stat
@@ -10,6 +9,7 @@ from typing import Any, Mapping
 
 from ..errors import ModelLoadError
 from ..file_kinds import file_kind
+from ..safe_read import json_loads
 from ..schedule import MAX_STEPS
 
 __all__ = [
@@ -69,13 +69,9 @@ def read_config_text(path: Path, what: str = "model config") -> str:
 
 def read_config_json(path: Path, what: str = "model config") -> Any:
     """Parse a JSON config read with read_config_text; invalid JSON is a ModelLoadError naming the file."""
-    text = read_config_text(path, what)
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise ModelLoadError(f"{what} {path} is not valid JSON (nested too deeply)") from None
-    except ValueError as exc:
-        raise ModelLoadError(f"{what} {path} is not valid JSON ({exc})") from None
+    return json_loads(read_config_text(path, what), ModelLoadError,
+                      f"{what} {path} is not valid JSON (nested too deeply)",
+                      lambda exc: f"{what} {path} is not valid JSON ({exc})")
 
 
 def check_schedule_steps(spec: Any, where: str, limit: int = MAX_SCHEDULE_STEPS) -> None:

@@ -160,25 +160,30 @@ def _fused_norm(x: torch.Tensor, norm: nn.GroupNorm, silu: bool = False, add: to
                           return_sum=return_sum)
 
 
-class DownSample(nn.Module):
+class _Resample(nn.Module):
+    """The 3x3 convolution of DownSample and UpSample: padding 1, xavier init, named `main` as in pytorch-ddpm."""
+
+    def __init__(self, channels: int, stride: int):
+        super().__init__()
+        self.main = nn.Conv2d(channels, channels, 3, stride=stride, padding=1)
+        _xavier(self.main)
+
+
+class DownSample(_Resample):
     """Stride-2 3x3 convolution (symmetric padding 1, as pytorch-ddpm)."""
 
     def __init__(self, channels: int):
-        super().__init__()
-        self.main = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
-        _xavier(self.main)
+        super().__init__(channels, stride=2)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, fused: bool = False) -> torch.Tensor:
         return self.main(x)
 
 
-class UpSample(nn.Module):
+class UpSample(_Resample):
     """Nearest-neighbour 2x upsampling followed by a 3x3 convolution."""
 
     def __init__(self, channels: int):
-        super().__init__()
-        self.main = nn.Conv2d(channels, channels, 3, stride=1, padding=1)
-        _xavier(self.main)
+        super().__init__(channels, stride=1)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, fused: bool = False) -> torch.Tensor:
         return self.main(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -115,30 +115,10 @@ class ChunkStore:
         return digest.hexdigest()
 
     def load_chunk(self, i: int) -> np.ndarray | None:
-        path, recorded = self.chunk_path(i), self.hash_path(i)
-        if not path.exists() or not recorded.exists():
-            return None
-        start, end = self.bounds[i]
-        try:
-            data = read_bytes(path, 8 * (end - start) + _NPY_HEADER_SLACK, "score chunk")
-            expected = read_bytes(recorded, 256, "score chunk hash").decode("ascii", "replace").strip()
-            if self._seal(i, data) != expected:
-                return None  # altered, torn, or another run's or slot's: recompute it
-            values = np.load(io.BytesIO(data), allow_pickle=False)
-        except (DataError, OSError, ValueError):
-            return None  # unreadable, not a regular file, too big: recompute it
-        if values.shape != (end - start,) or values.dtype != np.float64:
-            return None
-        return values
+        return self._load_sealed(i, self.chunk_path(i), self.hash_path(i), "chunk", "score chunk", (), np.float64)
 
     def write_chunk(self, i: int, values: np.ndarray) -> None:
-        buffer = io.BytesIO()
-        np.save(buffer, np.asarray(values, dtype=np.float64))
-        data = buffer.getvalue()
-        # The hash first: a chunk file that is visible is a finished chunk (a kill between the two
-        # writes leaves a hash without its chunk, which is recomputed).
-        atomic_io.write_text(self.hash_path(i), self._seal(i, data) + "\n")
-        atomic_io.write_bytes(self.chunk_path(i), data)
+        self._write_sealed(i, self.chunk_path(i), self.hash_path(i), "chunk", values, np.float64)
 
     # A latent model's chunks keep their images' latents beside their scores (the VAE posterior mean times its
     # scaling factor), sealed like the scores: a resumed run encodes only the images of chunks it has not yet
@@ -148,29 +128,42 @@ class ChunkStore:
         return self.folder / f"latents_{i:06d}.npy"
 
     def load_latents(self, i: int, shape: tuple[int, ...]) -> np.ndarray | None:
-        path, recorded = self.latents_path(i), self.folder / f"latents_{i:06d}.npy.sha256"
+        return self._load_sealed(i, self.latents_path(i), self._latents_hash_path(i), "latents", "latent chunk",
+                                 shape, np.float32)
+
+    def write_latents(self, i: int, latents: np.ndarray) -> None:
+        self._write_sealed(i, self.latents_path(i), self._latents_hash_path(i), "latents", latents, np.float32)
+
+    def _latents_hash_path(self, i: int) -> Path:
+        return self.folder / f"latents_{i:06d}.npy.sha256"
+
+    def _load_sealed(self, i: int, path: Path, recorded: Path, kind: str, what: str, item_shape: tuple[int, ...],
+                     dtype) -> np.ndarray | None:
+        """Chunk i's array (`item_shape` per image, `dtype`) from `path` if `recorded` holds its seal, else None."""
         if not path.exists() or not recorded.exists():
             return None
         start, end = self.bounds[i]
-        expected_shape = (end - start, *shape)
+        shape = (end - start, *item_shape)
         try:
-            data = read_bytes(path, 4 * int(np.prod(expected_shape)) + _NPY_HEADER_SLACK, "latent chunk")
-            seal = read_bytes(recorded, 256, "latent chunk hash").decode("ascii", "replace").strip()
-            if self._seal(i, data, "latents") != seal:
-                return None
+            data = read_bytes(path, np.dtype(dtype).itemsize * int(np.prod(shape)) + _NPY_HEADER_SLACK, what)
+            expected = read_bytes(recorded, 256, f"{what} hash").decode("ascii", "replace").strip()
+            if self._seal(i, data, kind) != expected:
+                return None  # altered, torn, or another run's or slot's: recompute it
             values = np.load(io.BytesIO(data), allow_pickle=False)
         except (DataError, OSError, ValueError):
-            return None
-        if values.shape != expected_shape or values.dtype != np.float32:
+            return None  # unreadable, not a regular file, too big: recompute it
+        if values.shape != shape or values.dtype != dtype:
             return None
         return values
 
-    def write_latents(self, i: int, latents: np.ndarray) -> None:
+    def _write_sealed(self, i: int, path: Path, recorded: Path, kind: str, array: np.ndarray, dtype) -> None:
         buffer = io.BytesIO()
-        np.save(buffer, np.asarray(latents, dtype=np.float32))
+        np.save(buffer, np.asarray(array, dtype=dtype))
         data = buffer.getvalue()
-        atomic_io.write_text(self.folder / f"latents_{i:06d}.npy.sha256", self._seal(i, data, "latents") + "\n")
-        atomic_io.write_bytes(self.latents_path(i), data)
+        # The hash first: a chunk file that is visible is a finished chunk (a kill between the two
+        # writes leaves a hash without its chunk, which is recomputed).
+        atomic_io.write_text(recorded, self._seal(i, data, kind) + "\n")
+        atomic_io.write_bytes(path, data)
 
     def remove(self) -> None:
         """Delete the chunk files, the manifest and the marker; the folder too if qmia-fast made it and it is empty."""

@@ -121,6 +121,13 @@ def _metadata(job: TrainJob, loaded, index) -> dict:
             "data_description": loaded.description}
 
 
+def _optimisation(job: TrainJob) -> dict:
+    """The options both trainers take alike: optimisation, augmentation, seed, device and checkpointing."""
+    return dict(steps=job.steps, batch_size=job.batch_size, lr=job.lr, warmup=job.warmup, ema_decay=job.ema_decay,
+                grad_clip=job.grad_clip, weight_decay=job.weight_decay, hflip=job.hflip, bf16=job.bf16,
+                seed=job.seed, device=None if job.device == "auto" else job.device, save_every=job.save_every)
+
+
 def _train_ddpm(job: TrainJob, log, progress) -> dict:
     from ..models.unet import normalize_unet_config
     from ..schedule import linear_schedule
@@ -132,11 +139,8 @@ def _train_ddpm(job: TrainJob, log, progress) -> dict:
     normalize_unet_config({**unet, "img_size": 2 ** (len(unet["ch_mult"]) - 1)})
     schedule = linear_schedule(job.T, job.beta_1, job.beta_T)
     images, loaded, index = _members(job, log)
-    return train_ddpm(images[index], job.out_dir, unet=unet, schedule=schedule, steps=job.steps,
-                      batch_size=job.batch_size, lr=job.lr, warmup=job.warmup, ema_decay=job.ema_decay,
-                      grad_clip=job.grad_clip, weight_decay=job.weight_decay, hflip=job.hflip, bf16=job.bf16,
-                      seed=job.seed, device=None if job.device == "auto" else job.device,
-                      save_every=job.save_every, progress=progress, metadata=_metadata(job, loaded, index))
+    return train_ddpm(images[index], job.out_dir, unet=unet, schedule=schedule, **_optimisation(job),
+                      progress=progress, metadata=_metadata(job, loaded, index))
 
 
 def _train_family(job: TrainJob, log, progress) -> dict:
@@ -177,10 +181,7 @@ def _train_family(job: TrainJob, log, progress) -> dict:
         vae_images=vae_images, vae_from=job.vae_from,
         text_encoder={"dim": job.text_dim, "layers": job.text_layers, "heads": job.text_heads,
                       "max_length": job.text_max_length},
-        T=job.T, beta_1=job.beta_1, beta_T=job.beta_T, steps=job.steps, batch_size=job.batch_size, lr=job.lr,
-        warmup=job.warmup, ema_decay=job.ema_decay, grad_clip=job.grad_clip, weight_decay=job.weight_decay,
-        hflip=job.hflip, bf16=job.bf16, seed=job.seed, device=None if job.device == "auto" else job.device,
-        save_every=job.save_every, progress=progress,
+        T=job.T, beta_1=job.beta_1, beta_T=job.beta_T, **_optimisation(job), progress=progress,
         metadata={**_metadata(job, loaded, index), "vae_data": job.vae_data, "vae_from": job.vae_from,
                   "threads": job.threads})
 
