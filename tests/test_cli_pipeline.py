@@ -186,11 +186,12 @@ def test_bad_input_exits_2_with_one_line(workspace, tmp_path, args, needles):
 def test_demo_runs_with_no_model_or_data_options(tmp_path):
     """`qmia-fast attack` on the shipped demo (reduced: 40 images per set, a short bag fit)."""
     out = tmp_path / "demo"
-    result = run("attack", "--max-per-set", "40", "--reg-epochs", "2", "--n-models", "3", "--t-sec", "20",
-                 "--no-progress", "--out", out)
+    result = run("attack", "--max-per-set", "40", "--reg-epochs", "2", "--n-models", "3", "--no-progress",
+                 "--out", out)
     report = json.loads((out / "report.json").read_text())
     assert report["sets"] == {"members": 40, "public": 40, "holdout": 40}
     assert report["model"]["format"] == "qmia"
+    assert report["config"]["score"]["method"] == "loss"  # the model folder's recommended score
     assert "QMIA-bag" in result.output
 
 
