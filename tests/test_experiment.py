@@ -170,3 +170,11 @@ def test_pixel_shifts_stay_uint8_and_move_the_images():
     assert shift_images(images, "brightness", 0).mean() > images.mean()
     assert shift_images(images, "contrast", 0).std() < images.std()
     assert np.array_equal(shift_images(images, "noise", 1), shift_images(images, "noise", 1))
+
+
+def test_a_score_caches_cost_reads_in_the_singular_for_one_unet_call():
+    from qmia_fast.experiments.summary import cost_text
+
+    assert cost_text({"per_image_s": 0.0035, "unet_calls_per_image": 1, "n": 975, "seconds": 3.4}) == \
+        "3.50 ms/image (1 UNet call), 975 images in 3.4 s"
+    assert "(11 UNet calls)" in cost_text({"per_image_s": 0.02, "unet_calls_per_image": 11, "n": 10, "seconds": 0.2})

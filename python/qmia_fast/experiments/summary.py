@@ -38,5 +38,6 @@ def cost_text(cost: dict[str, Any]) -> str:
     """'1.5 ms/image (11 UNet calls), 3,200 images in 4.8 s' for a score cache record."""
     per = cost.get("per_image_s")
     text = f"{1000 * per:.2f} ms/image" if finite(per) else "cost not measured (cached)"
-    return f"{text} ({cost.get('unet_calls_per_image')} UNet calls), {cost.get('n')} images in {cost.get('seconds', 0):.1f} s" \
+    calls = cost.get("unet_calls_per_image")
+    return f"{text} ({calls} UNet call{'' if calls == 1 else 's'}), {cost.get('n')} images in {cost.get('seconds', 0):.1f} s" \
         + (" (measured when first scored; cached since)" if cost.get("cached") else "")
