@@ -15,7 +15,14 @@ from model_helpers import random_images, tiny_model
 images = random_images
 
 
-def test_threads_option_sets_and_restores_torch_threads():
+def test_threads_option_sets_and_restores_torch_threads(tmp_path, monkeypatch):
+    """Every call of the run at `threads`, the plan's first-time probes (memory, timing) included: with a fresh plan
+    cache they run here (with the session's cache they had run in an earlier test, which hid that the memory
+    probe ran at torch's default)."""
+    from qmia_fast import plan
+
+    monkeypatch.setenv("QMIA_FAST_PLAN_CACHE", str(tmp_path / "plans.json"))
+    monkeypatch.setattr(plan, "_BYTES_SEEN", {})
     model = tiny_model()
     before = torch.get_num_threads()
     seen = []

@@ -10,7 +10,7 @@ import torch
 from . import machine, plan_probe
 from .errors import ConfigError
 from .precision import DEFAULT_PRECISION, PRECISIONS, call_precisions
-from .runtime import check_threads, resolve_device
+from .runtime import check_threads, resolve_device, torch_threads
 
 DEFAULT_UNET_BATCH = {"cpu": 64, "cuda": 256}
 # bf16 (or SecMI's mixed variant) must beat the fastest float32 variant by this factor before
@@ -130,7 +130,7 @@ def resolve_plan(model, method: str, *, device=None, precision: str = DEFAULT_PR
     if unet_batch is not None and (isinstance(unet_batch, bool) or not isinstance(unet_batch, int) or unet_batch < 1):
         raise ConfigError(f"unet_batch = {unet_batch!r} must be a positive integer (or omitted for the default)")
     decided: dict[str, str] = {}
-    micro_limit = _micro_batch_limit(model, dev)
+    micro_limit = _micro_batch_limit(model, dev, threads)
     unet_batch = _unet_batch(unet_batch, dev, micro_limit, decided)
     batch_size = -(-(batch_size or unet_batch) // unet_batch) * unet_batch
 
@@ -212,7 +212,6 @@ def _cpu_measurement(model, unet_batch: int, threads: int | None, log) -> tuple[
         return entry, str(plan_probe.cache_path())
     variants = [v for v in plan_probe.VARIANTS if v[1] != "bf16" or machine.cpu_has_fast_bf16()]
     log(f"measuring how this model runs fastest on this CPU (once per machine; cached in {plan_probe.cache_path()})")
-    from .runtime import torch_threads
     from .scoring.networks import Networks
 
     def build(call: str, fast: bool, layout: bool):
@@ -270,8 +269,10 @@ def _total_memory(dev: torch.device) -> int | None:
         return None
 
 
-def _micro_batch_limit(model, dev: torch.device) -> int | None:
-    """The largest micro-batch whose activations fit MEMORY_SHARE of the machine (None: unknown)."""
+def _micro_batch_limit(model, dev: torch.device, threads: int | None) -> int | None:
+    """The largest micro-batch whose activations fit MEMORY_SHARE of the machine (None: unknown).
+
+    Its one probing forward pass runs at the run's thread count, like every other call of the run."""
     total = _total_memory(dev)
     if total is None or not hasattr(model, "input_shape"):
         return None
@@ -281,7 +282,8 @@ def _micro_batch_limit(model, dev: torch.device) -> int | None:
         entry = plan_probe.cached(key)
         per_image = entry.get("bytes_per_image") if entry else None
         if not isinstance(per_image, int) or per_image <= 0:
-            per_image = plan_probe.bytes_per_image(model.to(dev), dev)
+            with torch_threads(threads):
+                per_image = plan_probe.bytes_per_image(model.to(dev), dev)
             plan_probe.store(key, {"bytes_per_image": per_image})
         _BYTES_SEEN[key] = per_image
     return max(1, int(total * MEMORY_SHARE) // per_image)
