@@ -13,7 +13,7 @@ from qmia_fast.cli import cli
 from qmia_fast.models import save_model
 from qmia_fast.schedule import linear_schedule
 from model_helpers import tiny_unet
-from test_data_helpers import cifar_pickle, idx_bytes, png_bytes
+from data_builders import cifar_pickle, idx_bytes, png_bytes
 from cli_helpers import one_line_error as assert_one_line_error, run
 
 N_IMAGES = 60

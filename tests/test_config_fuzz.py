@@ -20,7 +20,7 @@ from qmia_fast.models.wrapper import EpsModel
 from qmia_fast.schedule import linear_schedule
 
 from model_helpers import tiny_diffusers_unet
-from test_data_helpers import bounded, read_or_qmia_error
+from data_builders import bounded, read_or_qmia_error
 
 FUZZ = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])

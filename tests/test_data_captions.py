@@ -12,7 +12,7 @@ import pytest
 from qmia_fast.data import load_data, read_captions
 from qmia_fast.errors import ConfigError, DataError, InputError
 
-from test_data_helpers import png_bytes
+from data_builders import png_bytes
 
 NAMES = ["b.png", "a.png", "sub/c.png"]
 CAPTIONS = {"b.png": "a dog", "a.png": "", "sub/c.png": "ein Bär, \"quoted\"\nsecond line \u2028 sep"}

@@ -12,7 +12,7 @@ from qmia_fast.data import load_data
 from qmia_fast.data.image_decode import resize_center_crop, resized_size
 from qmia_fast.errors import ConfigError, DataError
 
-from test_data_helpers import png_bytes
+from data_builders import png_bytes
 
 pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402

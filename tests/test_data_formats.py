@@ -15,7 +15,7 @@ from qmia_fast.data import BUILTIN_DATA, LoadedData, load_data, save_data
 from qmia_fast.errors import ConfigError, DataError, InputError, QmiaError
 from qmia_fast.data.split import Split
 
-from test_data_helpers import cifar_pickle, idx_bytes, npz_bytes, png_bytes, py2_cifar_pickle
+from data_builders import cifar_pickle, idx_bytes, npz_bytes, png_bytes, py2_cifar_pickle
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 RNG = np.random.default_rng(1234)

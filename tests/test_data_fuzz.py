@@ -17,7 +17,7 @@ from qmia_fast.errors import QmiaError
 from qmia_fast.data.safe_pickle import safe_unpickle
 from qmia_fast.data.split import Split, load_split, read_index_file, save_split
 
-from test_data_helpers import (
+from data_builders import (
     bounded, cifar_pickle, idx_bytes, npy_bytes, npz_bytes, png_bytes, py2_cifar_pickle, read_or_qmia_error,
 )
 

@@ -12,7 +12,7 @@ import pytest
 from qmia_fast.data import check_labels, load_data
 from qmia_fast.errors import ConfigError, DataError, InputError
 
-from test_data_helpers import cifar_pickle, idx_bytes, npz_bytes, png_bytes
+from data_builders import cifar_pickle, idx_bytes, npz_bytes, png_bytes
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 RNG = np.random.default_rng(99)

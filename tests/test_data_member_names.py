@@ -11,7 +11,7 @@ import pytest
 from qmia_fast.data import Split, load_data, load_split, split_from_members
 from qmia_fast.errors import SplitError
 
-from test_data_helpers import png_bytes
+from data_builders import png_bytes
 
 # Sorted: cats/img_0, cats/img_10, cats/img_2, dogs/img_1, dogs/img_7
 NAMES = ["cats/img_2.png", "cats/img_10.png", "cats/img_0.png", "dogs/img_7.png", "dogs/img_1.png"]
