@@ -194,7 +194,8 @@ def build_text_to_image(root: Path, *, prediction_type: str = "epsilon", max_len
     perturb(transformers.CLIPTextModel(config), seed=6, scale=0.02).save_pretrained(root / "text_encoder")
     write_clip_tokenizer(root / "tokenizer", max_length)
     save_scheduler(root / "scheduler", "PNDMScheduler", beta_schedule="scaled_linear", beta_start=0.00085,
-                   beta_end=0.012, prediction_type=prediction_type, skip_prk_steps=True)
+                   beta_end=0.012, prediction_type=prediction_type, skip_prk_steps=True,
+                   steps_offset=1)  # as Stable Diffusion's own (StableDiffusionPipeline warns about 0)
     _model_index(root, "StableDiffusionPipeline", vae=["diffusers", "AutoencoderKL"],
                  unet=["diffusers", "UNet2DConditionModel"], text_encoder=["transformers", "CLIPTextModel"],
                  tokenizer=["transformers", "CLIPTokenizer"], scheduler=["diffusers", "PNDMScheduler"],
