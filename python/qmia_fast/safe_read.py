@@ -5,13 +5,9 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence, Type, TypeVar
+from typing import Any, Callable, Type
 
 from .errors import DataError, QmiaError
-
-T = TypeVar("T")
-# (exception type, message): the message as text, or a function of the exception for one that quotes it.
-Rewording = Sequence[tuple[Type[BaseException], "str | Callable[[Any], str]"]]
 
 # A JSON file the package reads back (a manifest, a report, a cache entry, a sidecar) holds settings
 # and numbers; deeper nesting than this is not one of ours.
@@ -39,29 +35,23 @@ def read_bytes(path, limit: int, what: str, error: Type[QmiaError] = DataError) 
     return data
 
 
-def reworded(error: Type[QmiaError], action: Callable[[], T], messages: Rewording) -> T:
-    """action(), its failures of the listed types raised as one-line `error`s in each reader's own words.
-
-    The first listed type that matches wins (so list subclasses first: UnicodeDecodeError before
-    ValueError); the traceback is dropped, since the message says all a user can act on.
-    """
-    try:
-        return action()
-    except tuple(kind for kind, _ in messages) as exc:
-        message = next(text for kind, text in messages if isinstance(exc, kind))
-        raise error(message if isinstance(message, str) else message(exc)) from None
-
-
 def json_loads(text: str, error: Type[QmiaError], too_deep: str, invalid: Callable[[ValueError], str]) -> Any:
     """json.loads, a document nested beyond the parser's stack raised as error(too_deep), a malformed one as
-    error(invalid(exc))."""
-    return reworded(error, lambda: json.loads(text), [(RecursionError, too_deep), (ValueError, invalid)])
+    error(invalid(exc)); the traceback is dropped, since the message says all a user can act on."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise error(too_deep) from None
+    except ValueError as exc:
+        raise error(invalid(exc)) from None
 
 
 def parse_json(data: bytes | str, what: str, error: Type[QmiaError] = DataError) -> Any:
     """JSON from bytes or text, with nesting capped: a malformed or absurdly deep document is `error`."""
-    text = reworded(error, lambda: data.decode("utf-8") if isinstance(data, bytes) else data,
-                    [(UnicodeDecodeError, f"{what} is not UTF-8 text; re-create it")])
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError:
+        raise error(f"{what} is not UTF-8 text; re-create it") from None
     value = json_loads(text, error, f"{what} is nested too deeply to be valid JSON; re-create it",
                        lambda exc: f"{what} is not valid JSON ({exc}); re-create it")
     if _depth(value) > MAX_JSON_DEPTH:
@@ -98,13 +88,17 @@ def _open(path, what: str, error: Type[QmiaError]):
     # Imported here: the data package's readers import this module, so it must not import them first.
     from .data.safe_read import open_regular_file
 
-    return reworded(error, lambda: open_regular_file(path), [
-        (FileNotFoundError, f"{what} {path} does not exist; check the path"),
-        (IsADirectoryError, f"{what} {path} is a folder, not a regular file; remove it or choose another path"),
-        (QmiaError, lambda exc: f"{what} {path} {exc}"),
-        (OSError, lambda exc: f"{what} {path} cannot be read ({exc.strerror or exc}); check the path and its "
-                              "permissions"),
-    ])
+    try:
+        return open_regular_file(path)
+    except FileNotFoundError:
+        raise error(f"{what} {path} does not exist; check the path") from None
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a folder, not a regular file; remove it or choose another path") from None
+    except QmiaError as exc:
+        raise error(f"{what} {path} {exc}") from None
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be read ({exc.strerror or exc}); check the path and its permissions") \
+            from None
 
 
 def _depth(value: Any) -> int:

@@ -51,6 +51,7 @@ class TrainingRun:
         self.noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
         self.sampler = EpochSampler(n_items, self.index_gen)
         self.start_step, self.elapsed_before, self.recent = 0, 0.0, []
+        self.started = time.perf_counter()  # train() restarts this run's clock
         if checkpoint is not None:
             self._restore(checkpoint)
         self.last_loss = self.recent[-1] if self.recent else float("nan")
