@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import os
 import platform
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 # CPU features that matter for the kernels and for bfloat16 speed (x86 /proc/cpuinfo names).
 CPU_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -34,33 +34,33 @@ def _cpu_features() -> Dict[str, Any]:
     return features
 
 
-def _compiled_module(name: str, entries: Callable[[Dict[str, Any]], Dict[str, Any]]) -> Dict[str, Any]:
-    """The compiled module `name`'s build_info() followed by entries(info), or built: False and why it did not import.
-
-    entries() returns "built" among them, so that each module keeps the key order its reports have had.
-    """
+def _compiled_build_info(name: str) -> tuple[Dict[str, Any] | None, str | None]:
+    """The compiled module `name`'s build_info() as a dict, or None and why the module did not import."""
     try:
         module = importlib.import_module(f"{__package__}.{name}")
     except ImportError as exc:
-        return {"built": False, "error": str(exc)}
-    info = dict(module.build_info())
-    return {**info, **entries(info)}
+        return None, str(exc)
+    return dict(module.build_info()), None
 
 
 def _cpu_module() -> Dict[str, Any]:
-    def entries(info):
-        openmp = info.get("openmp")
-        return {"openmp_version": _OPENMP_VERSIONS.get(openmp, str(openmp)) if openmp else None, "built": True}
-
-    return _compiled_module("_cpu", entries)
+    info, error = _compiled_build_info("_cpu")
+    if info is None:
+        return {"built": False, "error": error}
+    openmp = info.get("openmp")
+    info["openmp_version"] = _OPENMP_VERSIONS.get(openmp, str(openmp)) if openmp else None
+    info["built"] = True
+    return info
 
 
 def _cuda_module() -> Dict[str, Any]:
-    def entries(info):
-        archs = str(info.get("cuda_archs", ""))
-        return {"built": True, "archs": [a for a in archs.replace(",", ";").split(";") if a]}
-
-    return _compiled_module("_cuda", entries)
+    info, error = _compiled_build_info("_cuda")
+    if info is None:
+        return {"built": False, "error": error}
+    info["built"] = True
+    archs = str(info.get("cuda_archs", ""))
+    info["archs"] = [a for a in archs.replace(",", ";").split(";") if a]
+    return info
 
 
 def _cuda_runtime() -> Dict[str, Any]:
